@@ -1,0 +1,116 @@
+//! Errors of the request path, each tagged with who is to blame, and the one mapping from
+//! error to HTTP status. Only upstream errors count against a pool (and so against a
+//! rollout's candidate); client mistakes are charged to no pool.
+
+use std::time::Duration;
+
+use http::StatusCode;
+
+use crate::config::PoolId;
+use crate::metrics::{Charge, HashReason, Rejection, UpstreamErrorKind};
+use crate::proxy::headers::Smuggling;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("request refused: {}", .0.as_str())]
+    Smuggling(Smuggling),
+    #[error("request header block exceeds {limit} bytes")]
+    HeaderTooLarge { limit: usize },
+    #[error("request has more than {limit} header fields")]
+    TooManyHeaders { limit: usize },
+    #[error("request body exceeds {limit} bytes")]
+    BodyTooLarge { limit: u64 },
+    #[error("request constitutional hash {}", .0.as_str())]
+    RequestHash(HashReason),
+    #[error("request body from the client failed: {0}")]
+    ClientBody(String),
+    #[error("pool {0} has no backend in rotation")]
+    NoBackend(PoolId),
+    #[error("connect to {backend} ({pool}) failed: {message}")]
+    Connect { pool: PoolId, backend: String, message: String },
+    #[error("{backend} ({pool}) sent no response head within {timeout:?}")]
+    UpstreamTimeout { pool: PoolId, backend: String, timeout: Duration },
+    #[error("{backend} ({pool}) failed: {message}")]
+    Upstream { pool: PoolId, backend: String, message: String },
+    #[error("{backend} ({pool}) answered with constitutional hash {}", .reason.as_str())]
+    ResponseHash { pool: PoolId, backend: String, reason: HashReason },
+}
+
+impl ProxyError {
+    /// The status the client gets.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Smuggling(_) | Self::ClientBody(_) => StatusCode::BAD_REQUEST,
+            Self::HeaderTooLarge { .. } | Self::TooManyHeaders { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RequestHash(_) => StatusCode::FORBIDDEN,
+            Self::NoBackend(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Connect { .. } | Self::Upstream { .. } | Self::ResponseHash { .. } => StatusCode::BAD_GATEWAY,
+            Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// Who the request is charged to.
+    pub fn charge(&self) -> Charge {
+        match self.upstream() {
+            Some((pool, _)) => Charge::Pool(pool),
+            None => Charge::Proxy,
+        }
+    }
+
+    /// The pool at fault and how, for errors the upstream caused.
+    pub fn upstream(&self) -> Option<(PoolId, UpstreamErrorKind)> {
+        match self {
+            Self::Connect { pool, .. } => Some((*pool, UpstreamErrorKind::Connect)),
+            Self::UpstreamTimeout { pool, .. } => Some((*pool, UpstreamErrorKind::Timeout)),
+            Self::Upstream { pool, .. } => Some((*pool, UpstreamErrorKind::Reset)),
+            Self::ResponseHash { pool, .. } => Some((*pool, UpstreamErrorKind::Hash)),
+            _ => None,
+        }
+    }
+
+    /// Requests the proxy refused itself, for `switchyard_rejected_requests_total`.
+    pub fn rejection(&self) -> Option<Rejection> {
+        Some(match self {
+            Self::Smuggling(_) => Rejection::Smuggling,
+            Self::HeaderTooLarge { .. } | Self::TooManyHeaders { .. } => Rejection::HeaderTooLarge,
+            Self::BodyTooLarge { .. } => Rejection::BodyTooLarge,
+            Self::RequestHash(HashReason::Missing) => Rejection::HashMissing,
+            Self::RequestHash(HashReason::Mismatch) => Rejection::HashMismatch,
+            Self::NoBackend(_) => Rejection::NoBackend,
+            Self::ClientBody(_) => Rejection::BadRequest,
+            _ => return None,
+        })
+    }
+
+    /// A short machine-readable code for the JSON body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Smuggling(_) => "bad_framing",
+            Self::HeaderTooLarge { .. } | Self::TooManyHeaders { .. } => "header_too_large",
+            Self::BodyTooLarge { .. } => "body_too_large",
+            Self::RequestHash(_) => "constitutional_hash",
+            Self::ClientBody(_) => "bad_request",
+            Self::NoBackend(_) => "no_backend",
+            Self::Connect { .. } | Self::Upstream { .. } => "upstream_unavailable",
+            Self::UpstreamTimeout { .. } => "upstream_timeout",
+            Self::ResponseHash { .. } => "upstream_constitutional_hash",
+        }
+    }
+
+    /// The JSON body: `{"error":CODE,"reason":...}`; the hash reasons are `missing|mismatch`.
+    pub fn body(&self) -> String {
+        let reason = match self {
+            Self::RequestHash(r) | Self::ResponseHash { reason: r, .. } => r.as_str(),
+            Self::Smuggling(s) => s.as_str(),
+            _ => "",
+        };
+        let mut v = serde_json::json!({ "error": self.code(), "status": self.status().as_u16() });
+        if !reason.is_empty() {
+            v["reason"] = reason.into();
+        }
+        let mut s = v.to_string();
+        s.push('\n');
+        s
+    }
+}

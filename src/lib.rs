@@ -1,0 +1,182 @@
+//! switchyard: a blue-green traffic-switching L7 reverse proxy.
+//!
+//! Where a request goes, and where the code for each stage lives:
+//!
+//! ```text
+//! client ─▶ proxy::listener   accept, connection limit, HTTP/1.1 + HTTP/2 (hyper)
+//!        ─▶ proxy::service    validate (proxy::headers), constitutional hash, limits
+//!        ─▶ proxy::route      one ArcSwap load: pool by weight/affinity, backend by P2C
+//!        ─▶ proxy::upstream   keep-alive client to the backend; bodies stream (proxy::body)
+//!        ◀─ proxy::service    response hash check, hop-by-hop strip, metrics
+//! ```
+//!
+//! Two planes: [`proxy`] is the data plane and never waits on the control plane;
+//! [`control`] (admin socket, and later the rollout controller) changes what requests
+//! see only by publishing a new route table. [`metrics`] exports both. [`config`] turns
+//! the TOML file into a validated [`config::Config`].
+//!
+//! [`Switchyard::bind`] then [`Switchyard::run`] is the whole daemon; `main` and the
+//! tests use the same two calls, the tests with `127.0.0.1:0` addresses.
+
+pub mod config;
+pub mod control;
+pub mod error;
+pub mod metrics;
+pub mod proxy;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use config::Config;
+use control::admin::AdminServer;
+use control::Control;
+use metrics::Metrics;
+use proxy::listener::{server_builder, Acceptor};
+use proxy::route::RouteHandle;
+use proxy::service::Shared;
+
+/// Why the daemon could not start; each variant names the step that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
+    #[error("cannot create the admin socket {path}: {source}")]
+    Admin { path: PathBuf, source: std::io::Error },
+    #[error("invalid pool configuration: {0}")]
+    Pools(String),
+}
+
+/// A bound, not yet running, proxy.
+pub struct Switchyard {
+    config: Config,
+    http: Vec<TcpListener>,
+    metrics_listener: Option<TcpListener>,
+    admin: Option<UnixListener>,
+    routes: Arc<RouteHandle>,
+    metrics: Arc<Metrics>,
+}
+
+impl Switchyard {
+    /// Binds every listener the config names (port 0 picks a free port).
+    pub async fn bind(config: Config) -> Result<Switchyard, StartError> {
+        let metrics = Metrics::new();
+        let table = proxy::initial_table(&config).map_err(StartError::Pools)?;
+        let routes = Arc::new(RouteHandle::new(table));
+        let mut http = Vec::new();
+        for &addr in &config.proxy.listen {
+            http.push(bind_tcp(addr, "proxy")?);
+        }
+        let metrics_listener = match config.metrics.listen {
+            Some(addr) => Some(bind_tcp(addr, "metrics")?),
+            None => None,
+        };
+        let admin = Some(
+            control::admin::bind(&config.admin)
+                .map_err(|source| StartError::Admin { path: config.admin.socket.clone(), source })?,
+        );
+        Ok(Switchyard { config, http, metrics_listener, admin, routes, metrics })
+    }
+
+    /// Addresses of the plain HTTP listeners, in config order.
+    pub fn http_addrs(&self) -> Vec<SocketAddr> {
+        self.http.iter().filter_map(|l| l.local_addr().ok()).collect()
+    }
+
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    pub fn routes(&self) -> Arc<RouteHandle> {
+        self.routes.clone()
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// Serves until `shutdown` is cancelled, then stops accepting, lets in-flight requests
+    /// finish within `proxy.timeouts.shutdown_grace`, and returns.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), StartError> {
+        let Switchyard { config, http, metrics_listener, admin, routes, metrics } = self;
+        for l in &http {
+            if let Ok(addr) = l.local_addr() {
+                info!(%addr, "proxy listening");
+            }
+        }
+        let shared = Arc::new(Shared { routes: routes.clone(), metrics: metrics.clone() });
+        let tracker = TaskTracker::new();
+        let acceptor = Arc::new(Acceptor {
+            shared,
+            builder: server_builder(&config),
+            limit: Arc::new(Semaphore::new(config.proxy.max_connections)),
+            tracker: tracker.clone(),
+            shutdown: shutdown.clone(),
+        });
+        let mut loops = Vec::new();
+        for l in http {
+            loops.push(tokio::spawn(acceptor.clone().run_plain(l)));
+        }
+        let control = Arc::new(Control::new(routes, metrics.clone()));
+        if let Some(l) = admin {
+            let server = Arc::new(AdminServer::new(control.clone(), config.admin.clone()));
+            info!(path = %config.admin.socket.display(), "admin socket listening");
+            tokio::spawn(server.run(l, shutdown.clone()));
+        }
+        if let Some(l) = metrics_listener {
+            if let Ok(addr) = l.local_addr() {
+                info!(%addr, "metrics listening");
+            }
+            tokio::spawn(metrics::http::serve(l, metrics.clone(), shutdown.clone()));
+        }
+        let upkeep = {
+            let metrics = metrics.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(5));
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => metrics.upkeep(),
+                        _ = shutdown.cancelled() => return,
+                    }
+                }
+            })
+        };
+
+        shutdown.cancelled().await;
+        // Accept loops return on cancellation and drop their listeners: new connections
+        // are refused from here on.
+        for l in loops {
+            let _ = l.await;
+        }
+        tracker.close();
+        let grace = config.proxy.timeouts.shutdown_grace;
+        info!(in_flight_connections = tracker.len(), grace_ms = grace.as_millis() as u64, "draining");
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            warn!(remaining = tracker.len(), "shutdown grace period over; closing remaining connections");
+        }
+        upkeep.abort();
+        Ok(())
+    }
+}
+
+fn bind_tcp(addr: SocketAddr, what: &'static str) -> Result<TcpListener, StartError> {
+    let bind = || -> std::io::Result<TcpListener> {
+        let socket = match addr {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.set_reuseaddr(true)?;
+        socket.set_nodelay(true)?;
+        socket.bind(addr)?;
+        socket.listen(4096)
+    };
+    bind().map_err(|source| StartError::Bind { what, addr, source })
+}

@@ -1,0 +1,239 @@
+//! METRICS: the Prometheus exporter and the per-request counters.
+//!
+//! Each running proxy owns its own recorder (no global one), so several can live in one
+//! process (tests, the demo). Every handle the request path touches is registered once at
+//! start-up and cached here: recording is an atomic add, never a registry lookup.
+
+pub mod http;
+pub mod names;
+
+use std::sync::Arc;
+
+use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+
+use crate::config::PoolId;
+
+/// Who a request is charged to in `switchyard_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Charge {
+    Pool(PoolId),
+    /// The proxy answered itself (bad request, hash missing, ...): no pool is charged.
+    Proxy,
+}
+
+impl Charge {
+    fn index(self) -> usize {
+        match self {
+            Charge::Pool(p) => p.index(),
+            Charge::Proxy => 2,
+        }
+    }
+}
+
+/// Kinds of upstream failure, charged to the pool that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamErrorKind {
+    Connect,
+    Timeout,
+    Reset,
+    Status5xx,
+    Hash,
+}
+
+impl UpstreamErrorKind {
+    const ALL: [UpstreamErrorKind; 5] = [Self::Connect, Self::Timeout, Self::Reset, Self::Status5xx, Self::Hash];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Timeout => "timeout",
+            Self::Reset => "reset",
+            Self::Status5xx => "status_5xx",
+            Self::Hash => "hash",
+        }
+    }
+}
+
+/// Why the proxy refused a request itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    Smuggling,
+    HeaderTooLarge,
+    BodyTooLarge,
+    HashMissing,
+    HashMismatch,
+    NoBackend,
+    BadRequest,
+}
+
+impl Rejection {
+    const ALL: [Rejection; 7] = [
+        Self::Smuggling,
+        Self::HeaderTooLarge,
+        Self::BodyTooLarge,
+        Self::HashMissing,
+        Self::HashMismatch,
+        Self::NoBackend,
+        Self::BadRequest,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Smuggling => "smuggling",
+            Self::HeaderTooLarge => "header_too_large",
+            Self::BodyTooLarge => "body_too_large",
+            Self::HashMissing => "hash_missing",
+            Self::HashMismatch => "hash_mismatch",
+            Self::NoBackend => "no_backend",
+            Self::BadRequest => "bad_request",
+        }
+    }
+}
+
+/// Reason of a constitutional-hash violation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HashReason {
+    Missing,
+    Mismatch,
+}
+
+impl HashReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::Mismatch => "mismatch",
+        }
+    }
+}
+
+/// Cached metric handles plus the exporter that renders them.
+pub struct Metrics {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    /// `[charge][status class 1..=5 - 1]`
+    requests: [[Counter; 5]; 3],
+    duration: [Histogram; 2],
+    upstream_errors: [[Counter; 5]; 2],
+    /// `[pool][reason]` for responses.
+    response_violations: [[Counter; 2]; 2],
+    request_violations: [Counter; 2],
+    rejected: [Counter; 7],
+    pub green_weight: Gauge,
+    pub generation: Gauge,
+    pub connections_active: Gauge,
+    pub accept_errors: Counter,
+}
+
+/// Latency buckets in seconds: dense below the 5 ms P99 target, sparse above.
+const DURATION_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+];
+
+fn meta() -> Metadata<'static> {
+    Metadata::new("switchyard", Level::INFO, Some(module_path!()))
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(names::REQUEST_DURATION_SECONDS.to_string()), DURATION_BUCKETS)
+            .expect("static bucket list is non-empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        for (name, help) in names::HELP {
+            // The exporter keeps one description per name whatever the kind.
+            recorder.describe_counter((*name).into(), None, (*help).into());
+        }
+        let counter = |name: &'static str, labels: Vec<Label>| recorder.register_counter(&Key::from_parts(name, labels), &meta());
+        let gauge = |name: &'static str| recorder.register_gauge(&Key::from_name(name), &meta());
+
+        let charges = ["blue", "green", "none"];
+        let classes = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+        let requests = charges.map(|pool| {
+            classes.map(|class| {
+                counter(names::REQUESTS_TOTAL, vec![Label::new("pool", pool), Label::new("code_class", class)])
+            })
+        });
+        let duration = PoolId::ALL.map(|p| {
+            recorder.register_histogram(
+                &Key::from_parts(names::REQUEST_DURATION_SECONDS, vec![Label::new("pool", p.as_str())]),
+                &meta(),
+            )
+        });
+        let upstream_errors = PoolId::ALL.map(|p| {
+            UpstreamErrorKind::ALL.map(|k| {
+                counter(names::UPSTREAM_ERRORS_TOTAL, vec![Label::new("pool", p.as_str()), Label::new("kind", k.as_str())])
+            })
+        });
+        let violation = |pool: &'static str, direction: &'static str, reason: HashReason| {
+            counter(
+                names::HASH_VIOLATIONS_TOTAL,
+                vec![Label::new("pool", pool), Label::new("direction", direction), Label::new("reason", reason.as_str())],
+            )
+        };
+        let reasons = [HashReason::Missing, HashReason::Mismatch];
+        let response_violations = PoolId::ALL.map(|p| reasons.map(|r| violation(p.as_str(), "response", r)));
+        let request_violations = reasons.map(|r| violation("none", "request", r));
+        let rejected = Rejection::ALL.map(|r| counter(names::REJECTED_REQUESTS_TOTAL, vec![Label::new("reason", r.as_str())]));
+
+        Arc::new(Metrics {
+            requests,
+            duration,
+            upstream_errors,
+            response_violations,
+            request_violations,
+            rejected,
+            green_weight: gauge(names::GREEN_WEIGHT_RATIO),
+            generation: gauge(names::GENERATION),
+            connections_active: gauge(names::CONNECTIONS_ACTIVE),
+            accept_errors: counter(names::ACCEPT_ERRORS_TOTAL, vec![]),
+            handle,
+            recorder,
+        })
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        self.handle.render()
+    }
+
+    /// Folds recorded histogram samples into their buckets; run periodically.
+    pub fn upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+
+    /// A gauge or counter outside the per-request set (control plane: rollout, health).
+    pub fn gauge(&self, name: &'static str, labels: Vec<Label>) -> Gauge {
+        self.recorder.register_gauge(&Key::from_parts(name, labels), &meta())
+    }
+
+    pub fn counter(&self, name: &'static str, labels: Vec<Label>) -> Counter {
+        self.recorder.register_counter(&Key::from_parts(name, labels), &meta())
+    }
+
+    pub fn request(&self, charge: Charge, status: u16) {
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        self.requests[charge.index()][class].increment(1);
+    }
+
+    pub fn duration(&self, pool: PoolId, seconds: f64) {
+        self.duration[pool.index()].record(seconds);
+    }
+
+    pub fn upstream_error(&self, pool: PoolId, kind: UpstreamErrorKind) {
+        self.upstream_errors[pool.index()][kind as usize].increment(1);
+    }
+
+    pub fn response_violation(&self, pool: PoolId, reason: HashReason) {
+        self.response_violations[pool.index()][reason as usize].increment(1);
+    }
+
+    pub fn request_violation(&self, reason: HashReason) {
+        self.request_violations[reason as usize].increment(1);
+    }
+
+    pub fn rejected(&self, why: Rejection) {
+        self.rejected[why as usize].increment(1);
+    }
+}

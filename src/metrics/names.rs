@@ -1,0 +1,34 @@
+//! Every metric name switchyard exports, in one place, with its help text.
+//!
+//! Names follow Prometheus conventions: `switchyard_` prefix, units in the name.
+
+pub const REQUESTS_TOTAL: &str = "switchyard_requests_total";
+pub const REQUEST_DURATION_SECONDS: &str = "switchyard_request_duration_seconds";
+pub const GREEN_WEIGHT_RATIO: &str = "switchyard_green_weight_ratio";
+pub const GENERATION: &str = "switchyard_generation";
+pub const ROLLOUT_PHASE: &str = "switchyard_rollout_phase";
+pub const GATE_VALUE: &str = "switchyard_gate_value";
+pub const HASH_VIOLATIONS_TOTAL: &str = "switchyard_hash_violations_total";
+pub const ROLLBACKS_TOTAL: &str = "switchyard_rollbacks_total";
+pub const BACKEND_HEALTHY: &str = "switchyard_backend_healthy";
+pub const UPSTREAM_ERRORS_TOTAL: &str = "switchyard_upstream_errors_total";
+pub const CONNECTIONS_ACTIVE: &str = "switchyard_connections_active";
+pub const REJECTED_REQUESTS_TOTAL: &str = "switchyard_rejected_requests_total";
+pub const ACCEPT_ERRORS_TOTAL: &str = "switchyard_accept_errors_total";
+
+/// (name, help) for every metric, described once at start-up.
+pub const HELP: &[(&str, &str)] = &[
+    (REQUESTS_TOTAL, "Requests answered, by pool (blue, green, or none when the proxy answered itself) and status class."),
+    (REQUEST_DURATION_SECONDS, "Time from request received to upstream response head, per pool."),
+    (GREEN_WEIGHT_RATIO, "Share of new requests routed to the green pool (0..1)."),
+    (GENERATION, "Route table and rollout generation."),
+    (ROLLOUT_PHASE, "1 for the current rollout phase, 0 for the others."),
+    (GATE_VALUE, "Current value of each rollout gate, per pool."),
+    (HASH_VIOLATIONS_TOTAL, "Constitutional hash violations, by pool, direction (request, response) and reason (missing, mismatch)."),
+    (ROLLBACKS_TOTAL, "Rollbacks, by reason."),
+    (BACKEND_HEALTHY, "1 when the backend is in rotation, 0 when it is not."),
+    (UPSTREAM_ERRORS_TOTAL, "Upstream failures charged to a pool, by kind (connect, timeout, reset, status_5xx, hash)."),
+    (CONNECTIONS_ACTIVE, "Open downstream connections."),
+    (REJECTED_REQUESTS_TOTAL, "Requests the proxy refused itself, by reason (smuggling, header_too_large, body_too_large, header_timeout, hash_missing, hash_mismatch, no_backend)."),
+    (ACCEPT_ERRORS_TOTAL, "Errors returned by accept(); the listener backs off after each."),
+];

@@ -1,0 +1,139 @@
+//! DATA PLANE: body wrappers. Bodies stream frame by frame in both directions; these
+//! wrappers add a byte limit (requests) and keep the backend's in-flight count until the
+//! response body ends (responses). Neither buffers.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use pin_project_lite::pin_project;
+
+use crate::proxy::route::InflightGuard;
+
+/// The request body grew past `proxy.limits.max_body_bytes`.
+#[derive(Debug, thiserror::Error)]
+#[error("request body exceeds the limit of {limit} bytes")]
+pub struct BodyTooLarge {
+    pub limit: u64,
+}
+
+/// Error of a forwarded request body: the client's stream failed, or it was too large.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestBodyError {
+    #[error(transparent)]
+    TooLarge(#[from] BodyTooLarge),
+    #[error("client body: {0}")]
+    Client(#[from] hyper::Error),
+}
+
+pin_project! {
+    /// A downstream request body with a byte limit.
+    pub struct LimitedBody {
+        #[pin]
+        inner: Incoming,
+        seen: u64,
+        limit: u64,
+    }
+}
+
+impl LimitedBody {
+    pub fn new(inner: Incoming, limit: u64) -> Self {
+        LimitedBody { inner, seen: 0, limit }
+    }
+}
+
+impl Body for LimitedBody {
+    type Data = Bytes;
+    type Error = RequestBodyError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    *this.seen += data.len() as u64;
+                    if *this.seen > *this.limit {
+                        return Poll::Ready(Some(Err(BodyTooLarge { limit: *this.limit }.into())));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pin_project! {
+    /// What the proxy sends downstream: an upstream body streamed through, or a small
+    /// body of its own.
+    #[project = ProxyBodyProj]
+    pub enum ProxyBody {
+        Upstream {
+            #[pin]
+            inner: Incoming,
+            guard: Option<InflightGuard>,
+        },
+        Full {
+            data: Option<Bytes>,
+        },
+    }
+}
+
+impl ProxyBody {
+    pub fn upstream(inner: Incoming, guard: InflightGuard) -> Self {
+        ProxyBody::Upstream { inner, guard: Some(guard) }
+    }
+
+    pub fn full(data: impl Into<Bytes>) -> Self {
+        let data: Bytes = data.into();
+        ProxyBody::Full { data: (!data.is_empty()).then_some(data) }
+    }
+
+    pub fn empty() -> Self {
+        ProxyBody::Full { data: None }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.project() {
+            ProxyBodyProj::Upstream { inner, guard } => {
+                let polled = inner.poll_frame(cx);
+                if let Poll::Ready(None | Some(Err(_))) = polled {
+                    guard.take();
+                }
+                polled
+            }
+            ProxyBodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Upstream { inner, .. } => inner.is_end_stream(),
+            ProxyBody::Full { data } => data.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Upstream { inner, .. } => inner.size_hint(),
+            ProxyBody::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! DATA PLANE: pure header logic — request validation, hop-by-hop removal, forwarding
+//! headers and the constitutional-hash check. No I/O, no state.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use crate::metrics::HashReason;
+
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// Why a request head is refused as a smuggling shape (RFC 9112 §6.1, §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Smuggling {
+    ContentLengthWithTransferEncoding,
+    DuplicateContentLength,
+    InvalidContentLength,
+    TransferEncodingNotChunked,
+}
+
+impl Smuggling {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ContentLengthWithTransferEncoding => "content-length with transfer-encoding",
+            Self::DuplicateContentLength => "duplicate content-length",
+            Self::InvalidContentLength => "invalid content-length",
+            Self::TransferEncodingNotChunked => "transfer-encoding not ending in chunked",
+        }
+    }
+}
+
+/// Checks the framing headers of a request that reached the service. The HTTP/1 codec
+/// already refuses most shapes; this is the second line for what it lets through.
+pub fn check_framing(headers: &HeaderMap) -> Result<(), Smuggling> {
+    let mut cls = headers.get_all(header::CONTENT_LENGTH).iter();
+    let has_cl = match cls.next() {
+        None => false,
+        Some(first) => {
+            if cls.next().is_some() {
+                return Err(Smuggling::DuplicateContentLength);
+            }
+            let v = first.as_bytes();
+            if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+                return Err(Smuggling::InvalidContentLength);
+            }
+            true
+        }
+    };
+    let mut last_coding: Option<&[u8]> = None;
+    for te in headers.get_all(header::TRANSFER_ENCODING) {
+        if let Some(c) = te.as_bytes().rsplit(|&b| b == b',').next() {
+            last_coding = Some(c.trim_ascii());
+        }
+    }
+    match last_coding {
+        None => Ok(()),
+        Some(_) if has_cl => Err(Smuggling::ContentLengthWithTransferEncoding),
+        Some(c) if c.eq_ignore_ascii_case(b"chunked") => Ok(()),
+        Some(_) => Err(Smuggling::TransferEncodingNotChunked),
+    }
+}
+
+/// Approximate wire size of a header block: name, value, ": " and CRLF per field.
+pub fn header_bytes(headers: &HeaderMap) -> usize {
+    headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum()
+}
+
+/// Removes hop-by-hop fields (RFC 9110 §7.6.1): those named by `Connection`, and
+/// Connection, Keep-Alive, Proxy-Connection, TE, Transfer-Encoding and Upgrade.
+/// With `keep_upgrade`, `Connection: upgrade` and `Upgrade` survive for a protocol switch.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Common case: no Connection header, nothing to look up.
+    if headers.contains_key(header::CONNECTION) {
+        let listed: Vec<HeaderValue> = headers.get_all(header::CONNECTION).iter().cloned().collect();
+        for value in &listed {
+            for token in value.as_bytes().split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                if token.is_empty() || (keep_upgrade && token.eq_ignore_ascii_case(b"upgrade")) {
+                    continue;
+                }
+                if let Ok(name) = HeaderName::from_bytes(token) {
+                    if name != header::CONNECTION {
+                        headers.remove(&name);
+                    }
+                }
+            }
+        }
+        headers.remove(header::CONNECTION);
+    }
+    headers.remove(&KEEP_ALIVE);
+    headers.remove(&PROXY_CONNECTION);
+    headers.remove(header::TE);
+    headers.remove(header::TRANSFER_ENCODING);
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// True when the request asks for an HTTP/1.1 protocol switch (RFC 9110 §7.8).
+pub fn wants_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers.get_all(header::CONNECTION).iter().any(|v| {
+            v.as_bytes().split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
+        })
+}
+
+/// Appends the client address to X-Forwarded-For (de-facto standard, RFC 7239 §5.2 for
+/// the semantics) and sets X-Forwarded-Proto.
+pub fn add_forwarded(headers: &mut HeaderMap, client_ip: &HeaderValue, proto: &'static str) {
+    let xff = match headers.get(&X_FORWARDED_FOR) {
+        None => client_ip.clone(),
+        Some(prev) => {
+            let mut v = Vec::with_capacity(prev.len() + 2 + client_ip.len());
+            v.extend_from_slice(prev.as_bytes());
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(client_ip.as_bytes());
+            HeaderValue::from_bytes(&v).unwrap_or_else(|_| client_ip.clone())
+        }
+    };
+    headers.insert(&X_FORWARDED_FOR, xff);
+    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+}
+
+/// The constitutional-hash verdict on a header block.
+pub fn check_hash(headers: &HeaderMap, name: &HeaderName, expected: &HeaderValue) -> Result<(), HashReason> {
+    let mut values = headers.get_all(name).iter();
+    match (values.next(), values.next()) {
+        (None, _) => Err(HashReason::Missing),
+        (Some(v), None) if v == expected => Ok(()),
+        _ => Err(HashReason::Mismatch),
+    }
+}
+
+/// Value of cookie `name` in the request's Cookie headers (RFC 6265 §5.4).
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
+    headers.get_all(header::COOKIE).iter().find_map(|v| {
+        v.as_bytes().split(|&b| b == b';').find_map(|pair| {
+            let pair = pair.trim_ascii();
+            let eq = pair.iter().position(|&b| b == b'=')?;
+            (pair[..eq].trim_ascii() == name.as_bytes()).then(|| pair[eq + 1..].trim_ascii())
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests;

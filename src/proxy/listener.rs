@@ -1,0 +1,123 @@
+//! DATA PLANE: accept loops. Each accepted connection takes a permit of the connection
+//! limit, gets its own task, and is served HTTP/1.1 or HTTP/2 (prior knowledge) by hyper.
+//! On shutdown the loop stops accepting and every connection is asked to finish gracefully.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderValue;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
+
+use crate::config::Config;
+use crate::proxy::service::{handle, Conn, Shared};
+
+/// Everything an accept loop needs, shared by all listeners of one proxy.
+pub struct Acceptor {
+    pub shared: Arc<Shared>,
+    pub builder: auto::Builder<TokioExecutor>,
+    pub limit: Arc<Semaphore>,
+    pub tracker: TaskTracker,
+    pub shutdown: CancellationToken,
+}
+
+/// The hyper server settings from the config: limits, header timeout, HTTP/2 keep-alive.
+pub fn server_builder(cfg: &Config) -> auto::Builder<TokioExecutor> {
+    let limits = &cfg.proxy.limits;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // hyper's own ceilings sit above ours so that the proxy, not the codec, answers most
+    // oversize heads (with the constitutional hash header and a counted reason).
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(cfg.proxy.timeouts.header_read)
+        .max_buf_size((limits.max_header_bytes * 2).max(16 * 1024))
+        .max_headers(limits.max_headers * 2)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(cfg.proxy.timeouts.idle / 2))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .max_header_list_size(u32::try_from(limits.max_header_bytes * 2).unwrap_or(u32::MAX))
+        .max_concurrent_streams(256);
+    builder
+}
+
+impl Acceptor {
+    /// Accepts plain-TCP connections until shutdown.
+    pub async fn run_plain(self: Arc<Self>, listener: TcpListener) {
+        let mut backoff = Duration::from_millis(5);
+        loop {
+            let permit = tokio::select! {
+                p = self.limit.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => return, // semaphore closed: shutting down
+                },
+                _ = self.shutdown.cancelled() => return,
+            };
+            let accepted = tokio::select! {
+                r = listener.accept() => r,
+                _ = self.shutdown.cancelled() => return,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    backoff = Duration::from_millis(5);
+                    let this = self.clone();
+                    self.tracker.spawn(async move {
+                        this.serve(stream, peer, "http").await;
+                        drop(permit);
+                    });
+                }
+                Err(e) => {
+                    // EMFILE and friends: wait rather than spin; the backlog holds the clients.
+                    self.shared.metrics.accept_errors.increment(1);
+                    warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    async fn serve(&self, stream: TcpStream, peer: SocketAddr, proto: &'static str) {
+        let _ = stream.set_nodelay(true);
+        self.serve_io(stream, peer, proto).await;
+    }
+
+    /// Serves one connection (plain or already TLS-terminated) to its end.
+    pub async fn serve_io<I>(&self, io: I, peer: SocketAddr, proto: &'static str)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let metrics = &self.shared.metrics;
+        metrics.connections_active.increment(1.0);
+        let conn = Arc::new(Conn {
+            shared: self.shared.clone(),
+            client_ip: HeaderValue::from_str(&peer.ip().to_string()).expect("an IP address is a valid header value"),
+            proto,
+        });
+        let service = service_fn(move |req| handle(conn.clone(), req));
+        let served = self.builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+        tokio::pin!(served);
+        let result = tokio::select! {
+            r = served.as_mut() => r,
+            _ = self.shutdown.cancelled() => {
+                served.as_mut().graceful_shutdown();
+                served.await
+            }
+        };
+        if let Err(e) = result {
+            debug!(client.addr = %peer, error = %e, "connection ended with an error");
+        }
+        metrics.connections_active.decrement(1.0);
+    }
+}

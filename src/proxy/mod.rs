@@ -1,0 +1,53 @@
+//! DATA PLANE: everything a request touches, in the order it touches it:
+//! [`listener`] accepts → [`service`] validates ([`headers`]) → [`route`] picks the pool and
+//! backend from one route-table snapshot → [`upstream`] forwards, bodies streaming through
+//! [`body`] → the answer is checked, counted and returned.
+//!
+//! Nothing here awaits the control plane: a request loads the route table once and never
+//! waits on a lock.
+
+pub mod body;
+pub mod headers;
+pub mod listener;
+pub mod route;
+pub mod service;
+pub mod settings;
+pub mod upstream;
+
+use std::sync::Arc;
+
+use crate::config::{Config, PoolId};
+use route::{Backend, Pool, PoolState, RouteTable};
+use settings::Settings;
+use upstream::{UpstreamClient, UpstreamOptions};
+
+/// Builds the pools (backends and clients) a config names.
+pub fn build_pools(cfg: &Config) -> Result<[Arc<Pool>; 2], String> {
+    let build = |id: PoolId| -> Result<Arc<Pool>, String> {
+        let pc = cfg.pool(id);
+        let backends = pc
+            .backends
+            .iter()
+            .map(|a| Backend::new(a).map(Arc::new).map_err(|e| format!("pools.{id}.backends: {a}: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let client = UpstreamClient::new(&UpstreamOptions {
+            connect_timeout: cfg.proxy.timeouts.connect,
+            idle_timeout: cfg.proxy.timeouts.upstream_idle,
+            max_idle_per_backend: pc.max_idle_per_backend,
+        });
+        Ok(Arc::new(Pool { id, backends: backends.into(), client }))
+    };
+    Ok([build(PoolId::Blue)?, build(PoolId::Green)?])
+}
+
+/// The first route table of a config.
+pub fn initial_table(cfg: &Config) -> Result<RouteTable, String> {
+    Ok(RouteTable {
+        generation: 1,
+        green_bp: cfg.split.green_bp,
+        salt: 0,
+        pools: build_pools(cfg)?,
+        states: [PoolState::Ready; 2],
+        settings: Arc::new(Settings::from_config(cfg)),
+    })
+}

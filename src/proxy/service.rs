@@ -1,0 +1,246 @@
+//! DATA PLANE: the request function. In order: validate → route → forward → check the
+//! answer → record. [`handle`] builds the response; [`handle_inner`] returns a typed error
+//! that [`handle`] maps to a status in one place.
+
+use std::convert::Infallible;
+use std::error::Error as _;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{self, HeaderValue};
+use http::uri::{PathAndQuery, Scheme, Uri};
+use http::{Request, Response, StatusCode, Version};
+use hyper::body::{Body as _, Incoming};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tracing::debug;
+
+use crate::config::{Affinity, HashMode, PoolId};
+use crate::error::ProxyError;
+use crate::metrics::{Charge, Metrics, UpstreamErrorKind};
+use crate::proxy::body::{BodyTooLarge, LimitedBody, ProxyBody, RequestBodyError};
+use crate::proxy::headers;
+use crate::proxy::route::{InflightGuard, RouteHandle, RouteTable};
+use crate::proxy::settings::{Settings, OVERRIDE_TOKEN_HEADER};
+
+/// What every connection shares.
+pub struct Shared {
+    pub routes: Arc<RouteHandle>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Per-connection facts, computed once at accept.
+pub struct Conn {
+    pub shared: Arc<Shared>,
+    pub client_ip: HeaderValue,
+    pub proto: &'static str,
+}
+
+static ROOT: PathAndQuery = PathAndQuery::from_static("/");
+
+pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+    let start = Instant::now();
+    let table = conn.shared.routes.load();
+    let version = req.version();
+    let has_body = !req.body().is_end_stream();
+    let metrics = &conn.shared.metrics;
+    let mut resp = match handle_inner(&conn, &table, req, start).await {
+        Ok(resp) => resp,
+        Err(err) => {
+            debug!(error = %err, generation = table.generation, "answered by the proxy");
+            error_response(metrics, &err, version, has_body)
+        }
+    };
+    resp.headers_mut().insert(table.settings.hash_header.clone(), table.settings.hash_value.clone());
+    Ok(resp)
+}
+
+fn error_response(metrics: &Metrics, err: &ProxyError, version: Version, has_body: bool) -> Response<ProxyBody> {
+    let status = err.status();
+    metrics.request(err.charge(), status.as_u16());
+    if let Some((pool, kind)) = err.upstream() {
+        metrics.upstream_error(pool, kind);
+    }
+    if let Some(why) = err.rejection() {
+        metrics.rejected(why);
+    }
+    let mut resp = Response::new(ProxyBody::full(err.body()));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    // An unread request body, or a framing we refuse, leaves the connection unusable.
+    let close = matches!(err, ProxyError::Smuggling(_)) || (has_body && err.charge() == Charge::Proxy);
+    if close && version <= Version::HTTP_11 {
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+/// Validates a request head against the limits and framing rules.
+fn validate(req: &http::request::Parts, s: &Settings) -> Result<(), ProxyError> {
+    headers::check_framing(&req.headers).map_err(ProxyError::Smuggling)?;
+    if req.headers.len() > s.max_headers {
+        return Err(ProxyError::TooManyHeaders { limit: s.max_headers });
+    }
+    if headers::header_bytes(&req.headers) > s.max_header_bytes {
+        return Err(ProxyError::HeaderTooLarge { limit: s.max_header_bytes });
+    }
+    let declared = req.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > s.max_body_bytes) {
+        return Err(ProxyError::BodyTooLarge { limit: s.max_body_bytes });
+    }
+    Ok(())
+}
+
+/// The pool for this request: a trusted override first, then the weighted split.
+fn choose_pool(req: &http::request::Parts, table: &RouteTable) -> PoolId {
+    let s = &table.settings;
+    if let Some(name) = &s.override_header {
+        if let Some(pool) = req.headers.get(name).and_then(|v| PoolId::parse(v.to_str().ok()?)) {
+            let trusted = match &s.override_token {
+                Some(token) => req.headers.get(&OVERRIDE_TOKEN_HEADER) == Some(token),
+                None => false,
+            };
+            if trusted {
+                return pool;
+            }
+        }
+    }
+    let key = match &s.affinity {
+        Affinity::None => None,
+        Affinity::Cookie(name) => headers::cookie(&req.headers, name),
+        Affinity::Header(name) => req.headers.get(name).map(HeaderValue::as_bytes),
+    };
+    table.pick_pool(key)
+}
+
+async fn handle_inner(
+    conn: &Conn,
+    table: &RouteTable,
+    req: Request<Incoming>,
+    start: Instant,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let s = &*table.settings;
+    let metrics = &conn.shared.metrics;
+    let (mut parts, body) = req.into_parts();
+    validate(&parts, s)?;
+
+    if s.requests != HashMode::Off {
+        if let Err(reason) = headers::check_hash(&parts.headers, &s.hash_header, &s.hash_value) {
+            metrics.request_violation(reason);
+            if s.requests == HashMode::Enforce {
+                return Err(ProxyError::RequestHash(reason));
+            }
+        }
+    }
+
+    let pool_id = choose_pool(&parts, table);
+    if let Some(name) = &s.override_header {
+        parts.headers.remove(name);
+        parts.headers.remove(&OVERRIDE_TOKEN_HEADER);
+    }
+    let pool = table.pool(pool_id);
+    let backend = pool.pick_backend().ok_or(ProxyError::NoBackend(pool_id))?;
+    let guard = InflightGuard::new(backend.clone());
+
+    let upgrade = parts.version == Version::HTTP_11 && headers::wants_upgrade(&parts.headers);
+    let downstream_upgrade = if upgrade { parts.extensions.remove::<OnUpgrade>() } else { None };
+    headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    headers::add_forwarded(&mut parts.headers, &conn.client_ip, conn.proto);
+    if !parts.headers.contains_key(header::HOST) {
+        // HTTP/2 carries the host in :authority; HTTP/1.1 backends need it as Host.
+        if let Some(host) = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+            parts.headers.insert(header::HOST, host);
+        }
+    }
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(Scheme::HTTP);
+    uri.authority = Some(backend.authority.clone());
+    uri.path_and_query = Some(parts.uri.path_and_query().unwrap_or(&ROOT).clone());
+    parts.uri = Uri::from_parts(uri).map_err(|e| ProxyError::ClientBody(e.to_string()))?;
+    parts.version = Version::HTTP_11;
+    parts.extensions.clear();
+
+    let upstream_req = Request::from_parts(parts, LimitedBody::new(body, s.max_body_bytes));
+    let sent = tokio::time::timeout(s.upstream_response_timeout, pool.client.client.request(upstream_req)).await;
+    let mut resp = match sent {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(e)) => return Err(classify(pool_id, &backend.addr, &e)),
+        Err(_) => {
+            return Err(ProxyError::UpstreamTimeout {
+                pool: pool_id,
+                backend: backend.addr.clone(),
+                timeout: s.upstream_response_timeout,
+            })
+        }
+    };
+    metrics.duration(pool_id, start.elapsed().as_secs_f64());
+
+    if s.responses != HashMode::Off {
+        if let Err(reason) = headers::check_hash(resp.headers(), &s.hash_header, &s.hash_value) {
+            metrics.response_violation(pool_id, reason);
+            if s.responses == HashMode::Enforce {
+                return Err(ProxyError::ResponseHash { pool: pool_id, backend: backend.addr.clone(), reason });
+            }
+            metrics.upstream_error(pool_id, UpstreamErrorKind::Hash);
+        }
+    }
+    let status = resp.status();
+    if status.is_server_error() {
+        metrics.upstream_error(pool_id, UpstreamErrorKind::Status5xx);
+    }
+    metrics.request(Charge::Pool(pool_id), status.as_u16());
+
+    let switching = status == StatusCode::SWITCHING_PROTOCOLS;
+    headers::strip_hop_by_hop(resp.headers_mut(), switching && upgrade);
+    if switching {
+        let (Some(down), Some(up)) = (downstream_upgrade, resp.extensions_mut().remove::<OnUpgrade>()) else {
+            return Err(ProxyError::Upstream {
+                pool: pool_id,
+                backend: backend.addr.clone(),
+                message: "101 Switching Protocols without an upgrade request".into(),
+            });
+        };
+        tokio::spawn(tunnel(down, up, guard));
+        let (parts, _) = resp.into_parts();
+        return Ok(Response::from_parts(parts, ProxyBody::empty()));
+    }
+    Ok(resp.map(|b| ProxyBody::upstream(b, guard)))
+}
+
+/// Copies bytes both ways once both sides have switched protocols. The connection stays
+/// on the backend (and so the pool) that accepted the upgrade.
+async fn tunnel(down: OnUpgrade, up: OnUpgrade, guard: InflightGuard) {
+    match tokio::try_join!(down, up) {
+        Ok((down, up)) => {
+            let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
+            if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+                debug!(backend = %guard.backend().addr, error = %e, "upgraded connection ended");
+            }
+        }
+        Err(e) => debug!(backend = %guard.backend().addr, error = %e, "upgrade failed"),
+    }
+}
+
+/// Sorts a client error into who is at fault.
+fn classify(pool: PoolId, backend: &str, e: &hyper_util::client::legacy::Error) -> ProxyError {
+    let mut source = e.source();
+    while let Some(err) = source {
+        if let Some(RequestBodyError::TooLarge(BodyTooLarge { limit })) = err.downcast_ref::<RequestBodyError>() {
+            return ProxyError::BodyTooLarge { limit: *limit };
+        }
+        if let Some(RequestBodyError::Client(c)) = err.downcast_ref::<RequestBodyError>() {
+            return ProxyError::ClientBody(c.to_string());
+        }
+        source = err.source();
+    }
+    let message = match e.source() {
+        Some(s) => format!("{e}: {s}"),
+        None => e.to_string(),
+    };
+    if e.is_connect() {
+        ProxyError::Connect { pool, backend: backend.to_string(), message }
+    } else {
+        ProxyError::Upstream { pool, backend: backend.to_string(), message }
+    }
+}

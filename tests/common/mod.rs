@@ -1,0 +1,311 @@
+//! Shared test rig: in-process blue/green upstreams whose behaviour a test controls, a
+//! proxy on 127.0.0.1:0, admin and HTTP clients, and waiting with deadlines.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
+use hyper::body::{Body, Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use switchyard::config::Config;
+use switchyard::proxy::route::RouteHandle;
+use switchyard::Switchyard;
+
+pub const HASH: &str = "cdd01ef066bc6cf2";
+pub const HASH_HEADER: &str = "x-constitutional-hash";
+
+/// How a fake upstream behaves; tests flip these while traffic flows.
+#[derive(Default)]
+pub struct Behavior {
+    pub omit_hash: AtomicBool,
+    pub wrong_hash: AtomicBool,
+    pub status: AtomicU16,
+    pub delay_ms: AtomicU64,
+}
+
+pub struct Upstream {
+    pub name: &'static str,
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicUsize>,
+    pub behavior: Arc<Behavior>,
+    /// Headers of the last request, as received.
+    pub last_headers: Arc<std::sync::Mutex<Option<http::HeaderMap>>>,
+    stop: CancellationToken,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+type UpBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+fn full(b: impl Into<Bytes>) -> UpBody {
+    Full::new(b.into()).map_err(|e| match e {}).boxed()
+}
+
+/// A body of `remaining` bytes produced in 64 KiB chunks, never held whole.
+struct Repeat {
+    chunk: Bytes,
+    remaining: u64,
+}
+
+impl Body for Repeat {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if self.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        let n = self.remaining.min(self.chunk.len() as u64);
+        self.remaining -= n;
+        Poll::Ready(Some(Ok(Frame::data(self.chunk.slice(..n as usize)))))
+    }
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.remaining)
+    }
+}
+
+fn query_u64(req: &Request<Incoming>, key: &str) -> Option<u64> {
+    req.uri().query()?.split('&').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+}
+
+async fn upstream_handle(
+    name: &'static str,
+    behavior: Arc<Behavior>,
+    hits: Arc<AtomicUsize>,
+    last: Arc<std::sync::Mutex<Option<http::HeaderMap>>>,
+    mut req: Request<Incoming>,
+) -> Result<Response<UpBody>, Infallible> {
+    hits.fetch_add(1, Ordering::SeqCst);
+    if let Ok(mut l) = last.lock() {
+        *l = Some(req.headers().clone());
+    }
+    let delay = query_u64(&req, "sleep_ms").unwrap_or(0) + behavior.delay_ms.load(Ordering::Relaxed);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let mut status = StatusCode::from_u16(behavior.status.load(Ordering::Relaxed)).unwrap_or(StatusCode::OK);
+    let path = req.uri().path().to_string();
+    let body = match path.as_str() {
+        "/upload" => {
+            let mut n: u64 = 0;
+            let mut body = req.into_body();
+            while let Some(frame) = body.frame().await {
+                match frame {
+                    Ok(f) => n += f.data_ref().map_or(0, |d| d.len() as u64),
+                    Err(_) => break,
+                }
+            }
+            full(n.to_string())
+        }
+        "/download" => {
+            let n = query_u64(&req, "bytes").unwrap_or(0);
+            Repeat { chunk: Bytes::from(vec![b'x'; 64 * 1024]), remaining: n }.boxed()
+        }
+        "/ws" => {
+            let on_upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                if let Ok(up) = on_upgrade.await {
+                    let (mut r, mut w) = tokio::io::split(TokioIo::new(up));
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                }
+            });
+            let mut resp = Response::new(full(Bytes::new()));
+            *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            resp.headers_mut().insert("upgrade", "websocket".parse().unwrap());
+            resp.headers_mut().insert("connection", "upgrade".parse().unwrap());
+            resp.headers_mut().insert(HASH_HEADER, HASH.parse().unwrap());
+            return Ok(resp);
+        }
+        _ => {
+            if status == StatusCode::OK && path == "/fail" {
+                status = StatusCode::INTERNAL_SERVER_ERROR;
+            }
+            full(name)
+        }
+    };
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    resp.headers_mut().insert("x-upstream", name.parse().unwrap());
+    if behavior.wrong_hash.load(Ordering::Relaxed) {
+        resp.headers_mut().insert(HASH_HEADER, "0000000000000000".parse().unwrap());
+    } else if !behavior.omit_hash.load(Ordering::Relaxed) {
+        resp.headers_mut().insert(HASH_HEADER, HASH.parse().unwrap());
+    }
+    Ok(resp)
+}
+
+/// Starts a fake upstream on 127.0.0.1:0 (HTTP/1.1 and h2c).
+pub async fn upstream(name: &'static str) -> Upstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let behavior = Arc::new(Behavior::default());
+    let hits = Arc::new(AtomicUsize::new(0));
+    let last = Arc::new(std::sync::Mutex::new(None));
+    let stop = CancellationToken::new();
+    let (b, h, l, s) = (behavior.clone(), hits.clone(), last.clone(), stop.clone());
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = tokio::select! {
+                r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
+                _ = s.cancelled() => return,
+            };
+            let (b, h, l) = (b.clone(), h.clone(), l.clone());
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| upstream_handle(name, b.clone(), h.clone(), l.clone(), req));
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Upstream { name, addr, hits, behavior, last_headers: last, stop }
+}
+
+pub struct TestProxy {
+    pub addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    pub socket: PathBuf,
+    pub dir: tempfile::TempDir,
+    pub routes: Arc<RouteHandle>,
+    pub shutdown: CancellationToken,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TestProxy {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// The config text for a proxy in front of `blue` and `green`; `extra` is appended
+/// (and may add keys to sections by repeating their headers only where TOML allows).
+pub fn config_text(dir: &std::path::Path, blue: &[SocketAddr], green: &[SocketAddr], sections: &str) -> String {
+    let list = |a: &[SocketAddr]| a.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ");
+    let mut text = format!(
+        r#"
+[pools.blue]
+backends = [{}]
+[pools.green]
+backends = [{}]
+[admin]
+socket = "{}/admin.sock"
+[metrics]
+listen = "127.0.0.1:0"
+[state]
+path = "{}/state.json"
+"#,
+        list(blue),
+        list(green),
+        dir.display(),
+        dir.display()
+    );
+    text.push_str(sections);
+    if !sections.contains("[proxy]") {
+        text.push_str("\n[proxy]\nlisten = [\"127.0.0.1:0\"]\n");
+    }
+    text
+}
+
+/// Starts a proxy in-process. `sections` is extra TOML: `[proxy]`, `[split]`, ...
+pub async fn proxy(blue: &Upstream, green: &Upstream, sections: &str) -> TestProxy {
+    proxy_multi(&[blue.addr], &[green.addr], sections).await
+}
+
+pub async fn proxy_multi(blue: &[SocketAddr], green: &[SocketAddr], sections: &str) -> TestProxy {
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(dir.path(), blue, green, sections);
+    let cfg = Config::from_toml_str(&text).unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"));
+    let server = Switchyard::bind(cfg).await.unwrap();
+    let addr = server.http_addrs()[0];
+    let metrics_addr = server.metrics_addr().unwrap();
+    let routes = server.routes();
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
+    let task = tokio::spawn(async move {
+        server.run(token).await.unwrap();
+    });
+    TestProxy { addr, metrics_addr, socket: dir.path().join("admin.sock"), dir, routes, shutdown, task }
+}
+
+impl TestProxy {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// One admin command over the real socket; the parsed JSON reply.
+    pub async fn admin(&self, line: &str) -> serde_json::Value {
+        let reply = switchyard::control::admin::request(&self.socket, line).await.unwrap();
+        serde_json::from_str(&reply).unwrap_or_else(|e| panic!("admin reply not JSON ({e}): {reply}"))
+    }
+
+    pub async fn metrics(&self) -> String {
+        let c = client();
+        let resp = c.get(format!("http://{}/metrics", self.metrics_addr).parse().unwrap()).await.unwrap();
+        String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+    }
+}
+
+/// A keep-alive client pool (HTTP/1.1).
+pub type Client = hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+pub fn client() -> Client {
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// A GET carrying the constitutional hash.
+pub fn get(url: &str) -> Request<Full<Bytes>> {
+    Request::get(url).header(HASH_HEADER, HASH).body(Full::new(Bytes::new())).unwrap()
+}
+
+pub async fn send(c: &Client, req: Request<Full<Bytes>>) -> (StatusCode, http::HeaderMap, Bytes) {
+    let resp = tokio::time::timeout(Duration::from_secs(10), c.request(req)).await.expect("request hung").unwrap();
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (parts.status, parts.headers, body)
+}
+
+/// Value of `name{labels}` in a Prometheus exposition, 0 when absent.
+pub fn metric(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            (series == name_and_labels).then(|| value.parse().ok())?
+        })
+        .unwrap_or(0.0)
+}
+
+/// Polls `cond` until it holds or `deadline` passes.
+pub async fn wait_for<F, Fut>(what: &str, deadline: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !cond().await {
+        assert!(start.elapsed() < deadline, "timed out after {deadline:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn empty() -> Empty<Bytes> {
+    Empty::new()
+}
