@@ -186,16 +186,21 @@ impl AdminServer {
     }
 }
 
-fn reply_ok(mut v: Value) -> String {
-    let mut out = match v.as_object_mut() {
-        Some(map) => {
-            let mut m = serde_json::Map::with_capacity(map.len() + 1);
-            m.insert("ok".into(), true.into());
-            m.append(map);
-            Value::Object(m).to_string()
-        }
-        None => json!({ "ok": true, "result": v }).to_string(),
+fn reply_ok(v: Value) -> String {
+    // `ok` first, so that a human reading `echo status | socat ...` sees the verdict first.
+    let body = match &v {
+        Value::Object(map) if map.is_empty() => String::new(),
+        Value::Object(_) => v.to_string(),
+        other => json!({ "result": other }).to_string(),
     };
+    let mut out = String::with_capacity(body.len() + 12);
+    out.push_str("{\"ok\":true");
+    if let Some(rest) = body.strip_prefix('{') {
+        out.push(',');
+        out.push_str(rest);
+    } else {
+        out.push('}');
+    }
     out.push('\n');
     out
 }

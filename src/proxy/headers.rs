@@ -17,6 +17,9 @@ pub enum Smuggling {
     DuplicateContentLength,
     InvalidContentLength,
     TransferEncodingNotChunked,
+    /// Seen on the wire by [`crate::proxy::sniff`]: Content-Length with Transfer-Encoding,
+    /// or Content-Length repeated, which the codec had already folded away.
+    AmbiguousLength,
 }
 
 impl Smuggling {
@@ -26,6 +29,7 @@ impl Smuggling {
             Self::DuplicateContentLength => "duplicate content-length",
             Self::InvalidContentLength => "invalid content-length",
             Self::TransferEncodingNotChunked => "transfer-encoding not ending in chunked",
+            Self::AmbiguousLength => "content-length with transfer-encoding or repeated",
         }
     }
 }

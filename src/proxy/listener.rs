@@ -3,6 +3,7 @@
 //! On shutdown the loop stops accepting and every connection is asked to finish gracefully.
 
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ use tracing::{debug, warn};
 
 use crate::config::Config;
 use crate::proxy::service::{handle, Conn, Shared};
+use crate::proxy::sniff::{FramingVerdict, SniffIo};
 
 /// Everything an accept loop needs, shared by all listeners of one proxy.
 pub struct Acceptor {
@@ -90,11 +92,12 @@ impl Acceptor {
 
     async fn serve(&self, stream: TcpStream, peer: SocketAddr, proto: &'static str) {
         let _ = stream.set_nodelay(true);
-        self.serve_io(stream, peer, proto).await;
+        let framing = FramingVerdict::new();
+        self.serve_io(SniffIo::new(stream, framing.clone()), framing, peer, proto).await;
     }
 
     /// Serves one connection (plain or already TLS-terminated) to its end.
-    pub async fn serve_io<I>(&self, io: I, peer: SocketAddr, proto: &'static str)
+    pub async fn serve_io<I>(&self, io: I, framing: Arc<FramingVerdict>, peer: SocketAddr, proto: &'static str)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -102,6 +105,8 @@ impl Acceptor {
         metrics.connections_active.increment(1.0);
         let conn = Arc::new(Conn {
             shared: self.shared.clone(),
+            framing,
+            requests: AtomicU64::new(0),
             client_ip: HeaderValue::from_str(&peer.ip().to_string()).expect("an IP address is a valid header value"),
             proto,
         });

@@ -12,6 +12,7 @@ pub mod listener;
 pub mod route;
 pub mod service;
 pub mod settings;
+pub mod sniff;
 pub mod upstream;
 
 use std::sync::Arc;

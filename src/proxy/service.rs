@@ -4,6 +4,7 @@
 
 use std::convert::Infallible;
 use std::error::Error as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -22,6 +23,7 @@ use crate::proxy::body::{BodyTooLarge, LimitedBody, ProxyBody, RequestBodyError}
 use crate::proxy::headers;
 use crate::proxy::route::{InflightGuard, RouteHandle, RouteTable};
 use crate::proxy::settings::{Settings, OVERRIDE_TOKEN_HEADER};
+use crate::proxy::sniff::FramingVerdict;
 
 /// What every connection shares.
 pub struct Shared {
@@ -32,6 +34,10 @@ pub struct Shared {
 /// Per-connection facts, computed once at accept.
 pub struct Conn {
     pub shared: Arc<Shared>,
+    /// Verdict of the raw-stream framing scan (HTTP/1.1 only) and this connection's
+    /// request counter, to match requests to the heads the scan saw.
+    pub framing: Arc<FramingVerdict>,
+    pub requests: AtomicU64,
     pub client_ip: HeaderValue,
     pub proto: &'static str,
 }
@@ -123,6 +129,10 @@ async fn handle_inner(
     let s = &*table.settings;
     let metrics = &conn.shared.metrics;
     let (mut parts, body) = req.into_parts();
+    let index = conn.requests.fetch_add(1, Ordering::Relaxed);
+    if conn.framing.is_bad(index) {
+        return Err(ProxyError::Smuggling(headers::Smuggling::AmbiguousLength));
+    }
     validate(&parts, s)?;
 
     if s.requests != HashMode::Off {

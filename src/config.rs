@@ -1,0 +1,298 @@
+//! Configuration, shared by both planes: the data plane reads listeners, pools, split,
+//! timeouts and limits; the control plane reads admin, state and rollout.
+//!
+//! The path is file → `raw` serde structs (every table `deny_unknown_fields`) →
+//! `validate` → [`Config`]. Errors name the dotted key (`pools.green.backends[1]`) and
+//! say how to fix the value. `config/switchyard.toml` documents every key.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+mod backend;
+mod fields;
+mod locate;
+mod raw;
+mod rollout;
+mod units;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+pub use units::{parse_duration, parse_percent_bp};
+
+/// One of the two upstream pools.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolId {
+    Blue,
+    Green,
+}
+
+impl PoolId {
+    pub const ALL: [PoolId; 2] = [PoolId::Blue, PoolId::Green];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PoolId::Blue => "blue",
+            PoolId::Green => "green",
+        }
+    }
+
+    pub fn other(self) -> PoolId {
+        match self {
+            PoolId::Blue => PoolId::Green,
+            PoolId::Green => PoolId::Blue,
+        }
+    }
+
+    /// Position in `[blue, green]` arrays such as [`Config::pools`].
+    pub fn index(self) -> usize {
+        match self {
+            PoolId::Blue => 0,
+            PoolId::Green => 1,
+        }
+    }
+
+    /// Case-insensitive `"blue"` / `"green"`.
+    pub fn parse(s: &str) -> Option<PoolId> {
+        PoolId::ALL
+            .into_iter()
+            .find(|id| id.as_str().eq_ignore_ascii_case(s))
+    }
+}
+
+impl fmt::Display for PoolId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What to do about a missing or wrong constitutional hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HashMode {
+    Enforce,
+    Report,
+    Off,
+}
+
+impl HashMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HashMode::Enforce => "enforce",
+            HashMode::Report => "report",
+            HashMode::Off => "off",
+        }
+    }
+}
+
+/// Where the split reads a request's stable key from, if anywhere.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Affinity {
+    None,
+    Cookie(String),
+    Header(http::HeaderName),
+}
+
+/// The validated configuration. Build it with [`Config::load`] or [`Config::from_toml_str`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub proxy: ProxyConfig,
+    /// `[blue, green]`; index with [`PoolId::index`] or use [`Config::pool`].
+    pub pools: [PoolConfig; 2],
+    pub split: SplitConfig,
+    pub constitution: ConstitutionConfig,
+    pub admin: AdminConfig,
+    pub metrics: MetricsConfig,
+    pub state: StateConfig,
+    pub rollout: RolloutConfig,
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml_str(&text)
+    }
+
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        let raw: raw::RawConfig = toml::from_str(text)
+            .map_err(|err| ConfigError::Syntax(locate::describe(text, &err)))?;
+        validate::validate(raw)
+    }
+
+    pub fn pool(&self, id: PoolId) -> &PoolConfig {
+        &self.pools[id.index()]
+    }
+}
+
+/// `[proxy]`: listeners, connection limits and timeouts of the data plane.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub listen: Vec<SocketAddr>,
+    pub tls: Vec<TlsListenerConfig>,
+    /// 0 means one worker per CPU core.
+    pub workers: usize,
+    pub max_connections: usize,
+    /// How many X-Forwarded-For entries, counted from the right, are our own proxies.
+    pub trusted_hops: u32,
+    pub timeouts: Timeouts,
+    pub limits: Limits,
+}
+
+/// `[[proxy.tls]]`: one TLS listener; the certificate is picked by SNI.
+#[derive(Debug, Clone)]
+pub struct TlsListenerConfig {
+    pub listen: SocketAddr,
+    pub certs: Vec<CertPair>,
+}
+
+/// PEM certificate chain and private key. Existence is checked when TLS is set up, not here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertPair {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// `[proxy.timeouts]`.
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub header_read: Duration,
+    pub upstream_response: Duration,
+    pub idle: Duration,
+    pub upstream_idle: Duration,
+    pub shutdown_grace: Duration,
+    pub tls_handshake: Duration,
+}
+
+/// `[proxy.limits]`.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_body_bytes: u64,
+}
+
+/// `[pools.blue]` / `[pools.green]`.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// `host:port` strings as written; names are resolved by the data plane.
+    pub backends: Vec<String>,
+    pub max_idle_per_backend: usize,
+}
+
+/// `[split]`: the starting weight and how requests are assigned to pools.
+#[derive(Debug, Clone)]
+pub struct SplitConfig {
+    /// Green's share in basis points, used when no state file exists.
+    pub green_bp: u16,
+    pub affinity: Affinity,
+    pub override_header: Option<http::HeaderName>,
+    pub override_token: Option<String>,
+}
+
+/// `[constitution]`: the hash every request and response must carry.
+#[derive(Debug, Clone)]
+pub struct ConstitutionConfig {
+    pub hash: String,
+    pub header: http::HeaderName,
+    pub requests: HashMode,
+    pub responses: HashMode,
+}
+
+/// `[admin]`: the unix admin socket and who may use it.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub socket: PathBuf,
+    pub mode: u32,
+    pub admin_uids: Vec<u32>,
+    pub admin_gids: Vec<u32>,
+    pub readonly_uids: Vec<u32>,
+    pub readonly_gids: Vec<u32>,
+    pub audit_log: Option<PathBuf>,
+    pub max_clients: usize,
+    pub idle_timeout: Duration,
+}
+
+/// `[metrics]`: the Prometheus listener, `None` when disabled.
+#[derive(Debug, Clone)]
+pub struct MetricsConfig {
+    pub listen: Option<SocketAddr>,
+}
+
+/// `[state]`: where weights and rollout state persist.
+#[derive(Debug, Clone)]
+pub struct StateConfig {
+    pub path: PathBuf,
+}
+
+/// `[rollout]`: steps and timing of the rollout controller.
+#[derive(Debug, Clone)]
+pub struct RolloutConfig {
+    /// Candidate weights in basis points, strictly increasing, ending at 10000.
+    pub steps_bp: Vec<u16>,
+    pub hold: Duration,
+    pub bake: Duration,
+    pub window: Duration,
+    pub max_hold: Duration,
+    pub tick: Duration,
+    pub settle: Duration,
+    pub gates: GatesConfig,
+}
+
+/// `[rollout.gates]`: limits of the judgment gates and tripwires.
+#[derive(Debug, Clone)]
+pub struct GatesConfig {
+    pub p99_max: Duration,
+    pub p99_ratio_max: f64,
+    pub p99_min_delta: Duration,
+    pub error_rate_max: f64,
+    pub error_rate_margin: f64,
+    pub min_requests: u64,
+    pub min_latency_samples: u64,
+    pub fail_windows: u32,
+    pub consecutive_errors: u32,
+    pub hash_violations_max: u32,
+    pub tripwire_error_rate: f64,
+    pub tripwire_min_requests: u64,
+}
+
+/// Why a config was refused. Every message tells the operator what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not TOML, an unknown key, or a value of the wrong TOML type. Starts with
+    /// ``key `a.b` at line L, column C:`` when the key is known.
+    #[error("config is not valid TOML: {0}")]
+    Syntax(String),
+    /// Valid TOML, but a value breaks a rule; `message` says how to fix it.
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+impl ConfigError {
+    /// The dotted key the error is about, when known.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Io { .. } => None,
+            ConfigError::Syntax(message) => message
+                .strip_prefix("key `")
+                .and_then(|rest| rest.split_once('`'))
+                .map(|(key, _)| key),
+            ConfigError::Invalid { key, .. } => Some(key),
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! The file as serde sees it: every key optional, every table `deny_unknown_fields`.
+//! Values keep their written form here; `validate` turns them into typed settings
+//! so that each error can name its key.
+
+use std::fmt;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    pub proxy: Option<RawProxy>,
+    pub pools: Option<RawPools>,
+    pub split: Option<RawSplit>,
+    pub constitution: Option<RawConstitution>,
+    pub admin: Option<RawAdmin>,
+    pub metrics: Option<RawMetrics>,
+    pub state: Option<RawState>,
+    pub rollout: Option<RawRollout>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawProxy {
+    pub listen: Option<Vec<String>>,
+    pub tls: Option<Vec<RawTls>>,
+    pub workers: Option<usize>,
+    pub max_connections: Option<usize>,
+    pub trusted_hops: Option<u32>,
+    pub timeouts: Option<RawTimeouts>,
+    pub limits: Option<RawLimits>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTls {
+    pub listen: Option<String>,
+    pub certs: Option<Vec<RawCertPair>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCertPair {
+    pub cert: Option<String>,
+    pub key: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTimeouts {
+    pub connect: Option<RawDuration>,
+    pub header_read: Option<RawDuration>,
+    pub upstream_response: Option<RawDuration>,
+    pub idle: Option<RawDuration>,
+    pub upstream_idle: Option<RawDuration>,
+    pub shutdown_grace: Option<RawDuration>,
+    pub tls_handshake: Option<RawDuration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLimits {
+    pub max_header_bytes: Option<RawSize>,
+    pub max_headers: Option<usize>,
+    pub max_body_bytes: Option<RawSize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPools {
+    pub blue: Option<RawPool>,
+    pub green: Option<RawPool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPool {
+    pub backends: Option<Vec<String>>,
+    pub max_idle_per_backend: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSplit {
+    pub green_percent: Option<RawPercent>,
+    pub affinity: Option<String>,
+    pub override_header: Option<String>,
+    pub override_token: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConstitution {
+    pub hash: Option<String>,
+    pub header: Option<String>,
+    pub requests: Option<String>,
+    pub responses: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAdmin {
+    pub socket: Option<String>,
+    pub mode: Option<RawMode>,
+    pub admin_uids: Option<Vec<u32>>,
+    pub admin_gids: Option<Vec<u32>>,
+    pub readonly_uids: Option<Vec<u32>>,
+    pub readonly_gids: Option<Vec<u32>>,
+    pub audit_log: Option<String>,
+    pub max_clients: Option<usize>,
+    pub idle_timeout: Option<RawDuration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMetrics {
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawState {
+    pub path: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRollout {
+    pub steps: Option<Vec<RawPercent>>,
+    pub hold: Option<RawDuration>,
+    pub bake: Option<RawDuration>,
+    pub window: Option<RawDuration>,
+    pub max_hold: Option<RawDuration>,
+    pub tick: Option<RawDuration>,
+    pub settle: Option<RawDuration>,
+    pub gates: Option<RawGates>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawGates {
+    pub p99_max: Option<RawDuration>,
+    pub p99_ratio_max: Option<f64>,
+    pub p99_min_delta: Option<RawDuration>,
+    pub error_rate_max: Option<f64>,
+    pub error_rate_margin: Option<f64>,
+    pub min_requests: Option<u64>,
+    pub min_latency_samples: Option<u64>,
+    pub fail_windows: Option<u32>,
+    pub consecutive_errors: Option<u32>,
+    pub hash_violations_max: Option<u32>,
+    pub tripwire_error_rate: Option<f64>,
+    pub tripwire_min_requests: Option<u64>,
+}
+
+/// A duration as written (`"60s"`); the custom `expecting` makes a wrong TOML type
+/// (say `hold = 60`) explain the expected form.
+#[derive(Debug, Clone)]
+pub(crate) struct RawDuration(pub String);
+
+/// A percent as written: a TOML integer or float, kept as its decimal text so that
+/// the two-decimal rule is checked exactly.
+#[derive(Debug, Clone)]
+pub(crate) struct RawPercent(pub String);
+
+/// A byte size: an integer number of bytes or a string with a binary unit.
+#[derive(Debug, Clone)]
+pub(crate) enum RawSize {
+    Bytes(i64),
+    Text(String),
+}
+
+/// A file mode as a string of octal digits. Integers are refused on purpose:
+/// `mode = 660` would silently mean decimal 660.
+#[derive(Debug, Clone)]
+pub(crate) struct RawMode(pub String);
+
+struct TextVisitor(&'static str);
+
+impl Visitor<'_> for TextVisitor {
+    type Value = String;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<String, E> {
+        Ok(v.to_owned())
+    }
+}
+
+impl<'de> Deserialize<'de> for RawDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_str(TextVisitor(
+            "a duration string such as \"250ms\", \"60s\" or \"5m\"",
+        ))
+        .map(RawDuration)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawMode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_str(TextVisitor(
+            "a string of octal digits such as \"0660\" (quoted, so that it is read as octal)",
+        ))
+        .map(RawMode)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawPercent {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct PercentVisitor;
+        impl Visitor<'_> for PercentVisitor {
+            type Value = RawPercent;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a percent number such as 10 or 0.5 (not quoted)")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawPercent, E> {
+                Ok(RawPercent(v.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawPercent, E> {
+                Ok(RawPercent(v.to_string()))
+            }
+            // f64's Display is the shortest text that reads back as the same number,
+            // so 12.34 stays "12.34" and 12.345 stays "12.345".
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<RawPercent, E> {
+                Ok(RawPercent(v.to_string()))
+            }
+        }
+        d.deserialize_any(PercentVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct SizeVisitor;
+        impl Visitor<'_> for SizeVisitor {
+            type Value = RawSize;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a byte count such as 65536 or a string such as \"64KiB\" or \"1GiB\"")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawSize, E> {
+                Ok(RawSize::Bytes(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawSize, E> {
+                i64::try_from(v)
+                    .map(RawSize::Bytes)
+                    .map_err(|_| E::custom("byte count is too large"))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawSize, E> {
+                Ok(RawSize::Text(v.to_owned()))
+            }
+        }
+        d.deserialize_any(SizeVisitor)
+    }
+}

@@ -1,0 +1,414 @@
+//! DATA PLANE: a watch on the raw HTTP/1.1 request stream for framing the codec forgives.
+//!
+//! hyper reads `Content-Length` together with `Transfer-Encoding` as chunked (dropping
+//! the length), and folds repeated identical `Content-Length` fields into one, so neither
+//! shape is visible to the service afterwards. RFC 9112 §6.1 lets a server reject them,
+//! and a front door must: the backend or another hop may frame the same bytes differently.
+//! [`SniffIo`] scans the bytes hyper reads — heads field by field, bodies skipped by their
+//! framing — and records the index of the first request whose head had such a shape; the
+//! service answers that request (and so the connection) with 400.
+//!
+//! The scan is a byte loop over heads only; body bytes are skipped by count.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Shared between a connection's [`SniffIo`] and its service.
+#[derive(Debug)]
+pub struct FramingVerdict {
+    first_bad: AtomicU64,
+}
+
+impl FramingVerdict {
+    pub fn new() -> Arc<Self> {
+        Arc::new(FramingVerdict { first_bad: AtomicU64::new(u64::MAX) })
+    }
+
+    /// Whether request number `index` (0-based, on this connection) or an earlier one was
+    /// refused by the scan.
+    pub fn is_bad(&self, index: u64) -> bool {
+        index >= self.first_bad.load(Ordering::Acquire)
+    }
+}
+
+const NAME_MAX: usize = 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Reading a head: at the start of a field line when `at_line_start`.
+    Head,
+    /// Skipping `n` bytes of a fixed-length body.
+    Fixed(u64),
+    ChunkSize,
+    ChunkExt,
+    ChunkData(u64),
+    ChunkDataEnd,
+    Trailers,
+    /// HTTP/2, an upgrade, or a refused head: nothing more to learn.
+    Off,
+}
+
+/// Incremental scanner of an HTTP/1.1 request stream.
+#[derive(Debug)]
+pub struct Scanner {
+    state: State,
+    request: u64,
+    /// Bytes of the current line so far (lowercased, capped at NAME_MAX) and its length.
+    name: [u8; NAME_MAX],
+    name_len: usize,
+    line_len: usize,
+    first_line: bool,
+    in_value: Option<Field>,
+    cl_count: u32,
+    cl_value: Option<u64>,
+    te: bool,
+    te_last_chunked: bool,
+    upgrade: bool,
+    chunk_size: u64,
+    chunk_digits: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    ContentLength,
+    TransferEncoding,
+    Other,
+}
+
+impl Default for Scanner {
+    fn default() -> Self {
+        Scanner {
+            state: State::Head,
+            request: 0,
+            name: [0; NAME_MAX],
+            name_len: 0,
+            line_len: 0,
+            first_line: true,
+            in_value: None,
+            cl_count: 0,
+            cl_value: None,
+            te: false,
+            te_last_chunked: false,
+            upgrade: false,
+            chunk_size: 0,
+            chunk_digits: false,
+        }
+    }
+}
+
+/// Outcome of a finished head.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HeadVerdict {
+    Fine,
+    Bad,
+}
+
+impl Scanner {
+    /// Feeds bytes read from the client; returns the index of a refused request, if the
+    /// chunk completed one.
+    pub fn feed(&mut self, mut data: &[u8]) -> Option<u64> {
+        while !data.is_empty() {
+            match self.state {
+                State::Off => return None,
+                State::Fixed(n) => {
+                    let take = n.min(data.len() as u64);
+                    data = &data[take as usize..];
+                    self.state = if take == n { State::Head } else { State::Fixed(n - take) };
+                }
+                State::ChunkData(n) => {
+                    let take = n.min(data.len() as u64);
+                    data = &data[take as usize..];
+                    self.state = if take == n { State::ChunkDataEnd } else { State::ChunkData(n - take) };
+                }
+                _ => {
+                    let b = data[0];
+                    data = &data[1..];
+                    if let Some(bad) = self.byte(b) {
+                        return Some(bad);
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    fn byte(&mut self, b: u8) -> Option<u64> {
+        match self.state {
+            State::Head => return self.head_byte(b),
+            State::ChunkSize => match b {
+                b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
+                    let d = (b as char).to_digit(16).unwrap_or(0) as u64;
+                    self.chunk_size = self.chunk_size.saturating_mul(16).saturating_add(d);
+                    self.chunk_digits = true;
+                }
+                b';' => self.state = State::ChunkExt,
+                b'\n' => self.end_chunk_size(),
+                _ => {}
+            },
+            State::ChunkExt => {
+                if b == b'\n' {
+                    self.end_chunk_size();
+                }
+            }
+            State::ChunkDataEnd => {
+                if b == b'\n' {
+                    self.state = State::ChunkSize;
+                }
+            }
+            State::Trailers => {
+                if b == b'\n' {
+                    if self.line_len == 0 {
+                        self.reset_head();
+                    }
+                    self.line_len = 0;
+                } else if b != b'\r' {
+                    self.line_len += 1;
+                }
+            }
+            State::Fixed(_) | State::ChunkData(_) | State::Off => {}
+        }
+        None
+    }
+
+    fn end_chunk_size(&mut self) {
+        if !self.chunk_digits {
+            // Not chunked framing after all; the codec will refuse it. Stop guessing.
+            self.state = State::Off;
+        } else if self.chunk_size == 0 {
+            self.line_len = 0;
+            self.state = State::Trailers;
+        } else {
+            self.state = State::ChunkData(self.chunk_size);
+        }
+        self.chunk_size = 0;
+        self.chunk_digits = false;
+    }
+
+    fn reset_head(&mut self) {
+        self.state = State::Head;
+        self.first_line = true;
+        self.line_len = 0;
+        self.name_len = 0;
+        self.in_value = None;
+        self.cl_count = 0;
+        self.cl_value = None;
+        self.te = false;
+        self.te_last_chunked = false;
+        self.upgrade = false;
+    }
+
+    fn head_byte(&mut self, b: u8) -> Option<u64> {
+        if b == b'\n' {
+            let empty = self.line_len == 0;
+            if let Some(Field::TransferEncoding) = self.in_value {
+                // value words were tracked in name buffer; see `value_byte`
+            }
+            self.line_len = 0;
+            self.name_len = 0;
+            self.in_value = None;
+            if self.first_line {
+                if empty {
+                    return None; // tolerated leading CRLF before a request line
+                }
+                if self.name[..3.min(NAME_MAX)] == *b"pri" {
+                    self.state = State::Off; // HTTP/2 connection preface
+                }
+                self.first_line = false;
+                return None;
+            }
+            if empty {
+                return self.end_head();
+            }
+            return None;
+        }
+        if b == b'\r' {
+            return None;
+        }
+        self.line_len += 1;
+        if self.first_line {
+            if self.name_len < NAME_MAX {
+                self.name[self.name_len] = b.to_ascii_lowercase();
+                self.name_len += 1;
+            }
+            return None;
+        }
+        match self.in_value {
+            None if b == b':' => {
+                let name = &self.name[..self.name_len];
+                let field = match name {
+                    b"content-length" => Field::ContentLength,
+                    b"transfer-encoding" => Field::TransferEncoding,
+                    _ => Field::Other,
+                };
+                match field {
+                    Field::ContentLength => {
+                        self.cl_count += 1;
+                        self.cl_value = Some(0);
+                    }
+                    Field::TransferEncoding => {
+                        self.te = true;
+                        self.te_last_chunked = false;
+                    }
+                    Field::Other => {
+                        if name == b"upgrade" {
+                            self.upgrade = true;
+                        }
+                    }
+                }
+                self.name_len = 0;
+                self.in_value = Some(field);
+            }
+            None => {
+                if self.name_len < NAME_MAX {
+                    self.name[self.name_len] = b.to_ascii_lowercase();
+                    self.name_len += 1;
+                } else {
+                    self.name_len = NAME_MAX; // too long to be a name we care about
+                    self.name[0] = 0;
+                }
+            }
+            Some(Field::ContentLength) => {
+                if b.is_ascii_digit() {
+                    self.cl_value = self.cl_value.map(|v| v.saturating_mul(10).saturating_add(u64::from(b - b'0')));
+                }
+            }
+            Some(Field::TransferEncoding) => {
+                // Track the last word: "chunked" must end the list.
+                if b == b',' {
+                    self.name_len = 0;
+                } else if !b.is_ascii_whitespace() && self.name_len < NAME_MAX {
+                    self.name[self.name_len] = b.to_ascii_lowercase();
+                    self.name_len += 1;
+                }
+                self.te_last_chunked = &self.name[..self.name_len] == b"chunked";
+            }
+            Some(Field::Other) => {}
+        }
+        None
+    }
+
+    fn end_head(&mut self) -> Option<u64> {
+        let index = self.request;
+        self.request += 1;
+        if self.cl_count > 1 || (self.te && self.cl_count > 0) {
+            self.state = State::Off;
+            return Some(index);
+        }
+        if self.upgrade {
+            // The connection may switch protocols; what follows is not HTTP/1.1 to us.
+            self.state = State::Off;
+            return None;
+        }
+        let next = if self.te && self.te_last_chunked {
+            State::ChunkSize
+        } else if self.te {
+            State::Off // refused by the codec
+        } else {
+            match self.cl_value {
+                Some(n) if n > 0 => State::Fixed(n),
+                _ => State::Head,
+            }
+        };
+        self.reset_head();
+        self.state = next;
+        None
+    }
+}
+
+/// An I/O stream whose reads are fed to a [`Scanner`].
+pub struct SniffIo<I> {
+    inner: I,
+    scanner: Scanner,
+    verdict: Arc<FramingVerdict>,
+}
+
+impl<I> SniffIo<I> {
+    pub fn new(inner: I, verdict: Arc<FramingVerdict>) -> Self {
+        SniffIo { inner, scanner: Scanner::default(), verdict }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for SniffIo<I> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled {
+            let this = &mut *self;
+            if let Some(bad) = this.scanner.feed(&buf.filled()[before..]) {
+                this.verdict.first_bad.fetch_min(bad, Ordering::AcqRel);
+            }
+        }
+        polled
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for SniffIo<I> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan(chunks: &[&[u8]]) -> Option<u64> {
+        let mut s = Scanner::default();
+        chunks.iter().find_map(|c| s.feed(c))
+    }
+
+    #[test]
+    fn flags_content_length_with_transfer_encoding_either_order() {
+        assert_eq!(scan(&[b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"]), Some(0));
+        assert_eq!(scan(&[b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n"]), Some(0));
+    }
+
+    #[test]
+    fn flags_duplicate_content_length() {
+        assert_eq!(scan(&[b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello"]), Some(0));
+    }
+
+    #[test]
+    fn follows_bodies_to_the_next_head_across_reads() {
+        let stream: &[u8] = b"POST /a HTTP/1.1\r\nContent-Length: 40\r\n\r\n\
+Content-Length: 1\r\nContent-Length: 2\r\n\r\nxxxx\
+POST /b HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;ext\r\nhello\r\n0\r\nX-T: 1\r\n\r\n\
+GET /c HTTP/1.1\r\nHost: x\r\n\r\n\
+GET /d HTTP/1.1\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n";
+        // Whole, and split at every position: the body of /a looks like a bad head but is skipped.
+        assert_eq!(scan(&[stream]), Some(3));
+        for cut in 1..stream.len() {
+            assert_eq!(scan(&[&stream[..cut], &stream[cut..]]), Some(3), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn stops_at_http2_preface_and_upgrades() {
+        assert_eq!(scan(&[b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"]), None);
+        assert_eq!(
+            scan(&[b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"]),
+            None
+        );
+    }
+}
