@@ -2,6 +2,8 @@
 //! proxy on 127.0.0.1:0, admin and HTTP clients, and waiting with deadlines.
 #![allow(dead_code)]
 
+pub mod daemon;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
