@@ -21,6 +21,7 @@ use tracing::{debug, warn};
 use crate::config::Config;
 use crate::proxy::service::{handle, Conn, Shared};
 use crate::proxy::sniff::{FramingVerdict, SniffIo};
+use crate::proxy::tls::TlsTerminator;
 
 /// Everything an accept loop needs, shared by all listeners of one proxy.
 pub struct Acceptor {
@@ -57,6 +58,36 @@ pub fn server_builder(cfg: &Config) -> auto::Builder<TokioExecutor> {
 impl Acceptor {
     /// Accepts plain-TCP connections until shutdown.
     pub async fn run_plain(self: Arc<Self>, listener: TcpListener) {
+        self.accept_loop(listener, |this, stream, peer| async move { this.serve(stream, peer, "http").await })
+            .await;
+    }
+
+    /// Accepts TLS connections until shutdown; the handshake has its own deadline.
+    pub async fn run_tls(self: Arc<Self>, listener: TcpListener, tls: Arc<TlsTerminator>) {
+        self.accept_loop(listener, move |this, stream, peer| {
+            let tls = tls.clone();
+            async move {
+                let _ = stream.set_nodelay(true);
+                let handshake = tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream)).await;
+                match handshake {
+                    Ok(Ok(stream)) => {
+                        let framing = FramingVerdict::new();
+                        this.serve_io(SniffIo::new(stream, framing.clone()), framing, peer, "https").await;
+                    }
+                    Ok(Err(e)) => warn!(client.addr = %peer, error = %e, "TLS handshake failed"),
+                    Err(_) => debug!(client.addr = %peer, "TLS handshake timed out"),
+                }
+            }
+        })
+        .await;
+    }
+
+    /// The accept loop: a connection permit first, then accept, then a task per connection.
+    async fn accept_loop<F, Fut>(self: Arc<Self>, listener: TcpListener, per_conn: F)
+    where
+        F: Fn(Arc<Self>, TcpStream, SocketAddr) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
         let mut backoff = Duration::from_millis(5);
         loop {
             let permit = tokio::select! {
@@ -73,9 +104,9 @@ impl Acceptor {
             match accepted {
                 Ok((stream, peer)) => {
                     backoff = Duration::from_millis(5);
-                    let this = self.clone();
+                    let work = per_conn(self.clone(), stream, peer);
                     self.tracker.spawn(async move {
-                        this.serve(stream, peer, "http").await;
+                        work.await;
                         drop(permit);
                     });
                 }

@@ -13,6 +13,7 @@ pub mod route;
 pub mod service;
 pub mod settings;
 pub mod sniff;
+pub mod tls;
 pub mod upstream;
 
 use std::sync::Arc;

@@ -63,9 +63,15 @@ fn full(b: impl Into<Bytes>) -> UpBody {
 }
 
 /// A body of `remaining` bytes produced in 64 KiB chunks, never held whole.
-struct Repeat {
+pub struct Repeat {
     chunk: Bytes,
     remaining: u64,
+}
+
+impl Repeat {
+    pub fn new(n: u64) -> Self {
+        Repeat { chunk: Bytes::from(vec![b'u'; 64 * 1024]), remaining: n }
+    }
 }
 
 impl Body for Repeat {
