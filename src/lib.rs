@@ -11,12 +11,14 @@
 //! ```
 //!
 //! Two planes: [`proxy`] is the data plane and never waits on the control plane;
-//! [`control`] (admin socket, and later the rollout controller) changes what requests
-//! see only by publishing a new route table. [`metrics`] exports both. [`config`] turns
+//! [`control`] (admin socket, persisted state, reload, and the rollout controller) changes
+//! what requests see only by publishing a new route table. [`metrics`] exports both. [`config`] turns
 //! the TOML file into a validated [`config::Config`].
 //!
 //! [`Switchyard::bind`] then [`Switchyard::run`] is the whole daemon; `main` and the
 //! tests use the same two calls, the tests with `127.0.0.1:0` addresses.
+//! [`Switchyard::bind_with`] adds the config file's path (for `reload` and SIGHUP), another
+//! state store, or exhaustive admin lists. The saved state is restored during `bind`.
 
 pub mod config;
 pub mod control;
@@ -37,36 +39,72 @@ use tracing::{info, warn};
 
 use config::Config;
 use control::admin::AdminServer;
+use control::state::{FileStateStore, StateStore};
 use control::Control;
 use metrics::Metrics;
 use proxy::listener::{server_builder, Acceptor};
 use proxy::route::RouteHandle;
 use proxy::service::Shared;
+use proxy::tls::TlsTerminator;
 
 /// Why the daemon could not start; each variant names the step that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot listen on {addr} ({what}): {source}")]
-    Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot create the admin socket {path}: {source}")]
-    Admin { path: PathBuf, source: std::io::Error },
+    Admin {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid pool configuration: {0}")]
     Pools(String),
+    #[error("TLS listener {addr}: {source}")]
+    Tls {
+        addr: SocketAddr,
+        source: proxy::tls::TlsError,
+    },
+}
+
+/// What [`Switchyard::bind_with`] takes besides the config.
+#[derive(Default)]
+pub struct BindOptions {
+    /// The file the config was read from: `reload` and SIGHUP re-read it. Without it a
+    /// reload is refused (`reload_failed`).
+    pub config_path: Option<PathBuf>,
+    /// Where state persists; by default a [`FileStateStore`] at `state.path`.
+    pub state_store: Option<Arc<dyn StateStore>>,
+    /// Only the `[admin]` lists grant access: root and the daemon's own uid are not
+    /// implicitly admins. The tests use this (they run as root).
+    pub strict_admin_lists: bool,
 }
 
 /// A bound, not yet running, proxy.
 pub struct Switchyard {
     config: Config,
     http: Vec<TcpListener>,
+    tls: Vec<(TcpListener, Arc<TlsTerminator>)>,
     metrics_listener: Option<TcpListener>,
     admin: Option<UnixListener>,
     routes: Arc<RouteHandle>,
     metrics: Arc<Metrics>,
+    control: Arc<Control>,
+    strict_admin_lists: bool,
 }
 
 impl Switchyard {
-    /// Binds every listener the config names (port 0 picks a free port).
+    /// Binds every listener the config names (port 0 picks a free port) and restores the
+    /// saved state from `state.path`.
     pub async fn bind(config: Config) -> Result<Switchyard, StartError> {
+        Self::bind_with(config, BindOptions::default()).await
+    }
+
+    /// [`Switchyard::bind`] with options.
+    pub async fn bind_with(config: Config, options: BindOptions) -> Result<Switchyard, StartError> {
         let metrics = Metrics::new();
         let table = proxy::initial_table(&config).map_err(StartError::Pools)?;
         let routes = Arc::new(RouteHandle::new(table));
@@ -74,24 +112,79 @@ impl Switchyard {
         for &addr in &config.proxy.listen {
             http.push(bind_tcp(addr, "proxy")?);
         }
+        let mut tls = Vec::new();
+        for t in &config.proxy.tls {
+            let terminator =
+                TlsTerminator::new(t, config.proxy.timeouts.tls_handshake).map_err(|source| {
+                    StartError::Tls {
+                        addr: t.listen,
+                        source,
+                    }
+                })?;
+            tls.push((bind_tcp(t.listen, "proxy tls")?, Arc::new(terminator)));
+        }
         let metrics_listener = match config.metrics.listen {
             Some(addr) => Some(bind_tcp(addr, "metrics")?),
             None => None,
         };
-        let admin = Some(
-            control::admin::bind(&config.admin)
-                .map_err(|source| StartError::Admin { path: config.admin.socket.clone(), source })?,
-        );
-        Ok(Switchyard { config, http, metrics_listener, admin, routes, metrics })
+        let admin =
+            Some(
+                control::admin::bind(&config.admin).map_err(|source| StartError::Admin {
+                    path: config.admin.socket.clone(),
+                    source,
+                })?,
+            );
+        // Restore only once every socket is ours: a daemon that cannot bind must not
+        // touch the state of the one that holds them.
+        let store = options
+            .state_store
+            .unwrap_or_else(|| Arc::new(FileStateStore::new(config.state.path.clone())));
+        let control = Arc::new(Control::start(
+            config.clone(),
+            options.config_path,
+            routes.clone(),
+            metrics.clone(),
+            store,
+        ));
+        let strict_admin_lists = options.strict_admin_lists;
+        Ok(Switchyard {
+            config,
+            http,
+            tls,
+            metrics_listener,
+            admin,
+            routes,
+            metrics,
+            control,
+            strict_admin_lists,
+        })
     }
 
     /// Addresses of the plain HTTP listeners, in config order.
     pub fn http_addrs(&self) -> Vec<SocketAddr> {
-        self.http.iter().filter_map(|l| l.local_addr().ok()).collect()
+        self.http
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    /// Addresses of the TLS listeners, in config order.
+    pub fn tls_addrs(&self) -> Vec<SocketAddr> {
+        self.tls
+            .iter()
+            .filter_map(|(l, _)| l.local_addr().ok())
+            .collect()
+    }
+
+    /// The TLS terminators, for certificate reloads and status.
+    pub fn tls_terminators(&self) -> Vec<Arc<TlsTerminator>> {
+        self.tls.iter().map(|(_, t)| t.clone()).collect()
     }
 
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
-        self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok())
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     pub fn routes(&self) -> Arc<RouteHandle> {
@@ -102,16 +195,34 @@ impl Switchyard {
         self.metrics.clone()
     }
 
+    /// The control plane: updates, reload (`main` calls it on SIGHUP), events.
+    pub fn control(&self) -> Arc<Control> {
+        self.control.clone()
+    }
+
     /// Serves until `shutdown` is cancelled, then stops accepting, lets in-flight requests
     /// finish within `proxy.timeouts.shutdown_grace`, and returns.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), StartError> {
-        let Switchyard { config, http, metrics_listener, admin, routes, metrics } = self;
+        let Switchyard {
+            config,
+            http,
+            tls,
+            metrics_listener,
+            admin,
+            routes,
+            metrics,
+            control,
+            strict_admin_lists,
+        } = self;
         for l in &http {
             if let Ok(addr) = l.local_addr() {
                 info!(%addr, "proxy listening");
             }
         }
-        let shared = Arc::new(Shared { routes: routes.clone(), metrics: metrics.clone() });
+        let shared = Arc::new(Shared {
+            routes: routes.clone(),
+            metrics: metrics.clone(),
+        });
         let tracker = TaskTracker::new();
         let acceptor = Arc::new(Acceptor {
             shared,
@@ -124,9 +235,18 @@ impl Switchyard {
         for l in http {
             loops.push(tokio::spawn(acceptor.clone().run_plain(l)));
         }
-        let control = Arc::new(Control::new(routes, metrics.clone()));
+        let terminators: Vec<Arc<TlsTerminator>> = tls.iter().map(|(_, t)| t.clone()).collect();
+        for (l, t) in tls {
+            if let Ok(addr) = l.local_addr() {
+                info!(%addr, "proxy tls listening");
+            }
+            loops.push(tokio::spawn(acceptor.clone().run_tls(l, t)));
+        }
+        if !terminators.is_empty() {
+            tokio::spawn(proxy::tls::watch_files(terminators, shutdown.clone()));
+        }
         if let Some(l) = admin {
-            let server = Arc::new(AdminServer::new(control.clone(), config.admin.clone()));
+            let server = Arc::new(AdminServer::new(control.clone(), !strict_admin_lists));
             info!(path = %config.admin.socket.display(), "admin socket listening");
             tokio::spawn(server.run(l, shutdown.clone()));
         }
@@ -157,10 +277,18 @@ impl Switchyard {
             let _ = l.await;
         }
         tracker.close();
-        let grace = config.proxy.timeouts.shutdown_grace;
-        info!(in_flight_connections = tracker.len(), grace_ms = grace.as_millis() as u64, "draining");
+        // The reloaded value counts: the grace period is read when it is needed.
+        let grace = control.config().proxy.timeouts.shutdown_grace;
+        info!(
+            in_flight_connections = tracker.len(),
+            grace_ms = grace.as_millis() as u64,
+            "draining"
+        );
         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-            warn!(remaining = tracker.len(), "shutdown grace period over; closing remaining connections");
+            warn!(
+                remaining = tracker.len(),
+                "shutdown grace period over; closing remaining connections"
+            );
         }
         upkeep.abort();
         Ok(())

@@ -194,3 +194,24 @@ impl TlsTerminator {
         json!({ "listen": self.listen.to_string(), "certificates": self.resolver.store.load().status() })
     }
 }
+
+/// How often certificate files are checked for changes.
+pub const WATCH_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Reloads certificates whose files changed on disk, until shutdown.
+pub async fn watch_files(terminators: Vec<Arc<TlsTerminator>>, shutdown: tokio_util::sync::CancellationToken) {
+    let mut tick = tokio::time::interval(WATCH_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        for t in &terminators {
+            match t.reload_if_changed() {
+                Some(Ok(())) => tracing::info!(listen = %t.listen, "certificates reloaded after a file change"),
+                Some(Err(e)) => tracing::warn!(listen = %t.listen, error = %e, "certificate reload failed; keeping the old certificates"),
+                None => {}
+            }
+        }
+    }
+}

@@ -317,3 +317,49 @@ where
 pub fn empty() -> Empty<Bytes> {
     Empty::new()
 }
+
+/// Cancels its token when dropped (stops a proxy at the end of a test).
+pub struct DropCancel(pub CancellationToken);
+
+impl Drop for DropCancel {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+// ---- control plane: admin socket, ctl, state, reload ----
+
+/// Like [`proxy_multi`], but the config is also written to `dir/switchyard.toml` and bound
+/// with that path (so `reload` re-reads it); `strict_admin_lists` drops the implicit admin
+/// rights of root and the daemon's own uid. Returns the control plane too.
+pub async fn proxy_with(
+    blue: &[SocketAddr],
+    green: &[SocketAddr],
+    sections: &str,
+    strict_admin_lists: bool,
+) -> (TestProxy, Arc<switchyard::control::Control>) {
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(dir.path(), blue, green, sections);
+    let path = dir.path().join("switchyard.toml");
+    std::fs::write(&path, &text).unwrap();
+    let cfg = Config::load(&path).unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"));
+    let options = switchyard::BindOptions { config_path: Some(path), strict_admin_lists, ..Default::default() };
+    let server = Switchyard::bind_with(cfg, options).await.unwrap();
+    let (addr, metrics_addr) = (server.http_addrs()[0], server.metrics_addr().unwrap());
+    let (routes, control) = (server.routes(), server.control());
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
+    let task = tokio::spawn(async move {
+        server.run(token).await.unwrap();
+    });
+    let socket = dir.path().join("admin.sock");
+    (TestProxy { addr, metrics_addr, socket, dir, routes, shutdown, task }, control)
+}
+
+/// The uid and gid this test process runs as (the owner of a file it creates).
+pub fn own_ids() -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let f = tempfile::NamedTempFile::new().unwrap();
+    let m = f.as_file().metadata().unwrap();
+    (m.uid(), m.gid())
+}
