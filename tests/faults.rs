@@ -95,3 +95,24 @@ async fn bodies_over_the_limit_get_413() {
     assert_eq!(metric(&m, r#"switchyard_rejected_requests_total{reason="body_too_large"}"#), 2.0);
     next_request_is_fine(&p).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_not_finished_in_time_closes_the_connection_and_is_counted() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (blue, green) = (upstream("blue").await, upstream("green").await);
+    let p = proxy(&blue, &green, "[proxy]\nlisten = [\"127.0.0.1:0\"]\n[proxy.timeouts]\nheader_read = \"300ms\"\n").await;
+    let mut s = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: slow").await.unwrap();
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+    assert!(closed.is_ok(), "a stalled head kept its connection");
+    let addr = p.metrics_addr;
+    wait_for("the header timeout to be counted", Duration::from_secs(5), || async move {
+        let c = client();
+        let resp = c.get(format!("http://{addr}/metrics").parse().unwrap()).await.unwrap();
+        let text = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
+        metric(std::str::from_utf8(&text).unwrap(), r#"switchyard_rejected_requests_total{reason="header_timeout"}"#) == 1.0
+    })
+    .await;
+    next_request_is_fine(&p).await;
+}

@@ -64,10 +64,11 @@ pub enum Rejection {
     HashMismatch,
     NoBackend,
     BadRequest,
+    HeaderTimeout,
 }
 
 impl Rejection {
-    const ALL: [Rejection; 7] = [
+    const ALL: [Rejection; 8] = [
         Self::Smuggling,
         Self::HeaderTooLarge,
         Self::BodyTooLarge,
@@ -75,6 +76,7 @@ impl Rejection {
         Self::HashMismatch,
         Self::NoBackend,
         Self::BadRequest,
+        Self::HeaderTimeout,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -85,6 +87,7 @@ impl Rejection {
             Self::HashMismatch => "hash_mismatch",
             Self::NoBackend => "no_backend",
             Self::BadRequest => "bad_request",
+            Self::HeaderTimeout => "header_timeout",
         }
     }
 }
@@ -117,7 +120,7 @@ pub struct Metrics {
     /// `[pool][reason]` for responses.
     response_violations: [[Counter; 2]; 2],
     request_violations: [Counter; 2],
-    rejected: [Counter; 7],
+    rejected: [Counter; 8],
     pub green_weight: Gauge,
     pub generation: Gauge,
     pub connections_active: Gauge,

@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use crate::config::Config;
+use crate::metrics::Rejection;
 use crate::proxy::service::{handle, Conn, Shared};
 use crate::proxy::sniff::{FramingVerdict, SniffIo};
 use crate::proxy::tls::TlsTerminator;
@@ -152,7 +153,13 @@ impl Acceptor {
             }
         };
         if let Err(e) = result {
-            debug!(client.addr = %peer, error = %e, "connection ended with an error");
+            let timed_out = e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout);
+            if timed_out {
+                // The codec closes a connection whose request head is not complete in
+                // time (`proxy.timeouts.header_read`); it sends no 408 itself.
+                metrics.rejected(Rejection::HeaderTimeout);
+            }
+            debug!(client.addr = %peer, error = %e, timed_out, "connection ended with an error");
         }
         metrics.connections_active.decrement(1.0);
     }
