@@ -1,21 +1,30 @@
 //! The `switchyard` binary: command line, logging, signals, exit codes. Everything else
 //! lives in the library.
+//!
+//! Exit codes: 0 ok, 1 usage or internal error (also an invalid config); `ctl` adds the
+//! design's table (2 socket unreachable or permission denied, 7 conflict, 8 invalid
+//! transition), see `switchyard::control::client`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use switchyard::config::Config;
-use switchyard::Switchyard;
+use switchyard::control::{client, Actor, Control};
+use switchyard::{BindOptions, Switchyard};
 
 const DEFAULT_CONFIG: &str = "/etc/switchyard/switchyard.toml";
-const DEFAULT_SOCKET: &str = "/run/switchyard/admin.sock";
 
 #[derive(Parser)]
-#[command(name = "switchyard", version, about = "Blue-green traffic-switching L7 reverse proxy")]
+#[command(
+    name = "switchyard",
+    version,
+    about = "Blue-green traffic-switching L7 reverse proxy"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -23,7 +32,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the proxy daemon.
+    /// Run the proxy daemon. SIGHUP re-reads the config; SIGTERM drains and exits.
     ///
     /// Example: switchyard run --config /etc/switchyard/switchyard.toml
     Run {
@@ -37,22 +46,37 @@ enum Command {
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
-    /// Send one command to a running daemon's admin socket.
+    /// Send one command to a running daemon's admin socket (`ctl help` lists them).
     ///
-    /// Example: switchyard ctl --socket /run/switchyard/admin.sock weight 10
+    /// Human output on a terminal, one JSON object per line otherwise or with --json.
+    /// Exit: 0 ok, 1 usage/internal, 2 socket unreachable or permission denied,
+    /// 7 conflict or rollout_active, 8 invalid transition.
+    ///
+    /// Examples: switchyard ctl status; switchyard ctl weight 10 expect-gen 4;
+    /// switchyard ctl rollback to blue; switchyard ctl watch
     Ctl {
-        #[arg(long, env = "SWITCHYARD_SOCKET", default_value = DEFAULT_SOCKET)]
-        socket: PathBuf,
-        /// Print the raw JSON reply.
+        /// Admin socket [default: $SWITCHYARD_SOCKET, else /run/switchyard/admin.sock]
+        #[arg(long, env = "SWITCHYARD_SOCKET", hide_env = true)]
+        socket: Option<PathBuf>,
+        /// One JSON object per line, even on a terminal.
         #[arg(long)]
         json: bool,
+        /// The command and its arguments, e.g. `weight 10`.
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         words: Vec<String>,
     },
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // The design's table: usage errors exit 1 (clap's default would be 2, which
+            // means "socket unreachable" to `ctl` callers); --help and --version exit 0.
+            return ExitCode::from(if e.use_stderr() { 1 } else { 0 });
+        }
+    };
     match cli.command {
         Command::Run { config } => run(config),
         Command::Check { config } => match Config::load(&config) {
@@ -65,7 +89,11 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
-        Command::Ctl { socket, json: _, words } => ctl(socket, words.join(" ")),
+        Command::Ctl {
+            socket,
+            json,
+            words,
+        } => ctl(client::socket_path(socket), json, words),
     }
 }
 
@@ -100,7 +128,11 @@ fn run(path: PathBuf) -> ExitCode {
         }
     };
     rt.block_on(async move {
-        let server = match Switchyard::bind(config).await {
+        let options = BindOptions {
+            config_path: Some(path),
+            ..BindOptions::default()
+        };
+        let server = match Switchyard::bind_with(config, options).await {
             Ok(s) => s,
             Err(e) => {
                 error!("{e}");
@@ -108,7 +140,7 @@ fn run(path: PathBuf) -> ExitCode {
             }
         };
         let shutdown = CancellationToken::new();
-        tokio::spawn(signals(shutdown.clone()));
+        tokio::spawn(signals(shutdown.clone(), server.control()));
         match server.run(shutdown).await {
             Ok(()) => {
                 info!("stopped");
@@ -122,41 +154,42 @@ fn run(path: PathBuf) -> ExitCode {
     })
 }
 
-/// SIGTERM and SIGINT stop the daemon gracefully.
-async fn signals(shutdown: CancellationToken) {
+/// SIGTERM and SIGINT stop the daemon gracefully; SIGHUP reloads the config.
+async fn signals(shutdown: CancellationToken, control: Arc<Control>) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
         error!("cannot install signal handlers");
         return;
     };
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM: shutting down"),
-        _ = int.recv() => info!("SIGINT: shutting down"),
+    loop {
+        tokio::select! {
+            _ = term.recv() => { info!("SIGTERM: shutting down"); break; }
+            _ = int.recv() => { info!("SIGINT: shutting down"); break; }
+            _ = hup.recv() => {
+                info!("SIGHUP: reloading the config");
+                let control = control.clone();
+                // The outcome (and a failing key) is logged by `reload` itself.
+                let _ = tokio::task::spawn_blocking(move || control.reload(&Actor::internal("signal"), "reload (SIGHUP)", None)).await;
+            }
+        }
     }
     shutdown.cancel();
 }
 
-fn ctl(socket: PathBuf, line: String) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+fn ctl(socket: PathBuf, json: bool, words: Vec<String>) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
+            eprintln!("switchyard ctl: cannot start the runtime: {e}");
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(switchyard::control::admin::request(&socket, &line)) {
-        Ok(reply) => {
-            print!("{reply}");
-            let ok = serde_json::from_str::<serde_json::Value>(&reply).ok().and_then(|v| v["ok"].as_bool());
-            if ok == Some(true) {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            }
-        }
-        Err(e) => {
-            eprintln!("{}: {e}", socket.display());
-            ExitCode::from(2)
-        }
-    }
+    ExitCode::from(rt.block_on(client::run(&socket, &words, json)))
 }

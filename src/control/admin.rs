@@ -1,39 +1,43 @@
-//! CONTROL PLANE: the admin unix socket. One command per line of words in, one JSON line
-//! out: `{"ok":true,...}` or `{"ok":false,"error":{"code":...,"message":...}}`.
+//! CONTROL PLANE: the admin unix socket. One command per line of UTF-8 words in, one JSON
+//! line out: `{"ok":true,...}` or `{"ok":false,"error":{"code":...,"message":...}}`
+//! (`reload_failed` adds `"key"`). `echo status | socat - UNIX-CONNECT:/run/switchyard/admin.sock`
+//! works.
 //!
-//! Verbs: `status`, `weight PERCENT [expect-gen N]`, `help` (see [`super::command::VERBS`]).
+//! Verbs ([`super::command::VERBS`]): `status`, `weight PERCENT`, `rollback [to POOL]`,
+//! `pool POOL ready|drain|maint`, `backend POOL ADDR enable|disable`, `reload`, `watch`,
+//! `help`; each mutation takes a trailing `expect-gen N`. `watch` answers `{"ok":true,
+//! "watching":true,...}` and then streams one JSON event per line (`{"event":"route",...}`,
+//! the rollout's events, `{"event":"lagged","missed":N}` when this client fell behind)
+//! until the client closes.
 //!
-//! Peers are identified by SO_PEERCRED. Root, the daemon's own user and the configured
-//! admin uids/gids may mutate; configured read-only uids/gids may only read; anyone else
-//! is refused. Lines are bounded in length, clients in number and in idle time.
+//! Error codes ([`super::command::ERROR_CODES`]): `unknown_command`, `bad_argument`,
+//! `conflict`, `rollout_active`, `permission_denied`, `invalid_transition`, `busy`,
+//! `idle_timeout`, `reload_failed`, `internal`.
+//!
+//! Peers are identified by SO_PEERCRED and checked by [`super::access::decide`]. Input is
+//! bounded: a line longer than [`MAX_LINE`] or not UTF-8 gets `bad_argument` and the
+//! connection goes on; at most `admin.max_clients` connections (then `busy`); a client
+//! silent for `admin.idle_timeout` gets `idle_timeout` and is closed. Mutations run on the
+//! blocking pool (they fsync the state file), never on a proxy worker.
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
 
-use futures_util::StreamExt;
 use serde_json::{json, Value};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::Semaphore;
-use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
+use tokio::sync::{broadcast, Semaphore};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
-use super::command::{AdminCommand, AdminError, VERBS};
-use super::Control;
+use super::access::{allows, decide, Access, AccessPolicy, Peer};
+use super::command::{is_mutating_verb, AdminCommand, AdminError};
+use super::{execute, Actor, Control};
 use crate::config::AdminConfig;
 
-/// Longest accepted command line.
+/// Longest accepted command line, in bytes.
 pub const MAX_LINE: usize = 4096;
-
-/// What a peer may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    Admin,
-    ReadOnly,
-    Denied,
-}
 
 /// Creates the socket (replacing a stale one) with the configured mode.
 pub fn bind(cfg: &AdminConfig) -> std::io::Result<UnixListener> {
@@ -51,36 +55,48 @@ pub fn bind(cfg: &AdminConfig) -> std::io::Result<UnixListener> {
 
 pub struct AdminServer {
     pub control: Arc<Control>,
-    pub cfg: AdminConfig,
     /// The daemon's own uid: the owner of the socket it created.
     pub own_uid: u32,
+    /// See [`AccessPolicy::implicit_admins`].
+    pub implicit_admins: bool,
+}
+
+enum Handled {
+    Reply(String),
+    Watch,
 }
 
 impl AdminServer {
-    pub fn new(control: Arc<Control>, cfg: AdminConfig) -> Self {
-        let own_uid = std::fs::metadata(&cfg.socket).map(|m| m.uid()).unwrap_or(0);
-        AdminServer { control, cfg, own_uid }
-    }
-
-    pub fn access(&self, uid: u32, gid: u32) -> Access {
-        let c = &self.cfg;
-        if uid == 0 || uid == self.own_uid || c.admin_uids.contains(&uid) || c.admin_gids.contains(&gid) {
-            Access::Admin
-        } else if c.readonly_uids.contains(&uid) || c.readonly_gids.contains(&gid) {
-            Access::ReadOnly
-        } else {
-            Access::Denied
+    pub fn new(control: Arc<Control>, implicit_admins: bool) -> Self {
+        let socket = control.config().admin.socket.clone();
+        let own_uid = std::fs::metadata(&socket)
+            .or_else(|_| std::fs::metadata("/proc/self"))
+            .map(|m| m.uid())
+            .unwrap_or(0);
+        AdminServer {
+            control,
+            own_uid,
+            implicit_admins,
         }
     }
 
+    /// The policy of the config in force (access lists take effect on reload).
+    pub fn policy(&self) -> AccessPolicy {
+        AccessPolicy::from_config(
+            &self.control.config().admin,
+            self.own_uid,
+            self.implicit_admins,
+        )
+    }
+
     pub async fn run(self: Arc<Self>, listener: UnixListener, shutdown: CancellationToken) {
-        let slots = Arc::new(Semaphore::new(self.cfg.max_clients));
+        let slots = Arc::new(Semaphore::new(self.control.config().admin.max_clients));
         loop {
             let accepted = tokio::select! {
                 r = listener.accept() => r,
                 _ = shutdown.cancelled() => break,
             };
-            let (stream, _) = match accepted {
+            let (mut stream, _) = match accepted {
                 Ok(s) => s,
                 Err(e) => {
                     warn!(error = %e, "admin accept failed");
@@ -89,8 +105,17 @@ impl AdminServer {
                 }
             };
             let Ok(permit) = slots.clone().try_acquire_owned() else {
-                let mut stream = stream;
-                let _ = stream.write_all(reply_err(&AdminError::new("busy", "too many admin clients")).as_bytes()).await;
+                let busy = reply_err(&AdminError::new(
+                    "busy",
+                    "too many admin clients; retry shortly",
+                ));
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(
+                        std::time::Duration::from_secs(1),
+                        stream.write_all(busy.as_bytes()),
+                    )
+                    .await;
+                });
                 continue;
             };
             let this = self.clone();
@@ -100,93 +125,251 @@ impl AdminServer {
                 drop(permit);
             });
         }
-        let _ = std::fs::remove_file(&self.cfg.socket);
+        let _ = std::fs::remove_file(&self.control.config().admin.socket);
     }
 
     async fn serve(&self, stream: UnixStream, shutdown: CancellationToken) {
-        let (uid, gid, pid) = match stream.peer_cred() {
-            Ok(c) => (c.uid(), c.gid(), c.pid()),
+        let peer = match stream.peer_cred() {
+            Ok(c) => Peer {
+                uid: c.uid(),
+                gid: c.gid(),
+                pid: c.pid(),
+            },
             Err(e) => {
-                warn!(error = %e, "admin peer credentials unavailable");
+                warn!(error = %e, "admin peer credentials unavailable; closing");
                 return;
             }
         };
-        let access = self.access(uid, gid);
+        let access = decide(&self.policy(), &peer);
         let (read, mut write) = stream.into_split();
-        let mut lines = FramedRead::new(read, LinesCodec::new_with_max_length(MAX_LINE));
+        let mut reader = LineReader::new(BufReader::new(read), MAX_LINE);
         loop {
+            let idle = self.control.config().admin.idle_timeout;
             let next = tokio::select! {
-                n = tokio::time::timeout(self.cfg.idle_timeout, lines.next()) => n,
+                n = tokio::time::timeout(idle, reader.next()) => n,
                 _ = shutdown.cancelled() => return,
             };
             let reply = match next {
                 Err(_) => {
-                    debug!(peer.uid = uid, "admin client idle; closing");
+                    debug!(peer.uid = peer.uid, peer.pid = ?peer.pid, "admin client idle; closing");
+                    let msg = format!("no command for {idle:?}; closing");
+                    let _ = send(
+                        &mut write,
+                        &reply_err(&AdminError::new("idle_timeout", msg)),
+                        idle,
+                    )
+                    .await;
                     return;
                 }
-                Ok(None) => return,
-                Ok(Some(Ok(line))) => {
-                    if line.trim().is_empty() {
-                        continue;
-                    }
-                    self.execute(&line, access, uid, pid)
-                }
-                Ok(Some(Err(LinesCodecError::MaxLineLengthExceeded))) => {
-                    reply_err(&AdminError::bad_argument(format!("line longer than {MAX_LINE} bytes")))
-                }
-                Ok(Some(Err(LinesCodecError::Io(e)))) => {
-                    let msg = if e.kind() == std::io::ErrorKind::InvalidData {
-                        "command is not valid UTF-8".to_string()
-                    } else {
-                        e.to_string()
-                    };
-                    let _ = write.write_all(reply_err(&AdminError::bad_argument(msg)).as_bytes()).await;
+                Ok(Err(e)) => {
+                    debug!(error = %e, "admin read failed");
                     return;
                 }
+                Ok(Ok(Line::Eof)) => return,
+                Ok(Ok(Line::TooLong)) => reply_err(&AdminError::bad_argument(format!(
+                    "line longer than {MAX_LINE} bytes; nothing was run"
+                ))),
+                Ok(Ok(Line::Text(bytes))) => match String::from_utf8(bytes) {
+                    Err(_) => reply_err(&AdminError::bad_argument(
+                        "command is not valid UTF-8; nothing was run",
+                    )),
+                    Ok(line) if line.trim().is_empty() => continue,
+                    Ok(line) => match self.handle(line, peer, access).await {
+                        Handled::Reply(r) => r,
+                        Handled::Watch => {
+                            self.watch(reader, write, idle, shutdown).await;
+                            return;
+                        }
+                    },
+                },
             };
-            if write.write_all(reply.as_bytes()).await.is_err() {
+            if !send(&mut write, &reply, idle).await {
                 return;
             }
         }
     }
 
-    /// Runs one command line and renders its reply line.
-    pub fn execute(&self, line: &str, access: Access, uid: u32, pid: Option<i32>) -> String {
-        let cmd = match AdminCommand::parse(line) {
+    /// Parses, checks access, runs; refusals of mutating verbs are audited.
+    async fn handle(&self, line: String, peer: Peer, access: Access) -> Handled {
+        let line = line.trim().to_string();
+        let actor = Actor::admin(peer);
+        let cmd = match AdminCommand::parse(&line) {
             Ok(c) => c,
-            Err(e) => return reply_err(&e),
-        };
-        let allowed = match access {
-            Access::Admin => true,
-            Access::ReadOnly => !cmd.is_mutation(),
-            Access::Denied => false,
-        };
-        if !allowed {
-            warn!(peer.uid = uid, peer.pid = ?pid, command = line, "admin command refused");
-            return reply_err(&AdminError::new("permission_denied", format!("uid {uid} may not run `{line}`")));
-        }
-        let result = match cmd {
-            AdminCommand::Status => Ok(self.control.status()),
-            AdminCommand::Help => Ok(json!({
-                "commands": VERBS.iter().map(|(u, p)| json!({"usage": u, "purpose": p})).collect::<Vec<_>>()
-            })),
-            AdminCommand::Weight { green_bp, expect_gen } => {
-                let before = self.control.routes.load();
-                self.control.set_weight(green_bp, expect_gen).map(|t| {
-                    info!(peer.uid = uid, peer.pid = ?pid, from_bp = before.green_bp, to_bp = t.green_bp,
-                        generation = t.generation, "weight changed");
-                    json!({ "generation": t.generation, "green_percent": super::percent(t.green_bp) })
-                })
+            Err(e) => {
+                if is_mutating_verb(&line) {
+                    self.control.audit_refusal(&actor, &line, &e);
+                }
+                return Handled::Reply(reply_err(&e));
             }
         };
-        match result {
+        if !allows(access, cmd.is_mutation()) {
+            let level = json!(access);
+            let e = AdminError::new(
+                "permission_denied",
+                format!(
+                    "uid {} (gid {}, access {level}) may not run `{line}`",
+                    peer.uid, peer.gid
+                ),
+            );
+            warn!(peer.uid = peer.uid, peer.gid = peer.gid, peer.pid = ?peer.pid, command = %line, "admin command refused");
+            if cmd.is_mutation() {
+                self.control.audit_refusal(&actor, &line, &e);
+            }
+            return Handled::Reply(reply_err(&e));
+        }
+        if cmd == AdminCommand::Watch {
+            return Handled::Watch;
+        }
+        let result = if cmd.is_mutation() {
+            let control = self.control.clone();
+            tokio::task::spawn_blocking(move || execute::execute(&control, cmd, &actor, &line))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(AdminError::new(
+                        "internal",
+                        format!("command task failed: {e}"),
+                    ))
+                })
+        } else {
+            execute::execute(&self.control, cmd, &actor, &line)
+        };
+        Handled::Reply(match result {
             Ok(v) => reply_ok(v),
             Err(e) => reply_err(&e),
+        })
+    }
+
+    /// Streams events until the client closes, a write stalls for `idle`, or shutdown.
+    async fn watch<R, W>(
+        &self,
+        mut reader: LineReader<R>,
+        mut write: W,
+        idle: std::time::Duration,
+        shutdown: CancellationToken,
+    ) where
+        R: AsyncBufRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        // Subscribe before answering, so no change between the two is missed.
+        let mut events = self.control.subscribe();
+        let generation = self.control.routes.load().generation;
+        if !send(
+            &mut write,
+            &reply_ok(json!({ "watching": true, "generation": generation })),
+            idle,
+        )
+        .await
+        {
+            return;
+        }
+        loop {
+            let event = tokio::select! {
+                e = events.recv() => e,
+                _ = reader.discard_until_eof() => return,
+                _ = shutdown.cancelled() => return,
+            };
+            let line = match event {
+                Ok(v) => v,
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    json!({ "event": "lagged", "missed": missed })
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            };
+            if !send(&mut write, &format!("{line}\n"), idle).await {
+                return;
+            }
         }
     }
 }
 
-fn reply_ok(v: Value) -> String {
+/// Writes one reply; false when the client is gone or does not read for `limit`.
+async fn send<W: AsyncWrite + Unpin>(
+    write: &mut W,
+    text: &str,
+    limit: std::time::Duration,
+) -> bool {
+    matches!(
+        tokio::time::timeout(limit, write.write_all(text.as_bytes())).await,
+        Ok(Ok(()))
+    )
+}
+
+enum Line {
+    Text(Vec<u8>),
+    /// Longer than the limit: the rest of it is skipped before the next line is read.
+    TooLong,
+    Eof,
+}
+
+/// Newline-framed input with a length bound that survives oversize and non-UTF-8 lines
+/// (unlike a codec stream, which ends at its first error).
+struct LineReader<R> {
+    inner: R,
+    max: usize,
+    discarding: bool,
+}
+
+impl<R: AsyncBufRead + Unpin> LineReader<R> {
+    fn new(inner: R, max: usize) -> Self {
+        LineReader {
+            inner,
+            max,
+            discarding: false,
+        }
+    }
+
+    async fn next(&mut self) -> std::io::Result<Line> {
+        let mut line = Vec::new();
+        loop {
+            let buf = self.inner.fill_buf().await?;
+            if buf.is_empty() {
+                // A last line without a newline still counts (`printf status | socat ...`).
+                return Ok(if line.is_empty() || self.discarding {
+                    Line::Eof
+                } else {
+                    Line::Text(line)
+                });
+            }
+            let (chunk, ends) = match buf.iter().position(|&b| b == b'\n') {
+                Some(i) => (i, true),
+                None => (buf.len(), false),
+            };
+            if self.discarding {
+                self.inner.consume(chunk + usize::from(ends));
+                self.discarding = !ends;
+                continue;
+            }
+            if line.len() + chunk > self.max {
+                self.inner.consume(chunk + usize::from(ends));
+                self.discarding = !ends;
+                return Ok(Line::TooLong);
+            }
+            line.extend_from_slice(&buf[..chunk]);
+            self.inner.consume(chunk + usize::from(ends));
+            if ends {
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                return Ok(Line::Text(line));
+            }
+        }
+    }
+
+    /// Reads and drops input until EOF or an error (a `watch` client has nothing to say).
+    async fn discard_until_eof(&mut self) {
+        loop {
+            match self.inner.fill_buf().await {
+                Ok([]) | Err(_) => return,
+                Ok(buf) => {
+                    let n = buf.len();
+                    self.inner.consume(n);
+                }
+            }
+        }
+    }
+}
+
+pub fn reply_ok(v: Value) -> String {
     // `ok` first, so that a human reading `echo status | socat ...` sees the verdict first.
     let body = match &v {
         Value::Object(map) if map.is_empty() => String::new(),
@@ -206,19 +389,64 @@ fn reply_ok(v: Value) -> String {
 }
 
 pub fn reply_err(e: &AdminError) -> String {
-    let mut out = json!({ "ok": false, "error": { "code": e.code, "message": e.message } }).to_string();
+    let mut err = json!({ "code": e.code, "message": e.message });
+    if let Some(key) = &e.key {
+        err["key"] = json!(key);
+    }
+    let mut out = json!({ "ok": false, "error": err }).to_string();
     out.push('\n');
     out
 }
 
-/// Sends one command and returns the reply line (the `ctl` client and tests use this).
+/// Sends one command and returns the reply line (the tests use this; `ctl` uses [`super::client`]).
 pub async fn request(socket: &Path, line: &str) -> std::io::Result<String> {
-    use tokio::io::AsyncBufReadExt;
     let stream = UnixStream::connect(socket).await?;
     let (read, mut write) = stream.into_split();
     write.write_all(line.as_bytes()).await?;
     write.write_all(b"\n").await?;
     let mut reply = String::new();
-    tokio::io::BufReader::new(read).read_line(&mut reply).await?;
+    BufReader::new(read).read_line(&mut reply).await?;
     Ok(reply)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn lines(input: &[u8], max: usize) -> Vec<String> {
+        let mut r = LineReader::new(BufReader::with_capacity(7, input), max);
+        let mut out = Vec::new();
+        loop {
+            match r.next().await.unwrap() {
+                Line::Text(t) => out.push(String::from_utf8_lossy(&t).into_owned()),
+                Line::TooLong => out.push("<too long>".into()),
+                Line::Eof => return out,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn line_reader_bounds_lines_and_keeps_going() {
+        assert_eq!(lines(b"status\r\nhelp\n", 16).await, ["status", "help"]);
+        assert_eq!(lines(b"status", 16).await, ["status"]);
+        let long = [&[b'x'; 100][..], b"\nstatus\n"].concat();
+        assert_eq!(lines(&long, 16).await, ["<too long>", "status"]);
+        assert_eq!(lines(&[b'x'; 100], 16).await, ["<too long>"]);
+        assert_eq!(
+            lines(b"\xff\xfe\nstatus\n", 16).await,
+            ["\u{fffd}\u{fffd}", "status"]
+        );
+    }
+
+    #[test]
+    fn replies_put_ok_first_and_carry_the_key() {
+        assert_eq!(
+            reply_ok(json!({"generation": 3})),
+            "{\"ok\":true,\"generation\":3}\n"
+        );
+        assert_eq!(reply_ok(json!({})), "{\"ok\":true}\n");
+        let e = AdminError::new("reload_failed", "bad").with_key(Some("pools.blue.backends"));
+        let v: Value = serde_json::from_str(&reply_err(&e)).unwrap();
+        assert_eq!(v["error"]["key"], "pools.blue.backends");
+    }
 }

@@ -1,48 +1,411 @@
 //! CONTROL PLANE: what operators drive — the admin socket and the operations behind it.
 //! Nothing here runs per request; changes reach the data plane only as a new route table.
+//!
+//! [`Control`] owns the one write path: [`Control::update`] takes the route writer, checks
+//! `expect-gen`, lets the caller edit a [`Draft`] (weights, pool states, disabled backends,
+//! stable pool, the rollout's record, pools and settings), publishes the result in one swap
+//! with the generation bumped, saves it ([`state`]), audits it ([`audit`]) and announces it
+//! to `watch` clients. Refusals are audited too. The rollout controller uses the same call.
+//!
+//! Modules: [`command`] parses a line, [`access`] decides who may run it, [`execute`] runs
+//! it, [`admin`] is the socket, [`reload`] re-reads the config, [`client`] is `switchyard ctl`.
 
+pub mod access;
 pub mod admin;
+pub mod audit;
+pub mod client;
 pub mod command;
+pub mod execute;
+pub mod reload;
+pub mod state;
 
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
+use arc_swap::ArcSwap;
+use serde::Serialize;
 use serde_json::{json, Value};
+use tokio::sync::broadcast;
+use tracing::{error, info, warn};
 
-use crate::config::PoolId;
+use crate::config::{Config, PoolId};
 use crate::metrics::Metrics;
-use crate::proxy::route::{RouteHandle, RouteTable, FULL_BP};
-use command::AdminError;
+use crate::proxy::route::{Pool, PoolState, RouteHandle, RouteTable, FULL_BP};
+use crate::proxy::settings::Settings;
+use access::Peer;
+use audit::AuditLog;
+use command::{state_from_str, state_str, AdminError};
+use state::{BackendRef, PersistedState, PoolStates, Restore, StateStore, STATE_VERSION};
+
+/// How many events a slow `watch` client may fall behind before it is told it lagged.
+const EVENT_BUFFER: usize = 1024;
+
+/// Who asked for a change, for the audit log and events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Actor {
+    /// `admin` (a socket peer), `signal` (SIGHUP), `controller`, `startup`.
+    pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
+}
+
+impl Actor {
+    pub fn admin(peer: Peer) -> Actor {
+        Actor {
+            kind: "admin",
+            uid: Some(peer.uid),
+            gid: Some(peer.gid),
+            pid: peer.pid,
+        }
+    }
+    /// The daemon itself (`signal`, `controller`, ...).
+    pub fn internal(kind: &'static str) -> Actor {
+        Actor {
+            kind,
+            uid: None,
+            gid: None,
+            pid: None,
+        }
+    }
+}
+
+/// Everything one [`Control::update`] may change, as a mutable copy of the current values.
+#[derive(Debug, Clone)]
+pub struct Draft {
+    pub green_bp: u16,
+    pub states: [PoolState; 2],
+    pub salt: u64,
+    pub stable: PoolId,
+    /// The rollout controller's record, persisted as is.
+    pub rollout: Value,
+    pub disabled: BTreeSet<BackendRef>,
+    pub pools: [Arc<Pool>; 2],
+    pub settings: Arc<Settings>,
+}
+
+/// The outcome of an update that was not refused.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    pub generation: u64,
+    /// `{"field","old","new"}` per changed value; empty when nothing changed (no new table).
+    pub changes: Vec<Value>,
+    /// Set when the change is live but could not be saved.
+    pub warning: Option<String>,
+    /// The table in force after the update.
+    pub table: Arc<RouteTable>,
+}
+
+/// Values that persist with the route table but are not part of it.
+struct Extra {
+    stable: PoolId,
+    rollout: Value,
+    disabled: BTreeSet<BackendRef>,
+}
 
 /// The operations behind admin commands, over the shared route handle.
 pub struct Control {
     pub routes: Arc<RouteHandle>,
     pub metrics: Arc<Metrics>,
+    config: ArcSwap<Config>,
+    config_path: Option<PathBuf>,
+    store: Arc<dyn StateStore>,
+    audit: Option<AuditLog>,
+    events: broadcast::Sender<Value>,
+    extra: Mutex<Extra>,
+    restored_rollout: Value,
+    rollout_active: AtomicBool,
 }
 
 impl Control {
-    pub fn new(routes: Arc<RouteHandle>, metrics: Arc<Metrics>) -> Self {
-        let c = Control { routes, metrics };
-        c.publish_gauges(&c.routes.load());
-        c
+    /// Takes over `routes` (built from `config`), restores the saved state unless the
+    /// config's pools changed since, and logs which source won and why.
+    pub fn start(
+        config: Config,
+        config_path: Option<PathBuf>,
+        routes: Arc<RouteHandle>,
+        metrics: Arc<Metrics>,
+        store: Arc<dyn StateStore>,
+    ) -> Control {
+        let audit = config.admin.audit_log.as_deref().map(AuditLog::open);
+        let fingerprint = state::config_fingerprint(&config);
+        let mut restore = state::choose(&fingerprint, store.load());
+        let current = routes.load();
+        let mut extra = Extra {
+            stable: PoolId::Blue,
+            rollout: Value::Null,
+            disabled: BTreeSet::new(),
+        };
+        if let Restore::State(s) = &restore {
+            match draft_from_state(s, &current) {
+                Ok((d, e)) => {
+                    routes.writer().publish_exact(RouteTable {
+                        generation: s.generation,
+                        green_bp: d.green_bp,
+                        states: d.states,
+                        ..current.derive()
+                    });
+                    extra = e;
+                }
+                Err(why) => {
+                    restore = Restore::Config {
+                        reason: format!("saved state unusable ({why})"),
+                        previous_generation: Some(s.generation),
+                    }
+                }
+            }
+        }
+        let restored_rollout = extra.rollout.clone();
+        let control = Control {
+            routes,
+            metrics,
+            config: ArcSwap::from_pointee(config),
+            config_path,
+            store,
+            audit,
+            events: broadcast::channel(EVENT_BUFFER).0,
+            extra: Mutex::new(extra),
+            restored_rollout,
+            rollout_active: AtomicBool::new(false),
+        };
+        let source = control.store.describe();
+        match restore {
+            Restore::State(s) => info!(
+                source = "state", state = %source, generation = s.generation, green_percent = percent(s.green_bp),
+                "state wins: restored the saved route table (the config's pools are unchanged)"
+            ),
+            Restore::Config {
+                reason,
+                previous_generation,
+            } => {
+                let writer = control.routes.writer();
+                if let Some(g) = previous_generation {
+                    // Generations keep increasing across restarts, so a stale `expect-gen` cannot match.
+                    writer.publish_exact(RouteTable {
+                        generation: g + 1,
+                        ..writer.current().derive()
+                    });
+                }
+                let t = writer.current();
+                info!(source = "config", state = %source, generation = t.generation, green_percent = percent(t.green_bp),
+                    "config wins: {reason}");
+                let extra = control.lock_extra();
+                if let Err(e) = control.store.save(&control.persisted(&t, &extra)) {
+                    error!(error = %e, "cannot save the state");
+                }
+            }
+        }
+        control.publish_gauges(&control.routes.load());
+        control
     }
 
-    /// Sets green's weight in one route-table swap.
-    pub fn set_weight(&self, green_bp: u16, expect_gen: Option<u64>) -> Result<Arc<RouteTable>, AdminError> {
+    /// The config in force (the last one loaded or reloaded).
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    /// The rollout record restored at start (`null` if none); the controller resumes from it.
+    pub fn restored_rollout(&self) -> Value {
+        self.restored_rollout.clone()
+    }
+
+    /// The rollout record as last saved.
+    pub fn rollout(&self) -> Value {
+        self.lock_extra().rollout.clone()
+    }
+
+    /// The pool `rollback` without `to` returns to (blue unless the controller set it).
+    pub fn stable(&self) -> PoolId {
+        self.lock_extra().stable
+    }
+
+    /// The rollout controller sets this while a rollout progresses: manual `weight` is then
+    /// refused with `rollout_active`.
+    pub fn set_rollout_active(&self, active: bool) {
+        self.rollout_active.store(active, Ordering::Release);
+    }
+
+    pub fn rollout_active(&self) -> bool {
+        self.rollout_active.load(Ordering::Acquire)
+    }
+
+    /// Sends one event line to every `watch` client; never blocks (slow clients lag).
+    pub fn publish_event(&self, event: Value) {
+        let _ = self.events.send(event);
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Value> {
+        self.events.subscribe()
+    }
+
+    /// Persists the rollout controller's record (one update: new generation, saved, audited).
+    pub fn persist_rollout(
+        &self,
+        actor: &Actor,
+        what: &str,
+        rollout: Value,
+    ) -> Result<Applied, AdminError> {
+        self.update(actor, what, None, |d| {
+            d.rollout = rollout;
+            Ok(())
+        })
+    }
+
+    fn lock_extra(&self) -> std::sync::MutexGuard<'_, Extra> {
+        // A poisoned lock only means an updater panicked; the values are whole (set last).
+        self.extra.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The one write path (see the module doc). `command` is what the audit log and the
+    /// event show; a refusal by `change` or by `expect_gen` changes nothing and is audited.
+    pub fn update(
+        &self,
+        actor: &Actor,
+        command: &str,
+        expect_gen: Option<u64>,
+        change: impl FnOnce(&mut Draft) -> Result<(), AdminError>,
+    ) -> Result<Applied, AdminError> {
         let writer = self.routes.writer();
+        let mut extra = self.lock_extra();
         let current = writer.current();
-        check_gen(&current, expect_gen)?;
-        let next = writer.publish(|t| RouteTable { green_bp: green_bp.min(FULL_BP), ..t.derive() });
+        let before = Draft {
+            green_bp: current.green_bp,
+            states: current.states,
+            salt: current.salt,
+            stable: extra.stable,
+            rollout: extra.rollout.clone(),
+            disabled: extra.disabled.clone(),
+            pools: current.pools.clone(),
+            settings: current.settings.clone(),
+        };
+        let mut draft = before.clone();
+        let outcome = check_gen(&current, expect_gen).and_then(|()| change(&mut draft));
+        if let Err(e) = outcome {
+            warn!(actor.kind = actor.kind, peer.uid = ?actor.uid, peer.pid = ?actor.pid, command, code = e.code,
+                key = ?e.key, "refused: {}", e.message);
+            self.audit(actor, command, current.generation, Err(&e));
+            return Err(e);
+        }
+        draft.green_bp = draft.green_bp.min(FULL_BP);
+        let changes = diff(&before, &draft);
+        if changes.is_empty() {
+            self.audit(actor, command, current.generation, Ok(&[]));
+            return Ok(Applied {
+                generation: current.generation,
+                changes,
+                warning: None,
+                table: current,
+            });
+        }
+        // Backend flags live on the shared `Backend`s; they flip in this critical section,
+        // right before the table of the same change is published.
+        for pool in &draft.pools {
+            for b in pool.backends.iter() {
+                b.set_enabled(!draft.disabled.contains(&BackendRef::new(pool.id, &b.addr)));
+            }
+        }
+        let next = writer.publish(|t| RouteTable {
+            green_bp: draft.green_bp,
+            states: draft.states,
+            salt: draft.salt,
+            pools: draft.pools.clone(),
+            settings: draft.settings.clone(),
+            ..t.derive()
+        });
+        *extra = Extra {
+            stable: draft.stable,
+            rollout: draft.rollout,
+            disabled: draft.disabled,
+        };
+        let warning = self.store.save(&self.persisted(&next, &extra)).err().map(|e| {
+            error!(error = %e, generation = next.generation, "change applied but the state was not saved");
+            format!("applied, but the state was not saved: {e}")
+        });
+        let summary = Value::Array(changes.clone());
+        info!(actor.kind = actor.kind, peer.uid = ?actor.uid, peer.pid = ?actor.pid, command,
+            generation = next.generation, changes = %summary, "route table changed");
         self.publish_gauges(&next);
-        Ok(next)
+        self.audit(actor, command, next.generation, Ok(&changes));
+        self.publish_event(json!({
+            "event": "route",
+            "time": audit::rfc3339(SystemTime::now()),
+            "generation": next.generation,
+            "command": command,
+            "actor": actor,
+            "changes": changes,
+            "green_percent": percent(next.green_bp),
+            "effective_green_percent": percent(next.effective_green_bp()),
+        }));
+        Ok(Applied {
+            generation: next.generation,
+            changes,
+            warning,
+            table: next,
+        })
+    }
+
+    /// Audits a command refused before it reached [`Control::update`] (parse, permission).
+    pub fn audit_refusal(&self, actor: &Actor, command: &str, e: &AdminError) {
+        self.audit(actor, command, self.routes.load().generation, Err(e));
+    }
+
+    fn audit(
+        &self,
+        actor: &Actor,
+        command: &str,
+        generation: u64,
+        outcome: Result<&[Value], &AdminError>,
+    ) {
+        if let Some(log) = &self.audit {
+            log.record(actor, command, generation, outcome);
+        }
+    }
+
+    fn persisted(&self, t: &RouteTable, extra: &Extra) -> PersistedState {
+        let addrs = |id: PoolId| {
+            t.pool(id)
+                .backends
+                .iter()
+                .map(|b| b.addr.as_str())
+                .collect::<Vec<_>>()
+        };
+        PersistedState {
+            version: STATE_VERSION,
+            generation: t.generation,
+            green_bp: t.green_bp,
+            states: PoolStates {
+                blue: state_str(t.states[0]).into(),
+                green: state_str(t.states[1]).into(),
+            },
+            disabled_backends: extra.disabled.iter().cloned().collect(),
+            stable: extra.stable.as_str().into(),
+            rollout: extra.rollout.clone(),
+            pools_fingerprint: state::pools_fingerprint([
+                &addrs(PoolId::Blue),
+                &addrs(PoolId::Green),
+            ]),
+        }
     }
 
     fn publish_gauges(&self, t: &RouteTable) {
-        self.metrics.green_weight.set(f64::from(t.green_bp) / f64::from(FULL_BP));
+        self.metrics
+            .green_weight
+            .set(f64::from(t.green_bp) / f64::from(FULL_BP));
         self.metrics.generation.set(t.generation as f64);
     }
 
     pub fn status(&self) -> Value {
         let t = self.routes.load();
+        let (stable, rollout) = {
+            let e = self.lock_extra();
+            (e.stable, e.rollout.clone())
+        };
         let pools: serde_json::Map<String, Value> = PoolId::ALL
             .iter()
             .map(|&id| {
@@ -59,7 +422,10 @@ impl Control {
             "generation": t.generation,
             "green_percent": percent(t.green_bp),
             "blue_percent": percent(FULL_BP - t.green_bp),
+            "effective_green_percent": percent(t.effective_green_bp()),
+            "stable": stable,
             "pools": pools,
+            "rollout": rollout,
         })
     }
 }
@@ -73,8 +439,113 @@ fn check_gen(t: &RouteTable, expect: Option<u64>) -> Result<(), AdminError> {
     match expect {
         Some(g) if g != t.generation => Err(AdminError::new(
             "conflict",
-            format!("generation is {}, not {g}; re-read status and retry", t.generation),
+            format!(
+                "generation is {}, not {g}; nothing changed; re-read status and retry",
+                t.generation
+            ),
         )),
         _ => Ok(()),
     }
+}
+
+/// The saved values over the freshly built table; an error names what is unreadable.
+fn draft_from_state(s: &PersistedState, t: &RouteTable) -> Result<(Draft, Extra), String> {
+    let state = |w: &str| state_from_str(w).ok_or_else(|| format!("pool state `{w}`"));
+    let stable = PoolId::parse(&s.stable).ok_or_else(|| format!("stable pool `{}`", s.stable))?;
+    if s.green_bp > FULL_BP {
+        return Err(format!("green_bp {} is over {FULL_BP}", s.green_bp));
+    }
+    let disabled: BTreeSet<BackendRef> = s.disabled_backends.iter().cloned().collect();
+    for pool in &t.pools {
+        for b in pool.backends.iter() {
+            b.set_enabled(!disabled.contains(&BackendRef::new(pool.id, &b.addr)));
+        }
+    }
+    let d = Draft {
+        green_bp: s.green_bp,
+        states: [state(&s.states.blue)?, state(&s.states.green)?],
+        salt: t.salt,
+        stable,
+        rollout: s.rollout.clone(),
+        disabled: disabled.clone(),
+        pools: t.pools.clone(),
+        settings: t.settings.clone(),
+    };
+    Ok((
+        d,
+        Extra {
+            stable,
+            rollout: s.rollout.clone(),
+            disabled,
+        },
+    ))
+}
+
+/// `{"field","old","new"}` for every value that differs between two drafts.
+fn diff(a: &Draft, b: &Draft) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut push = |field: String, old: Value, new: Value| {
+        out.push(json!({ "field": field, "old": old, "new": new }))
+    };
+    if a.green_bp != b.green_bp {
+        push(
+            "green_percent".into(),
+            json!(percent(a.green_bp)),
+            json!(percent(b.green_bp)),
+        );
+    }
+    for id in PoolId::ALL {
+        let i = id.index();
+        if a.states[i] != b.states[i] {
+            push(
+                format!("pools.{id}.state"),
+                json!(a.states[i]),
+                json!(b.states[i]),
+            );
+        }
+        if !Arc::ptr_eq(&a.pools[i], &b.pools[i]) {
+            let addrs = |p: &Pool| {
+                p.backends
+                    .iter()
+                    .map(|b| b.addr.clone())
+                    .collect::<Vec<_>>()
+            };
+            push(
+                format!("pools.{id}.backends"),
+                json!(addrs(&a.pools[i])),
+                json!(addrs(&b.pools[i])),
+            );
+        }
+    }
+    let enabled = |d: &Draft, r: &BackendRef| {
+        if d.disabled.contains(r) {
+            "disabled"
+        } else {
+            "enabled"
+        }
+    };
+    for r in a.disabled.symmetric_difference(&b.disabled) {
+        push(
+            format!("backends.{}.{}", r.pool, r.addr),
+            json!(enabled(a, r)),
+            json!(enabled(b, r)),
+        );
+    }
+    if a.salt != b.salt {
+        push("salt".into(), json!(a.salt), json!(b.salt));
+    }
+    if a.stable != b.stable {
+        push("stable".into(), json!(a.stable), json!(b.stable));
+    }
+    if a.rollout != b.rollout {
+        push("rollout".into(), a.rollout.clone(), b.rollout.clone());
+    }
+    if !Arc::ptr_eq(&a.settings, &b.settings) {
+        push(
+            "settings".into(),
+            Value::Null,
+            json!("rebuilt from the config"),
+        );
+    }
+    out
 }

@@ -329,17 +329,19 @@ impl Drop for DropCancel {
 
 // ---- control plane: admin socket, ctl, state, reload ----
 
-/// Like [`proxy_multi`], but the config is also written to `dir/switchyard.toml` and bound
-/// with that path (so `reload` re-reads it); `strict_admin_lists` drops the implicit admin
-/// rights of root and the daemon's own uid. Returns the control plane too.
+/// Like [`proxy_multi`], but `admin_keys` go into the `[admin]` table, the config is also
+/// written to `dir/switchyard.toml` and bound with that path (so `reload` re-reads it), and
+/// `strict_admin_lists` drops the implicit admin rights of root and the daemon's own uid.
+/// Returns the control plane too.
 pub async fn proxy_with(
     blue: &[SocketAddr],
     green: &[SocketAddr],
     sections: &str,
+    admin_keys: &str,
     strict_admin_lists: bool,
 ) -> (TestProxy, Arc<switchyard::control::Control>) {
     let dir = tempfile::tempdir().unwrap();
-    let text = config_text(dir.path(), blue, green, sections);
+    let text = config_text(dir.path(), blue, green, sections).replacen("[admin]\n", &format!("[admin]\n{admin_keys}\n"), 1);
     let path = dir.path().join("switchyard.toml");
     std::fs::write(&path, &text).unwrap();
     let cfg = Config::load(&path).unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"));

@@ -1,0 +1,347 @@
+//! CONTROL PLANE: `switchyard ctl`, the admin socket's client. Sends one command, prints
+//! the reply — for a person on a terminal, as the reply's JSON line otherwise (or with
+//! `--json`) — and exits with the design's code: 0 ok, 1 usage or internal error,
+//! 2 socket unreachable or permission denied, 7 conflict (also `rollout_active`),
+//! 8 invalid transition. `ctl watch` prints events until the daemon or the user ends it.
+//!
+//! The pieces ([`Connection`], [`exit_code`], [`render`]) are public so that verbs with
+//! their own client loop (`rollout start --wait`) reuse them.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::UnixStream;
+
+/// The socket used when neither `--socket` nor `$SWITCHYARD_SOCKET` names one.
+pub const DEFAULT_SOCKET: &str = "/run/switchyard/admin.sock";
+
+/// How long `ctl` waits for a reply (a reload builds pools; nothing takes longer).
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_USAGE: u8 = 1;
+pub const EXIT_UNREACHABLE: u8 = 2;
+pub const EXIT_CONFLICT: u8 = 7;
+pub const EXIT_INVALID_TRANSITION: u8 = 8;
+
+/// The exit code for an error code of the protocol.
+pub fn exit_code(code: &str) -> u8 {
+    match code {
+        "permission_denied" => EXIT_UNREACHABLE,
+        "conflict" | "rollout_active" => EXIT_CONFLICT,
+        "invalid_transition" => EXIT_INVALID_TRANSITION,
+        _ => EXIT_USAGE,
+    }
+}
+
+/// One connection to the admin socket.
+pub struct Connection {
+    read: BufReader<OwnedReadHalf>,
+    write: OwnedWriteHalf,
+}
+
+impl Connection {
+    pub async fn connect(socket: &Path) -> std::io::Result<Connection> {
+        let (read, write) = UnixStream::connect(socket).await?.into_split();
+        Ok(Connection {
+            read: BufReader::new(read),
+            write,
+        })
+    }
+
+    pub async fn send(&mut self, line: &str) -> std::io::Result<()> {
+        self.write.write_all(format!("{line}\n").as_bytes()).await
+    }
+
+    /// The next line from the daemon, parsed; `None` when it closed the connection.
+    pub async fn next(&mut self) -> std::io::Result<Option<Value>> {
+        let mut line = String::new();
+        if self.read.read_line(&mut line).await? == 0 {
+            return Ok(None);
+        }
+        serde_json::from_str(&line).map(Some).map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("reply is not JSON ({e}): {line}"),
+            )
+        })
+    }
+}
+
+/// Runs `switchyard ctl` and returns its exit code.
+pub async fn run(socket: &Path, words: &[String], json_out: bool) -> u8 {
+    let json_out = json_out || !std::io::stdout().is_terminal();
+    let out = Output { json: json_out };
+    if let Some(bad) = words.iter().find(|w| w.chars().any(char::is_control)) {
+        return out.fail(
+            EXIT_USAGE,
+            "usage",
+            &format!("argument {bad:?} contains a control character"),
+        );
+    }
+    let line = words.join(" ");
+    let mut conn = match Connection::connect(socket).await {
+        Ok(c) => c,
+        Err(e) => {
+            let msg = format!("cannot reach the admin socket {}: {e}", socket.display());
+            return out.fail(EXIT_UNREACHABLE, "unreachable", &msg);
+        }
+    };
+    if let Err(e) = conn.send(&line).await {
+        return out.fail(
+            EXIT_UNREACHABLE,
+            "unreachable",
+            &format!("{}: {e}", socket.display()),
+        );
+    }
+    let reply = match tokio::time::timeout(REPLY_TIMEOUT, conn.next()).await {
+        Err(_) => {
+            return out.fail(
+                EXIT_USAGE,
+                "internal",
+                &format!("no reply within {REPLY_TIMEOUT:?}"),
+            )
+        }
+        Ok(Err(e)) => return out.fail(EXIT_USAGE, "internal", &e.to_string()),
+        Ok(Ok(None)) => {
+            return out.fail(
+                EXIT_USAGE,
+                "internal",
+                "the daemon closed the connection without a reply",
+            )
+        }
+        Ok(Ok(Some(v))) => v,
+    };
+    let verb = words.first().map(String::as_str).unwrap_or("");
+    out.print(verb, &reply);
+    if reply["ok"] != true {
+        return exit_code(reply["error"]["code"].as_str().unwrap_or("internal"));
+    }
+    if verb == "watch" {
+        loop {
+            let event = tokio::select! {
+                e = conn.next() => e,
+                _ = tokio::signal::ctrl_c() => return EXIT_OK,
+            };
+            match event {
+                Ok(Some(v)) => out.print("event", &v),
+                Ok(None) => return EXIT_OK,
+                Err(e) => return out.fail(EXIT_USAGE, "internal", &e.to_string()),
+            }
+        }
+    }
+    EXIT_OK
+}
+
+/// The socket from `--socket`, else `$SWITCHYARD_SOCKET`, else [`DEFAULT_SOCKET`].
+pub fn socket_path(flag: Option<PathBuf>) -> PathBuf {
+    flag.or_else(|| {
+        std::env::var_os("SWITCHYARD_SOCKET")
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
+    })
+    .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
+}
+
+struct Output {
+    json: bool,
+}
+
+impl Output {
+    fn print(&self, verb: &str, v: &Value) {
+        let text = if self.json {
+            v.to_string()
+        } else {
+            render(verb, v)
+        };
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(stdout, "{text}");
+        let _ = stdout.flush();
+    }
+
+    /// Reports a failure that has no reply from the daemon.
+    fn fail(&self, exit: u8, code: &str, message: &str) -> u8 {
+        eprintln!("switchyard ctl: {message}");
+        if self.json {
+            println!(
+                "{}",
+                json!({ "ok": false, "error": { "code": code, "message": message } })
+            );
+        }
+        exit
+    }
+}
+
+/// A reply or event for a person.
+pub fn render(verb: &str, v: &Value) -> String {
+    if v["ok"] == false {
+        let e = &v["error"];
+        let key = e["key"]
+            .as_str()
+            .map(|k| format!(" (key `{k}`)"))
+            .unwrap_or_default();
+        return format!(
+            "error [{}]: {}{key}",
+            e["code"].as_str().unwrap_or("?"),
+            e["message"].as_str().unwrap_or("")
+        );
+    }
+    match verb {
+        "status" => render_status(v),
+        "help" => render_help(v),
+        "watch" => format!(
+            "watching from generation {}; Ctrl-C to stop",
+            v["generation"]
+        ),
+        "event" => render_event(v),
+        _ if v.get("changes").is_some() => render_change(v),
+        _ => v.to_string(),
+    }
+}
+
+fn render_status(v: &Value) -> String {
+    let mut s = format!(
+        "generation {}  green {}%  blue {}%  (effective green {}%)  stable {}\n",
+        v["generation"],
+        v["green_percent"],
+        v["blue_percent"],
+        v["effective_green_percent"],
+        v["stable"].as_str().unwrap_or("?")
+    );
+    for pool in ["blue", "green"] {
+        let p = &v["pools"][pool];
+        s.push_str(&format!(
+            "{pool:<6} {}\n",
+            p["state"].as_str().unwrap_or("?")
+        ));
+        for b in p["backends"].as_array().into_iter().flatten() {
+            let on = if b["enabled"] == true {
+                "enabled"
+            } else {
+                "DISABLED"
+            };
+            s.push_str(&format!(
+                "       {:<24} {on:<9} {} in flight\n",
+                b["addr"].as_str().unwrap_or("?"),
+                b["inflight"]
+            ));
+        }
+    }
+    if !v["rollout"].is_null() {
+        s.push_str(&format!("rollout {}\n", v["rollout"]));
+    }
+    s.trim_end().to_string()
+}
+
+fn render_help(v: &Value) -> String {
+    let mut s = String::from("commands:\n");
+    for c in v["commands"].as_array().into_iter().flatten() {
+        s.push_str(&format!(
+            "  {:<50} {}\n",
+            c["usage"].as_str().unwrap_or(""),
+            c["purpose"].as_str().unwrap_or("")
+        ));
+    }
+    s.push_str("error codes:\n");
+    for c in v["error_codes"].as_array().into_iter().flatten() {
+        s.push_str(&format!(
+            "  {:<20} {}\n",
+            c["code"].as_str().unwrap_or(""),
+            c["when"].as_str().unwrap_or("")
+        ));
+    }
+    s.trim_end().to_string()
+}
+
+fn render_changes(changes: &Value) -> String {
+    let parts: Vec<String> = changes
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            format!(
+                "{} {} → {}",
+                c["field"].as_str().unwrap_or("?"),
+                c["old"],
+                c["new"]
+            )
+        })
+        .collect();
+    parts.join(", ")
+}
+
+fn render_change(v: &Value) -> String {
+    let mut s = if v["changed"] == false {
+        format!("ok: nothing to change (generation {})", v["generation"])
+    } else {
+        format!(
+            "ok: generation {}: {}",
+            v["generation"],
+            render_changes(&v["changes"])
+        )
+    };
+    if let Some(keys) = v["restart_required"].as_array().filter(|k| !k.is_empty()) {
+        s.push_str(&format!(
+            "\nnote: takes effect at the next restart: {}",
+            Value::Array(keys.clone())
+        ));
+    }
+    if let Some(w) = v["warning"].as_str() {
+        s.push_str(&format!("\nwarning: {w}"));
+    }
+    s
+}
+
+fn render_event(v: &Value) -> String {
+    match v["event"].as_str() {
+        Some("route") => format!(
+            "{} generation {} `{}` by {}: {}",
+            v["time"].as_str().unwrap_or(""),
+            v["generation"],
+            v["command"].as_str().unwrap_or(""),
+            v["actor"]["uid"]
+                .as_u64()
+                .map_or_else(|| v["actor"]["kind"].to_string(), |u| format!("uid {u}")),
+            render_changes(&v["changes"])
+        ),
+        Some("lagged") => format!(
+            "(fell behind: {} events missed; run `status` to resync)",
+            v["missed"]
+        ),
+        _ => v.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_follow_the_design_table() {
+        assert_eq!(exit_code("conflict"), 7);
+        assert_eq!(exit_code("rollout_active"), 7);
+        assert_eq!(exit_code("invalid_transition"), 8);
+        assert_eq!(exit_code("permission_denied"), 2);
+        assert_eq!(exit_code("bad_argument"), 1);
+        assert_eq!(exit_code("something_new"), 1);
+    }
+
+    #[test]
+    fn renders_errors_and_changes_for_people() {
+        let err = json!({"ok": false, "error": {"code": "reload_failed", "message": "bad", "key": "pools.blue"}});
+        assert_eq!(
+            render("reload", &err),
+            "error [reload_failed]: bad (key `pools.blue`)"
+        );
+        let ok = json!({"ok": true, "generation": 4, "changed": true,
+            "changes": [{"field": "green_percent", "old": 0.0, "new": 37.0}]});
+        assert_eq!(
+            render("weight", &ok),
+            "ok: generation 4: green_percent 0.0 → 37.0"
+        );
+    }
+}
