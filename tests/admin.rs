@@ -1,5 +1,7 @@
 //! The admin socket over a raw `UnixStream` writing plain text lines: every verb, bad
 //! input, `expect-gen`, access levels, the audit log, and `watch`.
+// Helpers outside #[test] fns unwrap too: a panic there is a failed assertion.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
@@ -22,7 +24,10 @@ struct Raw {
 impl Raw {
     async fn connect(p: &TestProxy) -> Raw {
         let (read, write) = UnixStream::connect(&p.socket).await.unwrap().into_split();
-        Raw { read: BufReader::new(read), write }
+        Raw {
+            read: BufReader::new(read),
+            write,
+        }
     }
 
     async fn send(&mut self, bytes: &[u8]) {
@@ -36,12 +41,15 @@ impl Raw {
             .await
             .expect("no line within 5s")
             .unwrap();
-        (n > 0).then(|| serde_json::from_str(&s).unwrap_or_else(|e| panic!("not JSON ({e}): {s:?}")))
+        (n > 0)
+            .then(|| serde_json::from_str(&s).unwrap_or_else(|e| panic!("not JSON ({e}): {s:?}")))
     }
 
     async fn cmd(&mut self, line: &str) -> Value {
         self.send(format!("{line}\n").as_bytes()).await;
-        self.line().await.expect("connection closed before the reply")
+        self.line()
+            .await
+            .expect("connection closed before the reply")
     }
 }
 
@@ -62,11 +70,25 @@ async fn every_command_works_over_a_raw_unix_stream() {
 
     let help = c.cmd("help").await;
     assert_ok(&help);
-    let usages: Vec<&str> = help["commands"].as_array().unwrap().iter().map(|c| c["usage"].as_str().unwrap()).collect();
-    for verb in ["status", "weight", "rollback", "pool", "backend", "reload", "watch", "help"] {
-        assert!(usages.iter().any(|u| u.starts_with(verb)), "help lacks {verb}: {usages:?}");
+    let usages: Vec<&str> = help["commands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["usage"].as_str().unwrap())
+        .collect();
+    for verb in [
+        "status", "weight", "rollback", "pool", "backend", "reload", "watch", "help",
+    ] {
+        assert!(
+            usages.iter().any(|u| u.starts_with(verb)),
+            "help lacks {verb}: {usages:?}"
+        );
     }
-    assert!(help["error_codes"].as_array().unwrap().iter().any(|c| c["code"] == "conflict"));
+    assert!(help["error_codes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["code"] == "conflict"));
 
     let status = c.cmd("status").await;
     assert_ok(&status);
@@ -76,8 +98,14 @@ async fn every_command_works_over_a_raw_unix_stream() {
 
     let r = c.cmd("weight 25").await;
     assert_ok(&r);
-    assert_eq!((r["generation"].as_u64(), r["green_percent"].as_f64()), (Some(g0 + 1), Some(25.0)));
-    assert_eq!(r["changes"][0], json!({"field": "green_percent", "old": 0.0, "new": 25.0}));
+    assert_eq!(
+        (r["generation"].as_u64(), r["green_percent"].as_f64()),
+        (Some(g0 + 1), Some(25.0))
+    );
+    assert_eq!(
+        r["changes"][0],
+        json!({"field": "green_percent", "old": 0.0, "new": 25.0})
+    );
 
     let r = c.cmd("rollback to green").await;
     assert_ok(&r);
@@ -88,12 +116,18 @@ async fn every_command_works_over_a_raw_unix_stream() {
     // `rollback` returns to the stable pool (blue) and makes it ready in the same swap.
     let r = c.cmd("rollback").await;
     assert_ok(&r);
-    assert_eq!((r["green_percent"].as_f64(), r["states"]["blue"].as_str()), (Some(0.0), Some("ready")));
+    assert_eq!(
+        (r["green_percent"].as_f64(), r["states"]["blue"].as_str()),
+        (Some(0.0), Some("ready"))
+    );
     assert_eq!(r["changes"].as_array().unwrap().len(), 2, "{r}");
     let g = r["generation"].as_u64().unwrap();
     // Idempotent: a second rollback changes nothing and keeps the generation.
     let r = c.cmd("rollback").await;
-    assert_eq!((r["changed"].as_bool(), r["generation"].as_u64()), (Some(false), Some(g)));
+    assert_eq!(
+        (r["changed"].as_bool(), r["generation"].as_u64()),
+        (Some(false), Some(g))
+    );
 
     let addr = green.addr.to_string();
     let r = c.cmd(&format!("backend green {addr} disable")).await;
@@ -101,7 +135,10 @@ async fn every_command_works_over_a_raw_unix_stream() {
     let s = c.cmd("status").await;
     assert_eq!(s["pools"]["green"]["backends"][0]["enabled"], false, "{s}");
     assert_ok(&c.cmd(&format!("backend green {addr} enable")).await);
-    assert_err(&c.cmd("backend green 127.0.0.1:1 disable").await, "bad_argument");
+    assert_err(
+        &c.cmd("backend green 127.0.0.1:1 disable").await,
+        "bad_argument",
+    );
 
     let r = c.cmd("reload").await;
     assert_ok(&r);
@@ -121,7 +158,11 @@ async fn every_command_works_over_a_raw_unix_stream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_disable_moves_traffic_within_the_pool() {
-    let (b1, b2, green) = (upstream("blue").await, upstream("blue2").await, upstream("green").await);
+    let (b1, b2, green) = (
+        upstream("blue").await,
+        upstream("blue2").await,
+        upstream("green").await,
+    );
     let (p, _control) = proxy_with(&[b1.addr, b2.addr], &[green.addr], "", "", false).await;
     assert_ok(&p.admin(&format!("backend blue {} disable", b1.addr)).await);
     let before = b1.hits.load(SeqCst);
@@ -130,7 +171,11 @@ async fn backend_disable_moves_traffic_within_the_pool() {
         let (status, _, body) = send(&c, get(&p.url("/"))).await;
         assert_eq!((status.as_u16(), &body[..]), (200, &b"blue2"[..]));
     }
-    assert_eq!(b1.hits.load(SeqCst), before, "a disabled backend gets no new requests");
+    assert_eq!(
+        b1.hits.load(SeqCst),
+        before,
+        "a disabled backend gets no new requests"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -161,30 +206,57 @@ async fn bad_input_gets_json_errors_and_changes_nothing() {
     c.send(&huge).await;
     let r = c.line().await.unwrap();
     assert_err(&r, "bad_argument");
-    assert!(r["error"]["message"].as_str().unwrap().contains("longer than"), "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("longer than"),
+        "{r}"
+    );
     assert_ok(&c.cmd("status").await);
     // Invalid UTF-8: refused, connection still usable.
     c.send(b"weight \xff\xfe 10\n").await;
     let r = c.line().await.unwrap();
     assert_err(&r, "bad_argument");
-    assert!(r["error"]["message"].as_str().unwrap().contains("UTF-8"), "{r}");
+    assert!(
+        r["error"]["message"].as_str().unwrap().contains("UTF-8"),
+        "{r}"
+    );
     assert_ok(&c.cmd("help").await);
 
     let s = p.admin("status").await;
-    assert_eq!((s["generation"].clone(), s["green_percent"].as_f64()), (g0, Some(0.0)), "nothing changed");
+    assert_eq!(
+        (s["generation"].clone(), s["green_percent"].as_f64()),
+        (g0, Some(0.0)),
+        "nothing changed"
+    );
     let (status, _, body) = send(&client(), get(&p.url("/"))).await;
-    assert_eq!((status.as_u16(), &body[..]), (200, &b"blue"[..]), "traffic still flows");
+    assert_eq!(
+        (status.as_u16(), &body[..]),
+        (200, &b"blue"[..]),
+        "traffic still flows"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_client_is_closed_after_the_idle_limit_and_others_are_served() {
     let (blue, green) = (upstream("blue").await, upstream("green").await);
-    let (p, _control) = proxy_with(&[blue.addr], &[green.addr], "", "idle_timeout = \"300ms\"", false).await;
+    let (p, _control) = proxy_with(
+        &[blue.addr],
+        &[green.addr],
+        "",
+        "idle_timeout = \"300ms\"",
+        false,
+    )
+    .await;
     let mut silent = Raw::connect(&p).await;
     let mut other = Raw::connect(&p).await;
     assert_ok(&other.cmd("status").await);
     let started = std::time::Instant::now();
-    let r = silent.line().await.expect("an idle_timeout reply before the close");
+    let r = silent
+        .line()
+        .await
+        .expect("an idle_timeout reply before the close");
     assert_err(&r, "idle_timeout");
     assert!(silent.line().await.is_none(), "closed after the reply");
     assert!(started.elapsed() < Duration::from_secs(3));
@@ -210,11 +282,17 @@ async fn expect_gen_stale_conflicts_and_current_applies() {
         assert_err(&r, "conflict");
     }
     let s = p.admin("status").await;
-    assert_eq!((s["generation"].as_u64(), s["green_percent"].as_f64()), (Some(g + 1), Some(10.0)));
+    assert_eq!(
+        (s["generation"].as_u64(), s["green_percent"].as_f64()),
+        (Some(g + 1), Some(10.0))
+    );
     assert_eq!(s["pools"]["green"]["state"], "ready");
     let r = p.admin(&format!("weight 50 expect-gen {}", g + 1)).await;
     assert_ok(&r);
-    assert_eq!((r["generation"].as_u64(), r["green_percent"].as_f64()), (Some(g + 2), Some(50.0)));
+    assert_eq!(
+        (r["generation"].as_u64(), r["green_percent"].as_f64()),
+        (Some(g + 2), Some(50.0))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -229,7 +307,13 @@ async fn a_read_only_peer_can_read_but_not_mutate_and_is_audited() {
     for line in ["weight 10", "rollback", "pool green maint", "reload"] {
         let r = p.admin(line).await;
         assert_err(&r, "permission_denied");
-        assert!(r["error"]["message"].as_str().unwrap().contains(&uid.to_string()), "{r}");
+        assert!(
+            r["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(&uid.to_string()),
+            "{r}"
+        );
     }
     let s = p.admin("status").await;
     assert_ok(&s);
@@ -238,9 +322,16 @@ async fn a_read_only_peer_can_read_but_not_mutate_and_is_audited() {
     let mut w = Raw::connect(&p).await;
     assert_ok(&w.cmd("watch").await);
 
-    let lines: Vec<Value> =
-        std::fs::read_to_string(&audit).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(lines.len(), 4, "one audit line per refused mutation, none for reads: {lines:?}");
+    let lines: Vec<Value> = std::fs::read_to_string(&audit)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        lines.len(),
+        4,
+        "one audit line per refused mutation, none for reads: {lines:?}"
+    );
     for l in &lines {
         assert_eq!(l["outcome"], "refused");
         assert_eq!(l["error"]["code"], "permission_denied");
@@ -252,7 +343,8 @@ async fn a_read_only_peer_can_read_but_not_mutate_and_is_audited() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unlisted_peer_is_denied_everything() {
     let (blue, green) = (upstream("blue").await, upstream("green").await);
-    let (p, _control) = proxy_with(&[blue.addr], &[green.addr], "", "admin_uids = [4242]", true).await;
+    let (p, _control) =
+        proxy_with(&[blue.addr], &[green.addr], "", "admin_uids = [4242]", true).await;
     for line in ["status", "weight 10", "watch"] {
         assert_err(&p.admin(line).await, "permission_denied");
     }
@@ -280,8 +372,11 @@ async fn the_audit_log_has_one_line_per_mutation_with_uid_and_pid() {
     }
     c.cmd("status").await;
     c.cmd("help").await;
-    let lines: Vec<Value> =
-        std::fs::read_to_string(&audit).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<Value> = std::fs::read_to_string(&audit)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), mutations.len(), "{lines:#?}");
     let (uid, _) = own_ids();
     for (l, m) in lines.iter().zip(&mutations) {
@@ -291,7 +386,10 @@ async fn the_audit_log_has_one_line_per_mutation_with_uid_and_pid() {
         assert!(l["time"].as_str().unwrap().ends_with('Z'));
         assert!(l["generation"].as_u64().is_some());
     }
-    assert_eq!(lines[0]["changes"][0], json!({"field": "green_percent", "old": 0.0, "new": 20.0}));
+    assert_eq!(
+        lines[0]["changes"][0],
+        json!({"field": "green_percent", "old": 0.0, "new": 20.0})
+    );
     assert_eq!(lines[0]["outcome"], "applied");
     assert_eq!(lines[5]["error"]["code"], "conflict");
     assert_eq!(lines[6]["error"]["code"], "bad_argument");
@@ -311,7 +409,10 @@ async fn a_watcher_that_does_not_read_blocks_nothing_and_is_told_it_lagged() {
     let started = std::time::Instant::now();
     assert_ok(&p.admin("weight 7").await);
     assert_ok(&p.admin("status").await);
-    assert!(started.elapsed() < Duration::from_secs(2), "commands are not held up by a stuck watcher");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "commands are not held up by a stuck watcher"
+    );
     let mut saw_lag = false;
     while let Some(line) = slow.line().await {
         if line["event"] == "lagged" {

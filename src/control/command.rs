@@ -36,7 +36,7 @@ impl AdminError {
 
 /// Every error code the socket can answer with, and when; `help` shows this list.
 pub const ERROR_CODES: &[(&str, &str)] = &[
-    ("unknown_command", "the verb is not one of `help`"),
+    ("unknown_command", "the verb is not one that `help` lists"),
     (
         "bad_argument",
         "an argument is missing or malformed, or the line is too long or not UTF-8",

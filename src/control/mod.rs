@@ -287,8 +287,8 @@ impl Control {
         let mut draft = before.clone();
         let outcome = check_gen(&current, expect_gen).and_then(|()| change(&mut draft));
         if let Err(e) = outcome {
-            warn!(actor.kind = actor.kind, peer.uid = ?actor.uid, peer.pid = ?actor.pid, command, code = e.code,
-                key = ?e.key, "refused: {}", e.message);
+            let key = e.key.as_deref().unwrap_or("-");
+            warn!(actor = %json!(actor), command, code = e.code, key, "refused: {}", e.message);
             self.audit(actor, command, current.generation, Err(&e));
             return Err(e);
         }
@@ -328,8 +328,7 @@ impl Control {
             format!("applied, but the state was not saved: {e}")
         });
         let summary = Value::Array(changes.clone());
-        info!(actor.kind = actor.kind, peer.uid = ?actor.uid, peer.pid = ?actor.pid, command,
-            generation = next.generation, changes = %summary, "route table changed");
+        info!(actor = %json!(actor), command, generation = next.generation, changes = %summary, "route table changed");
         self.publish_gauges(&next);
         self.audit(actor, command, next.generation, Ok(&changes));
         self.publish_event(json!({

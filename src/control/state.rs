@@ -166,7 +166,7 @@ fn write_synced(path: &Path, body: &[u8]) -> std::io::Result<()> {
 
 /// A stable digest of the pools' membership (backend addresses per pool, order ignored).
 /// FNV-1a: it detects change, it is not a security measure.
-pub fn pools_fingerprint<'a>(pools: [&[&'a str]; 2]) -> String {
+pub fn pools_fingerprint(pools: [&[&str]; 2]) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for (id, backends) in PoolId::ALL.iter().zip(pools) {
         let mut sorted: Vec<&str> = backends.to_vec();

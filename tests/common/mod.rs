@@ -365,3 +365,103 @@ pub fn own_ids() -> (u32, u32) {
     let m = f.as_file().metadata().unwrap();
     (m.uid(), m.gid())
 }
+
+/// The real `switchyard run` binary as a child process, its stderr log collected.
+/// Dropping it kills (SIGKILL) and reaps the child it started.
+pub struct Daemon {
+    pub child: std::process::Child,
+    pub log: Arc<std::sync::Mutex<String>>,
+    /// The first plain listener, read from the `proxy listening addr=...` log line.
+    pub addr: SocketAddr,
+}
+
+impl Daemon {
+    /// Starts `bin run --config config` and waits (5 s deadline) until it listens.
+    pub async fn start(bin: &str, config: &std::path::Path) -> Daemon {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(bin)
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(std::sync::Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let mut addr = None;
+        let started = Instant::now();
+        while addr.is_none() {
+            addr = log.lock().unwrap().lines().find_map(|l| {
+                let rest = l.split("proxy listening addr=").nth(1)?;
+                rest.split_whitespace().next()?.parse::<SocketAddr>().ok()
+            });
+            if started.elapsed() > Duration::from_secs(5) {
+                let _ = child.kill();
+                panic!("daemon did not start listening: {}", log.lock().unwrap());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Daemon {
+            child,
+            log,
+            addr: addr.unwrap(),
+        }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends a signal by name (`HUP`, `TERM`) to this child.
+    pub fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// One admin command to a socket path; the parsed reply (retries until the socket answers,
+/// 5 s deadline, for a daemon that is still starting).
+pub async fn admin_at(socket: &std::path::Path, line: &str) -> serde_json::Value {
+    let started = Instant::now();
+    loop {
+        match switchyard::control::admin::request(socket, line).await {
+            Ok(reply) if !reply.is_empty() => return serde_json::from_str(&reply).unwrap(),
+            _ if started.elapsed() < Duration::from_secs(5) => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            other => panic!(
+                "admin socket {} did not answer: {other:?}",
+                socket.display()
+            ),
+        }
+    }
+}
