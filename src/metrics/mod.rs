@@ -125,6 +125,7 @@ pub struct Metrics {
     pub generation: Gauge,
     pub connections_active: Gauge,
     pub accept_errors: Counter,
+    retries: [Counter; 2],
 }
 
 /// Latency buckets in seconds: dense below the 5 ms P99 target, sparse above.
@@ -191,6 +192,7 @@ impl Metrics {
             generation: gauge(names::GENERATION),
             connections_active: gauge(names::CONNECTIONS_ACTIVE),
             accept_errors: counter(names::ACCEPT_ERRORS_TOTAL, vec![]),
+            retries: PoolId::ALL.map(|p| counter(names::RETRIES_TOTAL, vec![Label::new("pool", p.as_str())])),
             handle,
             recorder,
         })
@@ -234,6 +236,10 @@ impl Metrics {
 
     pub fn request_violation(&self, reason: HashReason) {
         self.request_violations[reason as usize].increment(1);
+    }
+
+    pub fn retry(&self, pool: PoolId) {
+        self.retries[pool.index()].increment(1);
     }
 
     pub fn rejected(&self, why: Rejection) {

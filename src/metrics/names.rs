@@ -15,6 +15,7 @@ pub const UPSTREAM_ERRORS_TOTAL: &str = "switchyard_upstream_errors_total";
 pub const CONNECTIONS_ACTIVE: &str = "switchyard_connections_active";
 pub const REJECTED_REQUESTS_TOTAL: &str = "switchyard_rejected_requests_total";
 pub const ACCEPT_ERRORS_TOTAL: &str = "switchyard_accept_errors_total";
+pub const RETRIES_TOTAL: &str = "switchyard_retries_total";
 
 /// (name, help) for every metric, described once at start-up.
 pub const HELP: &[(&str, &str)] = &[
@@ -30,5 +31,6 @@ pub const HELP: &[(&str, &str)] = &[
     (UPSTREAM_ERRORS_TOTAL, "Upstream failures charged to a pool, by kind (connect, timeout, reset, status_5xx, hash)."),
     (CONNECTIONS_ACTIVE, "Open downstream connections."),
     (REJECTED_REQUESTS_TOTAL, "Requests the proxy refused itself, by reason (smuggling, header_too_large, body_too_large, header_timeout, hash_missing, hash_mismatch, no_backend)."),
+    (RETRIES_TOTAL, "Requests retried on another backend after a connect failure (nothing had been sent)."),
     (ACCEPT_ERRORS_TOTAL, "Errors returned by accept(); the listener backs off after each."),
 ];

@@ -11,6 +11,7 @@ use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
 use crate::proxy::route::InflightGuard;
+use crate::proxy::upstream::Sender;
 
 /// The request body grew past `proxy.limits.max_body_bytes`.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +85,8 @@ pin_project! {
             #[pin]
             inner: Incoming,
             guard: Option<InflightGuard>,
+            // The connection the body arrives on: back to its pool once the body ends.
+            conn: Option<Sender>,
         },
         Full {
             data: Option<Bytes>,
@@ -92,8 +95,8 @@ pin_project! {
 }
 
 impl ProxyBody {
-    pub fn upstream(inner: Incoming, guard: InflightGuard) -> Self {
-        ProxyBody::Upstream { inner, guard: Some(guard) }
+    pub fn upstream(inner: Incoming, guard: InflightGuard, conn: Option<Sender>) -> Self {
+        ProxyBody::Upstream { inner, guard: Some(guard), conn }
     }
 
     pub fn full(data: impl Into<Bytes>) -> Self {
@@ -112,10 +115,20 @@ impl Body for ProxyBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.project() {
-            ProxyBodyProj::Upstream { inner, guard } => {
+            ProxyBodyProj::Upstream { inner, guard, conn } => {
                 let polled = inner.poll_frame(cx);
-                if let Poll::Ready(None | Some(Err(_))) = polled {
-                    guard.take();
+                match &polled {
+                    Poll::Ready(None) => {
+                        if let (Some(tx), Some(g)) = (conn.take(), guard.as_ref()) {
+                            g.backend().conns.checkin(tx);
+                        }
+                        guard.take();
+                    }
+                    Poll::Ready(Some(Err(_))) => {
+                        conn.take();
+                        guard.take();
+                    }
+                    _ => {}
                 }
                 polled
             }

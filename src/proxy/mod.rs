@@ -19,25 +19,34 @@ pub mod upstream;
 use std::sync::Arc;
 
 use crate::config::{Config, PoolId};
-use route::{Backend, Pool, PoolState, RouteTable};
+use route::{Backend, PassiveHealth, Pool, PoolState, RetryBudget, RouteTable};
 use settings::Settings;
-use upstream::{UpstreamClient, UpstreamOptions};
+use upstream::UpstreamOptions;
 
-/// Builds the pools (backends and clients) a config names.
+/// Builds the pools (backends and their connection pools) a config names.
 pub fn build_pools(cfg: &Config) -> Result<[Arc<Pool>; 2], String> {
     let build = |id: PoolId| -> Result<Arc<Pool>, String> {
         let pc = cfg.pool(id);
-        let backends = pc
-            .backends
-            .iter()
-            .map(|a| Backend::new(a).map(Arc::new).map_err(|e| format!("pools.{id}.backends: {a}: {e}")))
-            .collect::<Result<Vec<_>, _>>()?;
-        let client = UpstreamClient::new(&UpstreamOptions {
+        let opts = UpstreamOptions {
             connect_timeout: cfg.proxy.timeouts.connect,
             idle_timeout: cfg.proxy.timeouts.upstream_idle,
             max_idle_per_backend: pc.max_idle_per_backend,
-        });
-        Ok(Arc::new(Pool { id, backends: backends.into(), client }))
+        };
+        let backends = pc
+            .backends
+            .iter()
+            .map(|a| {
+                Backend::new(a, opts.clone())
+                    .map(Arc::new)
+                    .map_err(|e| format!("pools.{id}.backends: {a}: {e}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Arc::new(Pool {
+            id,
+            backends: backends.into(),
+            retries: RetryBudget::new(20, 10),
+            passive: PassiveHealth::default(),
+        }))
     };
     Ok([build(PoolId::Blue)?, build(PoolId::Green)?])
 }

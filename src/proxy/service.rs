@@ -9,19 +9,19 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::header::{self, HeaderValue};
-use http::uri::{PathAndQuery, Scheme, Uri};
+use http::uri::{PathAndQuery, Uri};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::{Body as _, Incoming};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::config::{Affinity, HashMode, PoolId};
 use crate::error::ProxyError;
 use crate::metrics::{Charge, Metrics, UpstreamErrorKind};
 use crate::proxy::body::{BodyTooLarge, LimitedBody, ProxyBody, RequestBodyError};
 use crate::proxy::headers;
-use crate::proxy::route::{InflightGuard, RouteHandle, RouteTable};
+use crate::proxy::route::{Backend, InflightGuard, RouteHandle, RouteTable};
 use crate::proxy::settings::{Settings, OVERRIDE_TOKEN_HEADER};
 use crate::proxy::sniff::FramingVerdict;
 
@@ -43,6 +43,9 @@ pub struct Conn {
 }
 
 static ROOT: PathAndQuery = PathAndQuery::from_static("/");
+
+/// Tries per request: the first plus retries after connect failures.
+const MAX_ATTEMPTS: u32 = 3;
 
 pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
@@ -150,8 +153,7 @@ async fn handle_inner(
         parts.headers.remove(&OVERRIDE_TOKEN_HEADER);
     }
     let pool = table.pool(pool_id);
-    let backend = pool.pick_backend().ok_or(ProxyError::NoBackend(pool_id))?;
-    let guard = InflightGuard::new(backend.clone());
+    pool.retries.deposit();
 
     let upgrade = parts.version == Version::HTTP_11 && headers::wants_upgrade(&parts.headers);
     let downstream_upgrade = if upgrade { parts.extensions.remove::<OnUpgrade>() } else { None };
@@ -163,19 +165,60 @@ async fn handle_inner(
             parts.headers.insert(header::HOST, host);
         }
     }
-    let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(Scheme::HTTP);
-    uri.authority = Some(backend.authority.clone());
-    uri.path_and_query = Some(parts.uri.path_and_query().unwrap_or(&ROOT).clone());
-    parts.uri = Uri::from_parts(uri).map_err(|e| ProxyError::ClientBody(e.to_string()))?;
+    // Origin form on the wire: the backend sees the path, the Host header names the site.
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        let path = parts.uri.path_and_query().unwrap_or(&ROOT).clone();
+        parts.uri = Uri::from(path);
+    }
     parts.version = Version::HTTP_11;
     parts.extensions.clear();
+    let mut req = Request::from_parts(parts, LimitedBody::new(body, s.max_body_bytes));
 
-    let upstream_req = Request::from_parts(parts, LimitedBody::new(body, s.max_body_bytes));
-    let sent = tokio::time::timeout(s.upstream_response_timeout, pool.client.client.request(upstream_req)).await;
+    // Nothing has reached a backend until a connection is up and the request is handed to
+    // it, so connect failures (and pooled connections found closed) are retried: on
+    // another backend of the same pool when there is one, within the pool's budget.
+    let mut failed: Option<(Arc<Backend>, ProxyError)> = None;
+    let mut attempt = 0u32;
+    let (guard, mut tx, sent) = loop {
+        attempt += 1;
+        let Some(backend) = pool.pick_backend_except(failed.as_ref().map(|f| &f.0)) else {
+            return Err(failed.map_or(ProxyError::NoBackend(pool_id), |f| f.1));
+        };
+        let guard = InflightGuard::new(backend.clone());
+        let mut checkout = match backend.conns.checkout(&backend.addr, backend.socket_addr).await {
+            Ok(c) => c,
+            Err(e) => {
+                let err = ProxyError::Connect { pool: pool_id, backend: backend.addr.clone(), message: e.to_string() };
+                if pool.record_failure(backend) {
+                    warn!(pool = %pool_id, backend = %backend.addr, "backend ejected after consecutive failures");
+                }
+                if attempt >= MAX_ATTEMPTS || pool.backends.len() < 2 || !pool.retries.try_withdraw() {
+                    return Err(err);
+                }
+                debug!(error = %err, attempt, "retrying on another backend");
+                // Counted here only when retried; the error returned is counted by `handle`.
+                metrics.upstream_error(pool_id, UpstreamErrorKind::Connect);
+                metrics.retry(pool_id);
+                failed = Some((backend.clone(), err));
+                continue;
+            }
+        };
+        let reused = checkout.reused;
+        let sent =
+            tokio::time::timeout(s.upstream_response_timeout, checkout.tx.try_send_request(req)).await;
+        match sent {
+            Ok(Err(mut e)) if reused && e.message().is_some() => {
+                // A pooled connection closed before taking the request: not sent, try again.
+                req = e.take_message().expect("checked just above");
+                continue;
+            }
+            _ => break (guard, checkout.tx, sent),
+        }
+    };
+    let backend = guard.backend().clone();
     let mut resp = match sent {
         Ok(Ok(resp)) => resp,
-        Ok(Err(e)) => return Err(classify(pool_id, &backend.addr, &e)),
+        Ok(Err(e)) => return Err(classify(pool_id, &backend.addr, e.into_error())),
         Err(_) => {
             return Err(ProxyError::UpstreamTimeout {
                 pool: pool_id,
@@ -198,6 +241,11 @@ async fn handle_inner(
     let status = resp.status();
     if status.is_server_error() {
         metrics.upstream_error(pool_id, UpstreamErrorKind::Status5xx);
+        if pool.record_failure(&backend) {
+            warn!(pool = %pool_id, backend = %backend.addr, "backend ejected after consecutive failures");
+        }
+    } else {
+        backend.record_success();
     }
     metrics.request(Charge::Pool(pool_id), status.as_u16());
 
@@ -215,7 +263,12 @@ async fn handle_inner(
         let (parts, _) = resp.into_parts();
         return Ok(Response::from_parts(parts, ProxyBody::empty()));
     }
-    Ok(resp.map(|b| ProxyBody::upstream(b, guard)))
+    if resp.body().is_end_stream() {
+        backend.conns.checkin(tx);
+        return Ok(resp.map(|b| ProxyBody::upstream(b, guard, None)));
+    }
+    let _ = &mut tx;
+    Ok(resp.map(|b| ProxyBody::upstream(b, guard, Some(tx))))
 }
 
 /// Copies bytes both ways once both sides have switched protocols. The connection stays
@@ -232,8 +285,8 @@ async fn tunnel(down: OnUpgrade, up: OnUpgrade, guard: InflightGuard) {
     }
 }
 
-/// Sorts a client error into who is at fault.
-fn classify(pool: PoolId, backend: &str, e: &hyper_util::client::legacy::Error) -> ProxyError {
+/// Sorts a send error into who is at fault.
+fn classify(pool: PoolId, backend: &str, e: hyper::Error) -> ProxyError {
     let mut source = e.source();
     while let Some(err) = source {
         if let Some(RequestBodyError::TooLarge(BodyTooLarge { limit })) = err.downcast_ref::<RequestBodyError>() {
@@ -244,13 +297,5 @@ fn classify(pool: PoolId, backend: &str, e: &hyper_util::client::legacy::Error) 
         }
         source = err.source();
     }
-    let message = match e.source() {
-        Some(s) => format!("{e}: {s}"),
-        None => e.to_string(),
-    };
-    if e.is_connect() {
-        ProxyError::Connect { pool, backend: backend.to_string(), message }
-    } else {
-        ProxyError::Upstream { pool, backend: backend.to_string(), message }
-    }
+    ProxyError::Upstream { pool, backend: backend.to_string(), message: e.to_string() }
 }
