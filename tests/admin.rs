@@ -425,3 +425,24 @@ async fn a_watcher_that_does_not_read_blocks_nothing_and_is_told_it_lagged() {
     }
     assert!(saw_lag, "a lagged line before the stream went on");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_socket_is_0660_and_extra_clients_get_busy() {
+    use std::os::unix::fs::PermissionsExt;
+    let (blue, green) = (upstream("blue").await, upstream("green").await);
+    let (p, _control) = proxy_with(&[blue.addr], &[green.addr], "", "max_clients = 2", false).await;
+    let mode = std::fs::metadata(&p.socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o660);
+    let mut a = Raw::connect(&p).await;
+    let mut b = Raw::connect(&p).await;
+    assert_ok(&a.cmd("status").await);
+    assert_ok(&b.cmd("status").await);
+    let mut c = Raw::connect(&p).await;
+    assert_err(&c.line().await.unwrap(), "busy");
+    drop(a);
+    wait_for("a free admin slot", Duration::from_secs(3), || async {
+        p.admin("status").await["ok"] == true
+    })
+    .await;
+    assert_ok(&b.cmd("status").await);
+}

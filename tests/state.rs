@@ -146,6 +146,7 @@ async fn pool_states_disabled_backends_and_the_rollout_record_survive_a_restart(
         "reordering backends is not a pool change"
     );
     assert_eq!(after["green_percent"], 12.34);
+    assert_eq!(after["rollout"], record, "status shows the restored record");
     assert_eq!(after["pools"]["green"]["state"], "drain");
     let disabled: Vec<&Value> = after["pools"]["blue"]["backends"]
         .as_array()
@@ -175,4 +176,42 @@ async fn a_corrupt_state_file_is_ignored_and_replaced() {
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("state.json")).unwrap())
             .unwrap();
     assert_eq!(saved["green_bp"], 300);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_daemon_on_the_same_socket_refuses_to_start() {
+    let (blue, green) = (upstream("blue").await, upstream("green").await);
+    let dir = tempfile::tempdir().unwrap();
+    let (_stop, socket, _control) = start(dir.path(), &[blue.addr], &[green.addr]).await;
+    assert_eq!(admin_at(&socket, "weight 5").await["ok"], true);
+    let cfg = Config::load(&dir.path().join("switchyard.toml")).unwrap();
+    let err = Switchyard::bind(cfg)
+        .await
+        .err()
+        .expect("the socket is taken");
+    assert!(
+        err.to_string().contains("another switchyard daemon"),
+        "{err}"
+    );
+    let s = admin_at(&socket, "status").await;
+    assert_eq!(
+        s["green_percent"], 5.0,
+        "the running daemon and its state are untouched"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_that_cannot_be_saved_is_applied_and_says_so() {
+    let (blue, green) = (upstream("blue").await, upstream("green").await);
+    let dir = tempfile::tempdir().unwrap();
+    // A directory where the state file should be: every save fails.
+    std::fs::create_dir(dir.path().join("state.json")).unwrap();
+    let (_stop, socket, _control) = start(dir.path(), &[blue.addr], &[green.addr]).await;
+    let r = admin_at(&socket, "rollback to green").await;
+    assert_eq!(
+        (r["ok"].as_bool(), r["green_percent"].as_f64()),
+        (Some(true), Some(100.0)),
+        "{r}"
+    );
+    assert!(r["warning"].as_str().unwrap().contains("not saved"), "{r}");
 }

@@ -17,7 +17,8 @@
 //! Peers are identified by SO_PEERCRED and checked by [`super::access::decide`]. Input is
 //! bounded: a line longer than [`MAX_LINE`] or not UTF-8 gets `bad_argument` and the
 //! connection goes on; at most `admin.max_clients` connections (then `busy`); a client
-//! silent for `admin.idle_timeout` gets `idle_timeout` and is closed. Mutations run on the
+//! silent for `admin.idle_timeout` gets `idle_timeout` and is closed (a `watch` client is
+//! expected to be silent; it is closed only if it stops reading for that long). Mutations run on the
 //! blocking pool (they fsync the state file), never on a proxy worker.
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -39,13 +40,25 @@ use crate::config::AdminConfig;
 /// Longest accepted command line, in bytes.
 pub const MAX_LINE: usize = 4096;
 
-/// Creates the socket (replacing a stale one) with the configured mode.
+/// Creates the socket with the configured mode, in a directory created 0750 if missing.
+/// A stale socket (nobody answers) is replaced; a live one means another daemon runs with
+/// this config, and this one refuses to start rather than steal its socket and state.
 pub fn bind(cfg: &AdminConfig) -> std::io::Result<UnixListener> {
     let path = &cfg.socket;
-    if let Some(dir) = path.parent() {
+    if let Some(dir) = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+    {
         std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))?;
     }
     if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                "another switchyard daemon is serving this admin socket; stop it first",
+            ));
+        }
         std::fs::remove_file(path)?;
     }
     let listener = UnixListener::bind(path)?;

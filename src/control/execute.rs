@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use super::command::{state_str, AdminCommand, AdminError, ERROR_CODES, VERBS};
+use super::command::{is_mutating_verb, state_str, AdminCommand, AdminError, ERROR_CODES, VERBS};
 use super::state::BackendRef;
 use super::{percent, Actor, Applied, Control};
 use crate::config::PoolId;
@@ -120,6 +120,10 @@ pub fn help() -> Value {
     json!({
         "commands": VERBS.iter().map(|(u, p)| json!({ "usage": u, "purpose": p })).collect::<Vec<_>>(),
         "error_codes": ERROR_CODES.iter().map(|(c, w)| json!({ "code": c, "when": w })).collect::<Vec<_>>(),
-        "read_only": ["status", "watch", "help"],
+        "read_only": VERBS
+            .iter()
+            .filter(|(usage, _)| !is_mutating_verb(usage))
+            .filter_map(|(usage, _)| usage.split_whitespace().next())
+            .collect::<Vec<_>>(),
     })
 }

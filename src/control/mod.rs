@@ -15,6 +15,7 @@ pub mod admin;
 pub mod audit;
 pub mod client;
 pub mod command;
+mod draft;
 pub mod execute;
 pub mod reload;
 pub mod state;
@@ -33,8 +34,11 @@ use tracing::{error, info, warn};
 
 use crate::config::{Config, PoolId};
 use crate::metrics::Metrics;
-use crate::proxy::route::{Pool, PoolState, RouteHandle, RouteTable, FULL_BP};
-use crate::proxy::settings::Settings;
+use crate::proxy::route::{RouteHandle, RouteTable, FULL_BP};
+pub use draft::Draft;
+
+use draft::diff;
+
 use access::Peer;
 use audit::AuditLog;
 use command::{state_from_str, state_str, AdminError};
@@ -74,20 +78,6 @@ impl Actor {
             pid: None,
         }
     }
-}
-
-/// Everything one [`Control::update`] may change, as a mutable copy of the current values.
-#[derive(Debug, Clone)]
-pub struct Draft {
-    pub green_bp: u16,
-    pub states: [PoolState; 2],
-    pub salt: u64,
-    pub stable: PoolId,
-    /// The rollout controller's record, persisted as is.
-    pub rollout: Value,
-    pub disabled: BTreeSet<BackendRef>,
-    pub pools: [Arc<Pool>; 2],
-    pub settings: Arc<Settings>,
 }
 
 /// The outcome of an update that was not refused.
@@ -478,73 +468,4 @@ fn draft_from_state(s: &PersistedState, t: &RouteTable) -> Result<(Draft, Extra)
             disabled,
         },
     ))
-}
-
-/// `{"field","old","new"}` for every value that differs between two drafts.
-fn diff(a: &Draft, b: &Draft) -> Vec<Value> {
-    let mut out = Vec::new();
-    let mut push = |field: String, old: Value, new: Value| {
-        out.push(json!({ "field": field, "old": old, "new": new }))
-    };
-    if a.green_bp != b.green_bp {
-        push(
-            "green_percent".into(),
-            json!(percent(a.green_bp)),
-            json!(percent(b.green_bp)),
-        );
-    }
-    for id in PoolId::ALL {
-        let i = id.index();
-        if a.states[i] != b.states[i] {
-            push(
-                format!("pools.{id}.state"),
-                json!(a.states[i]),
-                json!(b.states[i]),
-            );
-        }
-        if !Arc::ptr_eq(&a.pools[i], &b.pools[i]) {
-            let addrs = |p: &Pool| {
-                p.backends
-                    .iter()
-                    .map(|b| b.addr.clone())
-                    .collect::<Vec<_>>()
-            };
-            push(
-                format!("pools.{id}.backends"),
-                json!(addrs(&a.pools[i])),
-                json!(addrs(&b.pools[i])),
-            );
-        }
-    }
-    let enabled = |d: &Draft, r: &BackendRef| {
-        if d.disabled.contains(r) {
-            "disabled"
-        } else {
-            "enabled"
-        }
-    };
-    for r in a.disabled.symmetric_difference(&b.disabled) {
-        push(
-            format!("backends.{}.{}", r.pool, r.addr),
-            json!(enabled(a, r)),
-            json!(enabled(b, r)),
-        );
-    }
-    if a.salt != b.salt {
-        push("salt".into(), json!(a.salt), json!(b.salt));
-    }
-    if a.stable != b.stable {
-        push("stable".into(), json!(a.stable), json!(b.stable));
-    }
-    if a.rollout != b.rollout {
-        push("rollout".into(), a.rollout.clone(), b.rollout.clone());
-    }
-    if !Arc::ptr_eq(&a.settings, &b.settings) {
-        push(
-            "settings".into(),
-            Value::Null,
-            json!("rebuilt from the config"),
-        );
-    }
-    out
 }
