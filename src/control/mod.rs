@@ -254,6 +254,10 @@ impl Control {
 
     /// The one write path (see the module doc). `command` is what the audit log and the
     /// event show; a refusal by `change` or by `expect_gen` changes nothing and is audited.
+    ///
+    /// `change` runs under the route writer and this control's own lock: it must not call
+    /// back into `Control` (everything it may read is in the [`Draft`]). The call saves the
+    /// state (an fsync, a few ms): from async code, run it on the blocking pool.
     pub fn update(
         &self,
         actor: &Actor,
