@@ -6,6 +6,7 @@
 
 pub mod http;
 pub mod names;
+pub mod window;
 
 use std::sync::Arc;
 
