@@ -18,6 +18,7 @@ pub mod command;
 mod draft;
 pub mod execute;
 pub mod reload;
+pub mod rollout;
 pub mod state;
 
 use std::collections::BTreeSet;

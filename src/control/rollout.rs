@@ -1,0 +1,465 @@
+//! CONTROL PLANE: the rollout state machine — pure, handed the time and its inputs.
+//!
+//! The driver calls [`Rollout::step`] every tick and whenever a tripwire fires, and the
+//! operator verbs ([`Rollout::pause`], `resume`, `promote`, `abort`, `rollback`); each returns
+//! a [`Decision`] for the driver to apply to the route table. There is no I/O, clock or async
+//! here. `now` is the driver's monotonic clock (e.g. `LiveStats::now_ms`), compared only within
+//! one process: [`Rollout::restored`] re-anchors a rollout read back after a restart.
+//!
+//! ```text
+//! idle ─start─▶ progressing(0) ─▶ … ─▶ progressing(last) ─▶ baking ─▶ promoted
+//!                 ▲   │ pause, insufficient_data, both_degraded
+//!          resume │   ▼
+//!                paused(reason)          any live state ─▶ rolled_back(gate) | aborted(actor)
+//! ```
+//! A step (or the bake) completes when its hold has elapsed and every judgment gate passes on
+//! samples taken after the settle time. Still short of samples after `max(max_hold, hold)`:
+//! paused(insufficient_data). Gates stay live while paused, so a failing candidate is still
+//! rolled back — unless stable fails the same gates or is unhealthy: then paused(both_degraded),
+//! never a flip onto a broken stable. Terminal states are left only by a new rollout.
+//!
+//! The driver should persist the rollout and emit an event whenever `phase()` or
+//! `candidate_weight_bp()` changed after a call: entering the bake changes the phase only.
+
+mod gates;
+mod plan;
+#[cfg(test)]
+mod tests;
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use gates::{
+    evaluate, wilson_lower, Baseline, Evaluation, Gate, GateReport, Observation, Trip, Verdict,
+    WILSON_Z,
+};
+pub use plan::{GateLimits, Plan};
+
+use crate::config::PoolId;
+use plan::{millis, FULL_BP};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Phase {
+    Idle,
+    Progressing {
+        step: usize,
+    },
+    /// `step` is the step whose weight holds (the last one while baking).
+    Paused {
+        reason: PauseReason,
+        step: usize,
+    },
+    Baking,
+    Promoted,
+    RolledBack {
+        gate: Gate,
+        reason: String,
+    },
+    Aborted {
+        actor: String,
+    },
+}
+
+impl Phase {
+    /// The label of `switchyard_rollout_phase{phase}`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Phase::Idle => "idle",
+            Phase::Progressing { .. } => "progressing",
+            Phase::Paused { .. } => "paused",
+            Phase::Baking => "baking",
+            Phase::Promoted => "promoted",
+            Phase::RolledBack { .. } => "rolled_back",
+            Phase::Aborted { .. } => "aborted",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PauseReason {
+    InsufficientData,
+    BothDegraded,
+    Manual,
+    /// The daemon restarted mid-rollout; an operator resumes it.
+    Restarted,
+}
+
+impl PauseReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PauseReason::InsufficientData => "insufficient_data",
+            PauseReason::BothDegraded => "both_degraded",
+            PauseReason::Manual => "manual",
+            PauseReason::Restarted => "restarted",
+        }
+    }
+}
+
+/// What the driver must do to the data plane. Weights are the candidate's share.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Decision {
+    None,
+    SetWeight {
+        candidate_bp: u16,
+    },
+    /// 100% to stable now.
+    Rollback {
+        gate: Gate,
+        reason: String,
+    },
+    /// The weight stays; the rollout waits for an operator.
+    Pause {
+        reason: PauseReason,
+    },
+    /// The candidate takes 100% and becomes the stable pool.
+    Promote,
+    /// The rollout is over (a terminal state); stop ticking it.
+    Done,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransitionError {
+    #[error("cannot {verb} a rollout that is {phase}")]
+    Invalid {
+        verb: &'static str,
+        phase: &'static str,
+    },
+    #[error("invalid rollout plan: {0}")]
+    Plan(String),
+}
+
+impl TransitionError {
+    /// The admin protocol's error code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            TransitionError::Invalid { .. } => "invalid_transition",
+            TransitionError::Plan(_) => "bad_argument",
+        }
+    }
+}
+
+/// One rollout; persisted as an opaque JSON value (the last gate reports are not).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rollout {
+    plan: Plan,
+    phase: Phase,
+    /// Index into `plan.steps_bp`; `steps_bp.len()` for the bake.
+    stage: usize,
+    weight_bp: u16,
+    /// When the current step (or bake) began: the origin of its hold and max_hold.
+    #[serde(with = "millis")]
+    stage_started: Duration,
+    /// Samples before this are not judged: the last weight change plus settle.
+    #[serde(with = "millis")]
+    samples_from: Duration,
+    /// Failing evaluations in a row, per [`Gate::JUDGMENT`].
+    streaks: [u32; 4],
+    baseline: Baseline,
+    #[serde(skip)]
+    reports: Vec<GateReport>,
+}
+
+impl Rollout {
+    /// A rollout not started yet: every verb but `begin` (and a no-op `rollback`) is refused.
+    pub fn idle(plan: Plan) -> Rollout {
+        Rollout {
+            plan,
+            phase: Phase::Idle,
+            stage: 0,
+            weight_bp: 0,
+            stage_started: Duration::ZERO,
+            samples_from: Duration::ZERO,
+            streaks: [0; 4],
+            baseline: Baseline::default(),
+            reports: Vec::new(),
+        }
+    }
+
+    /// Validates `plan` and moves to its first step.
+    pub fn start(plan: Plan, now: Duration) -> Result<(Rollout, Decision), TransitionError> {
+        let mut rollout = Rollout::idle(plan);
+        let decision = rollout.begin(now)?;
+        Ok((rollout, decision))
+    }
+
+    pub fn begin(&mut self, now: Duration) -> Result<Decision, TransitionError> {
+        if self.phase != Phase::Idle {
+            return Err(self.refuse("start"));
+        }
+        self.plan.validate().map_err(TransitionError::Plan)?;
+        Ok(self.enter_step(0, now))
+    }
+
+    /// One evaluation: tripwires, judgment gates, then progress. Called every tick.
+    pub fn step(&mut self, now: Duration, obs: &Observation) -> Decision {
+        if self.phase == Phase::Idle {
+            return Decision::None;
+        }
+        if self.is_terminal() {
+            return Decision::Done;
+        }
+        let eval = evaluate(
+            &self.plan.gates,
+            obs,
+            self.plan.candidate,
+            self.weight_bp,
+            &self.baseline,
+        );
+        self.baseline.update(&obs.stable, &self.plan.gates);
+        let mut trip = eval.tripped.clone();
+        for (streak, gate) in self.streaks.iter_mut().zip(Gate::JUDGMENT) {
+            let failed = eval
+                .candidate(gate)
+                .is_some_and(|r| r.verdict == Verdict::Fail);
+            *streak = if failed { streak.saturating_add(1) } else { 0 };
+            if *streak >= self.plan.gates.fail_windows && trip.is_none() {
+                let reason = eval
+                    .candidate(gate)
+                    .map(|r| r.detail.clone())
+                    .unwrap_or_default();
+                trip = Some(Trip { gate, reason });
+            }
+        }
+        self.keep_reports(now, &eval);
+        if let Some(trip) = trip {
+            return self.auto_rollback(now, trip, &eval);
+        }
+        let period = match self.phase {
+            Phase::Progressing { .. } => self.plan.hold,
+            Phase::Baking => self.plan.bake,
+            _ => return Decision::None,
+        };
+        let elapsed = now.saturating_sub(self.stage_started);
+        if elapsed >= period && eval.judgment_passes() {
+            return self.advance(now);
+        }
+        if elapsed >= period.max(self.plan.max_hold) && eval.judgment_inconclusive() {
+            return self.pause_for(PauseReason::InsufficientData);
+        }
+        Decision::None
+    }
+
+    pub fn pause(&mut self, _now: Duration) -> Result<Decision, TransitionError> {
+        match self.phase {
+            Phase::Progressing { .. } | Phase::Baking => Ok(self.pause_for(PauseReason::Manual)),
+            Phase::Paused { .. } => Ok(Decision::None),
+            _ => Err(self.refuse("pause")),
+        }
+    }
+
+    /// Back to the step (or bake) it was paused in; its hold starts again.
+    pub fn resume(&mut self, now: Duration) -> Result<Decision, TransitionError> {
+        if !matches!(self.phase, Phase::Paused { .. }) {
+            return Err(self.refuse("resume"));
+        }
+        self.phase = if self.stage >= self.plan.steps_bp.len() {
+            Phase::Baking
+        } else {
+            Phase::Progressing { step: self.stage }
+        };
+        self.stage_started = now;
+        self.streaks = [0; 4];
+        Ok(Decision::SetWeight {
+            candidate_bp: self.weight_bp,
+        })
+    }
+
+    /// Skips the remaining steps and the bake.
+    pub fn promote(&mut self, _now: Duration) -> Result<Decision, TransitionError> {
+        if !self.is_live() {
+            return Err(self.refuse("promote"));
+        }
+        self.phase = Phase::Promoted;
+        self.weight_bp = FULL_BP;
+        Ok(Decision::Promote)
+    }
+
+    /// Rolls back to stable and ends the rollout as aborted by `actor`.
+    pub fn abort(&mut self, _now: Duration, actor: &str) -> Result<Decision, TransitionError> {
+        if !self.is_live() {
+            return Err(self.refuse("abort"));
+        }
+        self.phase = Phase::Aborted {
+            actor: actor.to_string(),
+        };
+        self.weight_bp = 0;
+        Ok(Decision::Rollback {
+            gate: Gate::Operator,
+            reason: format!("aborted by {actor}"),
+        })
+    }
+
+    /// 100% to stable, ending the rollout. Always allowed; a no-op unless live.
+    pub fn rollback(&mut self, _now: Duration, gate: Gate, reason: String) -> Decision {
+        if !self.is_live() {
+            return Decision::None;
+        }
+        self.phase = Phase::RolledBack {
+            gate,
+            reason: reason.clone(),
+        };
+        self.weight_bp = 0;
+        Decision::Rollback { gate, reason }
+    }
+
+    /// A rollout read back after a restart: a running one comes back paused at the same
+    /// weight, its clocks re-anchored on `now`.
+    pub fn restored(mut self, now: Duration) -> Rollout {
+        if matches!(self.phase, Phase::Progressing { .. } | Phase::Baking) {
+            self.phase = Phase::Paused {
+                reason: PauseReason::Restarted,
+                step: self.step_index(),
+            };
+        }
+        if self.is_live() {
+            self.stage_started = now;
+            self.samples_from = now;
+            self.streaks = [0; 4];
+        }
+        self
+    }
+
+    pub fn phase(&self) -> &Phase {
+        &self.phase
+    }
+
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    pub fn candidate(&self) -> PoolId {
+        self.plan.candidate
+    }
+
+    /// The candidate's share in basis points; the driver maps it to green's weight.
+    pub fn candidate_weight_bp(&self) -> u16 {
+        self.weight_bp
+    }
+
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Promoted | Phase::RolledBack { .. } | Phase::Aborted { .. }
+        )
+    }
+
+    /// Progressing, paused or baking: the candidate may carry traffic.
+    pub fn is_live(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Progressing { .. } | Phase::Paused { .. } | Phase::Baking
+        )
+    }
+
+    /// Both pools' gates as of the last `step`.
+    pub fn gates(&self) -> &[GateReport] {
+        &self.reports
+    }
+
+    /// Where the judged windows should start: the last weight change plus settle. Hand the
+    /// driver's `LiveStats::window_since_at(now, pool, plan.window, this)` to `step`.
+    pub fn samples_since(&self) -> Duration {
+        self.samples_from
+    }
+
+    /// Time left in the current hold (or bake); `None` unless progressing or baking.
+    pub fn hold_remaining(&self, now: Duration) -> Option<Duration> {
+        let period = match self.phase {
+            Phase::Progressing { .. } => self.plan.hold,
+            Phase::Baking => self.plan.bake,
+            _ => return None,
+        };
+        Some(period.saturating_sub(now.saturating_sub(self.stage_started)))
+    }
+
+    fn step_index(&self) -> usize {
+        self.stage.min(self.plan.steps_bp.len().saturating_sub(1))
+    }
+
+    fn refuse(&self, verb: &'static str) -> TransitionError {
+        TransitionError::Invalid {
+            verb,
+            phase: self.phase.name(),
+        }
+    }
+
+    fn enter_step(&mut self, stage: usize, now: Duration) -> Decision {
+        self.stage = stage;
+        self.weight_bp = self.plan.steps_bp.get(stage).copied().unwrap_or(FULL_BP);
+        self.phase = Phase::Progressing { step: stage };
+        self.stage_started = now;
+        self.samples_from = now + self.plan.settle;
+        self.streaks = [0; 4];
+        Decision::SetWeight {
+            candidate_bp: self.weight_bp,
+        }
+    }
+
+    fn advance(&mut self, now: Duration) -> Decision {
+        let steps = self.plan.steps_bp.len();
+        if self.stage + 1 < steps {
+            return self.enter_step(self.stage + 1, now);
+        }
+        if self.phase == Phase::Baking {
+            self.phase = Phase::Promoted;
+            return Decision::Promote;
+        }
+        // The last step is 100%: the bake keeps the weight and the samples.
+        self.stage = steps;
+        self.phase = Phase::Baking;
+        self.stage_started = now;
+        Decision::None
+    }
+
+    fn pause_for(&mut self, reason: PauseReason) -> Decision {
+        self.phase = Phase::Paused {
+            reason,
+            step: self.step_index(),
+        };
+        Decision::Pause { reason }
+    }
+
+    fn auto_rollback(&mut self, now: Duration, trip: Trip, eval: &Evaluation) -> Decision {
+        if !eval.stable_degraded(trip.gate) {
+            return self.rollback(now, trip.gate, trip.reason);
+        }
+        match self.phase {
+            Phase::Paused {
+                reason: PauseReason::BothDegraded,
+                ..
+            } => Decision::None,
+            _ => self.pause_for(PauseReason::BothDegraded),
+        }
+    }
+
+    /// Keeps the reports with the candidate's fail streaks and time-to-enough-samples.
+    fn keep_reports(&mut self, now: Duration, eval: &Evaluation) {
+        let candidate = self.plan.candidate;
+        let window = self.plan.window.as_secs_f64();
+        let observed = now
+            .saturating_sub(self.samples_from)
+            .as_secs_f64()
+            .min(window);
+        self.reports.clone_from(&eval.reports);
+        for r in &mut self.reports {
+            if let Some(i) = Gate::JUDGMENT.iter().position(|&g| g == r.gate) {
+                if r.pool == candidate {
+                    r.fail_streak = self.streaks[i];
+                }
+            }
+            if r.samples < r.needed {
+                let rate = if observed > 0.0 {
+                    r.samples as f64 / observed
+                } else {
+                    0.0
+                };
+                r.eta_ms = (rate * window >= r.needed as f64)
+                    .then(|| ((r.needed - r.samples) as f64 / rate * 1000.0).ceil() as u64);
+            }
+        }
+    }
+}
