@@ -13,6 +13,7 @@ use std::time::Duration;
 mod backend;
 mod fields;
 mod locate;
+mod pool;
 mod raw;
 mod rollout;
 mod units;
@@ -144,6 +145,13 @@ pub struct ProxyConfig {
     pub trusted_hops: u32,
     pub timeouts: Timeouts,
     pub limits: Limits,
+    pub retries: RetriesConfig,
+    /// Bind listeners with SO_REUSEPORT so a new process can take them over (zero-downtime
+    /// restart). Default true.
+    pub reuse_port: bool,
+    /// When a pool is drained, its downstream connections are closed gradually over this
+    /// window (HTTP/1.1 `Connection: close`, HTTP/2 GOAWAY) so clients rebalance.
+    pub drain_window: Duration,
 }
 
 /// `[[proxy.tls]]`: one TLS listener; the certificate is picked by SNI.
@@ -186,6 +194,51 @@ pub struct PoolConfig {
     /// `host:port` strings as written; names are resolved by the data plane.
     pub backends: Vec<String>,
     pub max_idle_per_backend: usize,
+    /// TLS to the backends (`tls = true`), with an optional CA bundle and SNI name.
+    pub tls: Option<UpstreamTls>,
+    pub health: HealthConfig,
+    pub passive: PassiveConfig,
+}
+
+/// `[pools.X] tls_ca`, `tls_sni`: how backends' certificates are checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// PEM bundle of trusted CAs; `None` uses the system bundle.
+    pub ca: Option<PathBuf>,
+    /// Name sent as SNI and checked against the certificate; `None` uses the backend host.
+    pub sni: Option<String>,
+}
+
+/// `[pools.X.health]`: active checks, one request per backend per interval.
+#[derive(Debug, Clone)]
+pub struct HealthConfig {
+    /// Path requested (`GET`); `None` (`path = ""`) disables active checks.
+    pub path: Option<String>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive failed checks that take a backend out of rotation.
+    pub fall: u32,
+    /// Consecutive passed checks that bring it back.
+    pub rise: u32,
+}
+
+/// `[pools.X.passive]`: ejection on failures seen by requests.
+#[derive(Debug, Clone)]
+pub struct PassiveConfig {
+    pub consecutive_failures: u32,
+    pub ejection: Duration,
+    pub max_ejected_percent: u32,
+}
+
+/// `[proxy.retries]`: retries after a connect failure, never after a request was sent.
+#[derive(Debug, Clone)]
+pub struct RetriesConfig {
+    /// Tries per request, the first included (1 disables retries).
+    pub attempts: u32,
+    /// Retries allowed as a share of requests over the last 10 s.
+    pub budget_percent: u32,
+    /// Retries always allowed per 10 s, whatever the share.
+    pub min_retries: u32,
 }
 
 /// `[split]`: the starting weight and how requests are assigned to pools.

@@ -242,6 +242,7 @@ impl Switchyard {
             }
             loops.push(tokio::spawn(acceptor.clone().run_tls(l, t)));
         }
+        tokio::spawn(proxy::health::run(routes.clone(), metrics.clone(), shutdown.clone()));
         if !terminators.is_empty() {
             tokio::spawn(proxy::tls::watch_files(terminators, shutdown.clone()));
         }

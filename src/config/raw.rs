@@ -30,6 +30,9 @@ pub(crate) struct RawProxy {
     pub trusted_hops: Option<u32>,
     pub timeouts: Option<RawTimeouts>,
     pub limits: Option<RawLimits>,
+    pub retries: Option<RawRetries>,
+    pub reuse_port: Option<bool>,
+    pub drain_window: Option<RawDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -78,6 +81,40 @@ pub(crate) struct RawPools {
 pub(crate) struct RawPool {
     pub backends: Option<Vec<String>>,
     pub max_idle_per_backend: Option<usize>,
+    pub tls: Option<bool>,
+    pub tls_ca: Option<String>,
+    pub tls_sni: Option<String>,
+    pub health: Option<RawHealth>,
+    pub passive: Option<RawPassive>,
+}
+
+/// `[pools.X.health]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHealth {
+    pub path: Option<String>,
+    pub interval: Option<RawDuration>,
+    pub timeout: Option<RawDuration>,
+    pub fall: Option<u32>,
+    pub rise: Option<u32>,
+}
+
+/// `[pools.X.passive]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPassive {
+    pub consecutive_failures: Option<u32>,
+    pub ejection: Option<RawDuration>,
+    pub max_ejected_percent: Option<u32>,
+}
+
+/// `[proxy.retries]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRetries {
+    pub attempts: Option<u32>,
+    pub budget_percent: Option<u32>,
+    pub min_retries: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -105,6 +105,9 @@ fn proxy(raw: RawProxy) -> Result<ProxyConfig, ConfigError> {
         trusted_hops: raw.trusted_hops.unwrap_or(0),
         timeouts: timeouts(raw.timeouts.unwrap_or_default())?,
         limits: limits(raw.limits.unwrap_or_default())?,
+        retries: super::pool::retries(raw.retries.unwrap_or_default())?,
+        reuse_port: raw.reuse_port.unwrap_or(true),
+        drain_window: duration_between("proxy.drain_window", raw.drain_window, 5 * SECOND, Duration::ZERO, Some(10 * MINUTE))?,
     })
 }
 
@@ -229,6 +232,9 @@ fn pool(raw: Option<RawPool>, id: PoolId) -> Result<PoolConfig, ConfigError> {
     Ok(PoolConfig {
         backends,
         max_idle_per_backend: raw.max_idle_per_backend.unwrap_or(256),
+        tls: super::pool::upstream_tls(id, raw.tls, raw.tls_ca, raw.tls_sni)?,
+        health: super::pool::health(id, raw.health.unwrap_or_default())?,
+        passive: super::pool::passive(id, raw.passive.unwrap_or_default())?,
     })
 }
 

@@ -8,6 +8,7 @@
 
 pub mod body;
 pub mod headers;
+pub mod health;
 pub mod listener;
 pub mod route;
 pub mod service;
@@ -41,11 +42,17 @@ pub fn build_pools(cfg: &Config) -> Result<[Arc<Pool>; 2], String> {
                     .map_err(|e| format!("pools.{id}.backends: {a}: {e}"))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let r = &cfg.proxy.retries;
         Ok(Arc::new(Pool {
             id,
             backends: backends.into(),
-            retries: RetryBudget::new(20, 10),
-            passive: PassiveHealth::default(),
+            retries: RetryBudget::new(u64::from(r.budget_percent), u64::from(r.min_retries)),
+            passive: PassiveHealth {
+                consecutive_failures: pc.passive.consecutive_failures,
+                ejection: pc.passive.ejection,
+                max_ejected_percent: pc.passive.max_ejected_percent,
+            },
+            health: pc.health.clone(),
         }))
     };
     Ok([build(PoolId::Blue)?, build(PoolId::Green)?])

@@ -47,6 +47,8 @@ pub struct Backend {
     healthy: AtomicBool,
     /// Consecutive failures seen by requests (connect errors, 5xx).
     fails: AtomicU32,
+    /// Active checks in a row: positive passes, negative failures.
+    pub(crate) check_streak: std::sync::atomic::AtomicI32,
     /// Passive ejection: out of rotation until this time (ms on [`clock_ms`]); 0 = in.
     ejected_until: AtomicU64,
 }
@@ -68,6 +70,7 @@ impl Backend {
             enabled: AtomicBool::new(true),
             healthy: AtomicBool::new(true),
             fails: AtomicU32::new(0),
+            check_streak: std::sync::atomic::AtomicI32::new(0),
             ejected_until: AtomicU64::new(0),
         })
     }
@@ -144,6 +147,7 @@ pub struct Pool {
     pub backends: Box<[Arc<Backend>]>,
     pub retries: RetryBudget,
     pub passive: PassiveHealth,
+    pub health: crate::config::HealthConfig,
 }
 
 /// Passive ejection settings of a pool.
@@ -156,11 +160,7 @@ pub struct PassiveHealth {
     pub max_ejected_percent: u32,
 }
 
-impl Default for PassiveHealth {
-    fn default() -> Self {
-        PassiveHealth { consecutive_failures: 5, ejection: std::time::Duration::from_secs(10), max_ejected_percent: 50 }
-    }
-}
+
 
 impl Pool {
     /// Power of two choices on in-flight requests among enabled backends.

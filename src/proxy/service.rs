@@ -44,9 +44,6 @@ pub struct Conn {
 
 static ROOT: PathAndQuery = PathAndQuery::from_static("/");
 
-/// Tries per request: the first plus retries after connect failures.
-const MAX_ATTEMPTS: u32 = 3;
-
 pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
     let table = conn.shared.routes.load();
@@ -192,7 +189,7 @@ async fn handle_inner(
                 if pool.record_failure(backend) {
                     warn!(pool = %pool_id, backend = %backend.addr, "backend ejected after consecutive failures");
                 }
-                if attempt >= MAX_ATTEMPTS || pool.backends.len() < 2 || !pool.retries.try_withdraw() {
+                if attempt >= s.attempts || pool.backends.len() < 2 || !pool.retries.try_withdraw() {
                     return Err(err);
                 }
                 debug!(error = %err, attempt, "retrying on another backend");

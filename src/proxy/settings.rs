@@ -20,6 +20,8 @@ pub struct Settings {
     pub max_headers: usize,
     pub max_body_bytes: u64,
     pub upstream_response_timeout: Duration,
+    /// Tries per request after connect failures, the first included.
+    pub attempts: u32,
 }
 
 /// Header that carries the override token (see `split.override_token`).
@@ -40,6 +42,7 @@ impl Settings {
             max_headers: cfg.proxy.limits.max_headers,
             max_body_bytes: cfg.proxy.limits.max_body_bytes,
             upstream_response_timeout: cfg.proxy.timeouts.upstream_response,
+            attempts: cfg.proxy.retries.attempts,
         }
     }
 }

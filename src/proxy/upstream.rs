@@ -37,6 +37,17 @@ pub enum ConnectError {
     Handshake(#[from] hyper::Error),
 }
 
+/// A TCP connection to a backend (an IP literal skips the resolver), within `timeout`.
+pub async fn dial(host: &str, addr: Option<SocketAddr>, timeout: Duration) -> Result<TcpStream, ConnectError> {
+    let stream = match addr {
+        Some(a) => tokio::time::timeout(timeout, TcpStream::connect(a)).await,
+        None => tokio::time::timeout(timeout, TcpStream::connect(host)).await,
+    }
+    .map_err(|_| ConnectError::Timeout(timeout))??;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
 struct Idle {
     tx: Sender,
     since: Instant,
@@ -82,13 +93,7 @@ impl ConnPool {
 
     /// A new connection, never a pooled one.
     pub async fn connect(&self, host: &str, addr: Option<SocketAddr>) -> Result<Sender, ConnectError> {
-        let t = self.opts.connect_timeout;
-        let stream = match addr {
-            Some(a) => tokio::time::timeout(t, TcpStream::connect(a)).await,
-            None => tokio::time::timeout(t, TcpStream::connect(host)).await,
-        }
-        .map_err(|_| ConnectError::Timeout(t))??;
-        let _ = stream.set_nodelay(true);
+        let stream = dial(host, addr, self.opts.connect_timeout).await?;
         let (tx, conn) = http1::Builder::new().handshake(TokioIo::new(stream)).await?;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {

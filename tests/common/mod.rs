@@ -162,7 +162,13 @@ async fn upstream_handle(
 
 /// Starts a fake upstream on 127.0.0.1:0 (HTTP/1.1 and h2c).
 pub async fn upstream(name: &'static str) -> Upstream {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    upstream_at(name, "127.0.0.1:0".parse().unwrap()).await
+}
+
+/// Starts a fake upstream on `addr` (e.g. to bring a stopped one back on its port).
+/// Dropping it closes the listener and every connection it holds.
+pub async fn upstream_at(name: &'static str, addr: SocketAddr) -> Upstream {
+    let listener = TcpListener::bind(addr).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let behavior = Arc::new(Behavior::default());
     let hits = Arc::new(AtomicUsize::new(0));
@@ -175,12 +181,15 @@ pub async fn upstream(name: &'static str) -> Upstream {
                 r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
                 _ = s.cancelled() => return,
             };
-            let (b, h, l) = (b.clone(), h.clone(), l.clone());
+            let (b, h, l, s) = (b.clone(), h.clone(), l.clone(), s.clone());
             tokio::spawn(async move {
                 let svc = service_fn(move |req| upstream_handle(name, b.clone(), h.clone(), l.clone(), req));
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                    .await;
+                let builder = auto::Builder::new(TokioExecutor::new());
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                tokio::select! {
+                    _ = conn => {}
+                    _ = s.cancelled() => {}
+                }
             });
         }
     });
