@@ -92,8 +92,13 @@ fn main() -> ExitCode {
         Command::Ctl {
             socket,
             json,
-            words,
-        } => ctl(client::socket_path(socket), json, words),
+            mut words,
+        } => {
+            // `ctl status --json` too: no admin command has a `--json` word.
+            let trailing_json = words.iter().any(|w| w == "--json");
+            words.retain(|w| w != "--json");
+            ctl(client::socket_path(socket), json || trailing_json, words)
+        }
     }
 }
 

@@ -76,6 +76,13 @@ impl Connection {
 pub async fn run(socket: &Path, words: &[String], json_out: bool) -> u8 {
     let json_out = json_out || !std::io::stdout().is_terminal();
     let out = Output { json: json_out };
+    if words.is_empty() {
+        return out.fail(
+            EXIT_USAGE,
+            "usage",
+            "no command given; try `switchyard ctl help`",
+        );
+    }
     if let Some(bad) = words.iter().find(|w| w.chars().any(char::is_control)) {
         return out.fail(
             EXIT_USAGE,
