@@ -44,6 +44,7 @@ use control::Control;
 use metrics::Metrics;
 use proxy::listener::{server_builder, Acceptor};
 use proxy::route::RouteHandle;
+use metrics::window::LiveStats;
 use proxy::service::Shared;
 use proxy::tls::TlsTerminator;
 
@@ -92,6 +93,7 @@ pub struct Switchyard {
     admin: Option<UnixListener>,
     routes: Arc<RouteHandle>,
     metrics: Arc<Metrics>,
+    stats: Arc<LiveStats>,
     control: Arc<Control>,
     strict_admin_lists: bool,
 }
@@ -106,11 +108,13 @@ impl Switchyard {
     /// [`Switchyard::bind`] with options.
     pub async fn bind_with(config: Config, options: BindOptions) -> Result<Switchyard, StartError> {
         let metrics = Metrics::new();
+        // One-second buckets; the ring holds the longest window the config allows.
+        let stats = Arc::new(LiveStats::new(Duration::from_secs(1), config.rollout.window));
         let table = proxy::initial_table(&config).map_err(StartError::Pools)?;
         let routes = Arc::new(RouteHandle::new(table));
         let mut http = Vec::new();
         for &addr in &config.proxy.listen {
-            http.push(bind_tcp(addr, "proxy")?);
+            http.push(bind_tcp(addr, "proxy", config.proxy.reuse_port)?);
         }
         let mut tls = Vec::new();
         for t in &config.proxy.tls {
@@ -121,10 +125,10 @@ impl Switchyard {
                         source,
                     }
                 })?;
-            tls.push((bind_tcp(t.listen, "proxy tls")?, Arc::new(terminator)));
+            tls.push((bind_tcp(t.listen, "proxy tls", config.proxy.reuse_port)?, Arc::new(terminator)));
         }
         let metrics_listener = match config.metrics.listen {
-            Some(addr) => Some(bind_tcp(addr, "metrics")?),
+            Some(addr) => Some(bind_tcp(addr, "metrics", false)?),
             None => None,
         };
         let admin =
@@ -155,6 +159,7 @@ impl Switchyard {
             admin,
             routes,
             metrics,
+            stats,
             control,
             strict_admin_lists,
         })
@@ -191,6 +196,11 @@ impl Switchyard {
         self.routes.clone()
     }
 
+    /// Live per-pool statistics (what the rollout gates judge).
+    pub fn stats(&self) -> Arc<LiveStats> {
+        self.stats.clone()
+    }
+
     pub fn metrics(&self) -> Arc<Metrics> {
         self.metrics.clone()
     }
@@ -211,6 +221,7 @@ impl Switchyard {
             admin,
             routes,
             metrics,
+            stats,
             control,
             strict_admin_lists,
         } = self;
@@ -222,6 +233,7 @@ impl Switchyard {
         let shared = Arc::new(Shared {
             routes: routes.clone(),
             metrics: metrics.clone(),
+            stats: stats.clone(),
         });
         let tracker = TaskTracker::new();
         let acceptor = Arc::new(Acceptor {
@@ -296,13 +308,17 @@ impl Switchyard {
     }
 }
 
-fn bind_tcp(addr: SocketAddr, what: &'static str) -> Result<TcpListener, StartError> {
+fn bind_tcp(addr: SocketAddr, what: &'static str, reuse_port: bool) -> Result<TcpListener, StartError> {
     let bind = || -> std::io::Result<TcpListener> {
         let socket = match addr {
             SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
             SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
         };
         socket.set_reuseaddr(true)?;
+        if reuse_port {
+            // A new process may bind the same address while this one drains.
+            socket.set_reuseport(true)?;
+        }
         socket.set_nodelay(true)?;
         socket.bind(addr)?;
         socket.listen(4096)

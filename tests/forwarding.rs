@@ -133,7 +133,7 @@ async fn no_request_fails_while_weights_flip() {
     let (r, mut w) = stream.into_split();
     let mut lines = tokio::io::BufReader::new(r).lines();
     for i in 0..1000 {
-        let pct = [0, 50, 100][i % 3];
+        let pct = [50, 100, 0][i % 3];
         w.write_all(format!("weight {pct}\n").as_bytes()).await.unwrap();
         let reply = lines.next_line().await.unwrap().unwrap();
         let v: serde_json::Value = serde_json::from_str(&reply).unwrap();

@@ -18,6 +18,7 @@ use tracing::{debug, warn};
 
 use crate::config::{Affinity, HashMode, PoolId};
 use crate::error::ProxyError;
+use crate::metrics::window::{LiveStats, Outcome};
 use crate::metrics::{Charge, Metrics, UpstreamErrorKind};
 use crate::proxy::body::{BodyTooLarge, LimitedBody, ProxyBody, RequestBodyError};
 use crate::proxy::headers;
@@ -29,6 +30,8 @@ use crate::proxy::sniff::FramingVerdict;
 pub struct Shared {
     pub routes: Arc<RouteHandle>,
     pub metrics: Arc<Metrics>,
+    /// Per-pool live statistics for the rollout gates: upstream outcomes only.
+    pub stats: Arc<LiveStats>,
 }
 
 /// Per-connection facts, computed once at accept.
@@ -54,6 +57,10 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Result<Response<
         Ok(resp) => resp,
         Err(err) => {
             debug!(error = %err, generation = table.generation, "answered by the proxy");
+            if let Some((pool, kind)) = err.upstream() {
+                let outcome = if kind == UpstreamErrorKind::Hash { Outcome::HashViolation } else { Outcome::Error };
+                conn.shared.stats.record_from(start, pool, outcome);
+            }
             error_response(metrics, &err, version, has_body)
         }
     };
@@ -224,7 +231,10 @@ async fn handle_inner(
             })
         }
     };
-    metrics.duration(pool_id, start.elapsed().as_secs_f64());
+    let now = Instant::now();
+    let latency = now.saturating_duration_since(start);
+    metrics.duration(pool_id, latency.as_secs_f64());
+    let mut outcome = Outcome::Success;
 
     if s.responses != HashMode::Off {
         if let Err(reason) = headers::check_hash(resp.headers(), &s.hash_header, &s.hash_value) {
@@ -233,11 +243,15 @@ async fn handle_inner(
                 return Err(ProxyError::ResponseHash { pool: pool_id, backend: backend.addr.clone(), reason });
             }
             metrics.upstream_error(pool_id, UpstreamErrorKind::Hash);
+            outcome = Outcome::HashViolation;
         }
     }
     let status = resp.status();
     if status.is_server_error() {
         metrics.upstream_error(pool_id, UpstreamErrorKind::Status5xx);
+        if outcome == Outcome::Success {
+            outcome = Outcome::Error;
+        }
         if pool.record_failure(&backend) {
             warn!(pool = %pool_id, backend = %backend.addr, "backend ejected after consecutive failures");
         }
@@ -245,6 +259,7 @@ async fn handle_inner(
         backend.record_success();
     }
     metrics.request(Charge::Pool(pool_id), status.as_u16());
+    conn.shared.stats.record_at(conn.shared.stats.ms_of(now), pool_id, latency, outcome);
 
     let switching = status == StatusCode::SWITCHING_PROTOCOLS;
     headers::strip_hop_by_hop(resp.headers_mut(), switching && upgrade);

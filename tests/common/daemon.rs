@@ -44,7 +44,13 @@ pub fn start(config: &Path, socket: &Path) -> Daemon {
             }
         }
     });
-    let mut d = Daemon { child, addr: "0.0.0.0:0".parse().unwrap(), socket: socket.to_path_buf(), log: rx, seen: Vec::new() };
+    let mut d = Daemon {
+        child,
+        addr: "0.0.0.0:0".parse().unwrap(),
+        socket: socket.to_path_buf(),
+        log: rx,
+        seen: Vec::new(),
+    };
     let line = d.wait_log("proxy listening", Duration::from_secs(30));
     let addr = line
         .split_whitespace()
@@ -63,7 +69,10 @@ impl Daemon {
         let start = Instant::now();
         loop {
             let left = deadline.checked_sub(start.elapsed()).unwrap_or_else(|| {
-                panic!("no log line with {needle:?} within {deadline:?}; saw:\n{}", self.seen.join("\n"))
+                panic!(
+                    "no log line with {needle:?} within {deadline:?}; saw:\n{}",
+                    self.seen.join("\n")
+                )
             });
             match self.log.recv_timeout(left) {
                 Ok(line) => {
@@ -72,7 +81,10 @@ impl Daemon {
                         return line;
                     }
                 }
-                Err(_) => panic!("no log line with {needle:?} within {deadline:?}; saw:\n{}", self.seen.join("\n")),
+                Err(_) => panic!(
+                    "no log line with {needle:?} within {deadline:?}; saw:\n{}",
+                    self.seen.join("\n")
+                ),
             }
         }
     }
@@ -83,7 +95,11 @@ impl Daemon {
 
     /// Sends a signal by name (TERM, HUP, KILL, ...) to this child.
     pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status().unwrap();
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
         assert!(ok.success(), "kill -{sig} failed");
     }
 
@@ -94,7 +110,10 @@ impl Daemon {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status.code();
             }
-            assert!(start.elapsed() < deadline, "daemon did not exit within {deadline:?}");
+            assert!(
+                start.elapsed() < deadline,
+                "daemon did not exit within {deadline:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -103,7 +122,15 @@ impl Daemon {
     pub fn status_kib(&self, field: &str) -> u64 {
         let text = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
         text.lines()
-            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':')?.trim().strip_suffix("kB")?.trim().parse().ok())
+            .find_map(|l| {
+                l.strip_prefix(field)?
+                    .strip_prefix(':')?
+                    .trim()
+                    .strip_suffix("kB")?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
             .unwrap_or_else(|| panic!("no {field} in /proc status"))
     }
 }

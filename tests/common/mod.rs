@@ -1,6 +1,6 @@
 //! Shared test rig: in-process blue/green upstreams whose behaviour a test controls, a
 //! proxy on 127.0.0.1:0, admin and HTTP clients, and waiting with deadlines.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 pub mod daemon;
 
@@ -101,6 +101,14 @@ async fn upstream_handle(
     last: Arc<std::sync::Mutex<Option<http::HeaderMap>>>,
     mut req: Request<Incoming>,
 ) -> Result<Response<UpBody>, Infallible> {
+    if req.uri().path() == "/health" {
+        // Active health checks: answered like any request, but not counted as traffic.
+        let mut resp = Response::new(full("ok"));
+        if !behavior.omit_hash.load(Ordering::Relaxed) {
+            resp.headers_mut().insert(HASH_HEADER, HASH.parse().unwrap());
+        }
+        return Ok(resp);
+    }
     hits.fetch_add(1, Ordering::SeqCst);
     if let Ok(mut l) = last.lock() {
         *l = Some(req.headers().clone());
