@@ -22,6 +22,7 @@
 
 pub mod config;
 pub mod control;
+pub mod demo;
 pub mod error;
 pub mod metrics;
 pub mod proxy;

@@ -65,6 +65,21 @@ enum Command {
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         words: Vec<String>,
     },
+    /// The whole job on loopback: upstreams, proxy, traffic, a promoted rollout and a
+    /// rolled-back one. Exit 0 only when both end as they should.
+    ///
+    /// Example: switchyard demo --fault latency
+    Demo {
+        /// How the second rollout's build goes bad.
+        #[arg(long, value_enum, default_value = "hash")]
+        fault: switchyard::demo::Fault,
+        /// Short holds (about 20 s in all), for tests.
+        #[arg(long)]
+        quick: bool,
+        /// One JSON event per line instead of the progress display.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -79,6 +94,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Run { config } => run(config),
+        Command::Demo { fault, quick, json } => demo(switchyard::demo::Options { fault, quick, json }),
         Command::Check { config } => match Config::load(&config) {
             Ok(_) => {
                 println!("{}: ok", config.display());
@@ -98,6 +114,28 @@ fn main() -> ExitCode {
             let trailing_json = words.iter().any(|w| w == "--json");
             words.retain(|w| w != "--json");
             ctl(client::socket_path(socket), json || trailing_json, words)
+        }
+    }
+}
+
+fn demo(opts: switchyard::demo::Options) -> ExitCode {
+    // Warnings only: the demo's own display is the story.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(switchyard::demo::run(opts)) {
+        Ok(outcome) if outcome.ok => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("demo: {e}");
+            ExitCode::from(1)
         }
     }
 }
