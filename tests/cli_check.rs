@@ -1,17 +1,32 @@
 //! `switchyard check`: exit 1 with the key named for every invalid fixture, exit 0 for
 //! every valid one and for the shipped example.
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::Path;
 use std::process::Command;
 
 fn check(path: &Path) -> (Option<i32>, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_switchyard")).args(["check", "--config"]).arg(path).output().unwrap();
-    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout))
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["check", "--config"])
+        .arg(path)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout),
+    )
 }
 
 fn fixtures(kind: &str) -> Vec<std::path::PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/tests").join(kind);
-    let mut v: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "toml")).collect();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("config/tests")
+        .join(kind);
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
     v.sort();
     v
 }
@@ -22,10 +37,20 @@ fn invalid_fixtures_exit_1_naming_the_key() {
     assert!(all.len() >= 15);
     for path in all {
         let text = std::fs::read_to_string(&path).unwrap();
-        let key = text.lines().next().and_then(|l| l.strip_prefix("# expect-key:")).unwrap().trim().to_string();
+        let key = text
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("# expect-key:"))
+            .unwrap()
+            .trim()
+            .to_string();
         let (code, out) = check(&path);
         assert_eq!(code, Some(1), "{}: {out}", path.display());
-        assert!(out.contains(&key), "{}: message does not name `{key}`: {out}", path.display());
+        assert!(
+            out.contains(&key),
+            "{}: message does not name `{key}`: {out}",
+            path.display()
+        );
     }
 }
 

@@ -2,6 +2,8 @@
 //! `config/tests/invalid` is refused with an error naming the key given on its first
 //! line (`# expect-key: a.b[0]`), and the documented example `config/switchyard.toml` loads.
 
+#![allow(clippy::unwrap_used)]
+
 use std::fs;
 use std::path::{Path, PathBuf};
 

@@ -1,6 +1,8 @@
 //! Routing and forwarding: split accuracy, affinity, zero loss under weight flips,
 //! streaming bodies, HTTP/2 and WebSocket.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::*;
@@ -43,19 +45,32 @@ async fn green_share(p: &TestProxy, green: &Upstream, blue: &Upstream, n: usize)
 async fn split_is_accurate_at_small_and_extreme_weights() {
     let (blue, green) = (upstream("blue").await, upstream("green").await);
     let p = proxy(&blue, &green, "").await;
-    for (percent, lo, hi) in [("10", 900, 1100), ("0", 0, 0), ("100", 10_000, 10_000), ("0.5", 20, 80)] {
+    for (percent, lo, hi) in [
+        ("10", 900, 1100),
+        ("0", 0, 0),
+        ("100", 10_000, 10_000),
+        ("0.5", 20, 80),
+    ] {
         let r = p.admin(&format!("weight {percent}")).await;
         assert_eq!(r["ok"], true, "{r}");
         let (g, b) = green_share(&p, &green, &blue, 10_000).await;
         assert_eq!(g + b, 10_000);
-        assert!((lo..=hi).contains(&g), "at {percent}% green got {g} of 10000");
+        assert!(
+            (lo..=hi).contains(&g),
+            "at {percent}% green got {g} of 10000"
+        );
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn affinity_is_sticky_and_monotone() {
     let (blue, green) = (upstream("blue").await, upstream("green").await);
-    let p = proxy(&blue, &green, "[split]\ngreen_percent = 10\naffinity = \"header:x-user\"\n").await;
+    let p = proxy(
+        &blue,
+        &green,
+        "[split]\ngreen_percent = 10\naffinity = \"header:x-user\"\n",
+    )
+    .await;
     let c = client();
     let pool_of = |key: String| {
         let c = c.clone();
@@ -74,16 +89,26 @@ async fn affinity_is_sticky_and_monotone() {
         at10.push(pool_of(k.clone()).await);
     }
     let greens = at10.iter().filter(|p| *p == "green").count();
-    assert!((10..=80).contains(&greens), "{greens} of 400 keys on green at 10%");
+    assert!(
+        (10..=80).contains(&greens),
+        "{greens} of 400 keys on green at 10%"
+    );
     for (k, first) in keys.iter().zip(&at10).take(100) {
-        assert_eq!(&pool_of(k.clone()).await, first, "key {k} moved at a fixed weight");
+        assert_eq!(
+            &pool_of(k.clone()).await,
+            first,
+            "key {k} moved at a fixed weight"
+        );
     }
     assert_eq!(p.admin("weight 50").await["ok"], true);
     let mut greens50 = 0;
     for (k, before) in keys.iter().zip(&at10) {
         let now = pool_of(k.clone()).await;
         if before == "green" {
-            assert_eq!(now, "green", "key {k} went back to blue when green's weight rose");
+            assert_eq!(
+                now, "green",
+                "key {k} went back to blue when green's weight rose"
+            );
         }
         greens50 += usize::from(now == "green");
     }
@@ -107,7 +132,9 @@ async fn no_request_fails_while_weights_flip() {
             // One keep-alive connection per client, requests one after another.
             let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
             let (mut tx, conn) =
-                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                    .await
+                    .unwrap();
             tokio::spawn(conn);
             let mut n = 0u32;
             while !done.load(Ordering::Relaxed) && n < 100_000 {
@@ -116,10 +143,11 @@ async fn no_request_fails_while_weights_flip() {
                     .header(HASH_HEADER, HASH)
                     .body(empty())
                     .unwrap();
-                let resp = tokio::time::timeout(std::time::Duration::from_secs(5), tx.send_request(req))
-                    .await
-                    .expect("request hung")
-                    .expect("request failed");
+                let resp =
+                    tokio::time::timeout(std::time::Duration::from_secs(5), tx.send_request(req))
+                        .await
+                        .expect("request hung")
+                        .expect("request failed");
                 assert_eq!(resp.status(), 200);
                 let body = resp.into_body().collect().await.unwrap().to_bytes();
                 assert!(&body[..] == b"blue" || &body[..] == b"green");
@@ -134,7 +162,9 @@ async fn no_request_fails_while_weights_flip() {
     let mut lines = tokio::io::BufReader::new(r).lines();
     for i in 0..1000 {
         let pct = [50, 100, 0][i % 3];
-        w.write_all(format!("weight {pct}\n").as_bytes()).await.unwrap();
+        w.write_all(format!("weight {pct}\n").as_bytes())
+            .await
+            .unwrap();
         let reply = lines.next_line().await.unwrap().unwrap();
         let v: serde_json::Value = serde_json::from_str(&reply).unwrap();
         assert_eq!(v["ok"], true, "{reply}");
@@ -165,10 +195,17 @@ async fn h2c_prior_knowledge_works() {
         assert_eq!(resp.version(), http::Version::HTTP_2);
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.headers()[HASH_HEADER], HASH);
-        assert_eq!(&resp.into_body().collect().await.unwrap().to_bytes()[..], b"blue");
+        assert_eq!(
+            &resp.into_body().collect().await.unwrap().to_bytes()[..],
+            b"blue"
+        );
     }
     let seen = blue.last_headers.lock().unwrap().clone().unwrap();
-    assert_eq!(seen["host"], p.addr.to_string(), "HTTP/2 :authority becomes Host upstream");
+    assert_eq!(
+        seen["host"],
+        p.addr.to_string(),
+        "HTTP/2 :authority becomes Host upstream"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -188,15 +225,33 @@ async fn websocket_tunnels_and_stays_on_its_pool() {
     .unwrap();
     let head = read_head(&mut s).await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    assert!(head.to_ascii_lowercase().contains("upgrade: websocket"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("upgrade: websocket"),
+        "{head}"
+    );
     // Move all new traffic to green: the tunnel stays where it is.
     assert_eq!(p.admin("weight 100").await["ok"], true);
     // A masked WebSocket text frame "hello" (RFC 6455 §5.2); the echo returns the same bytes.
-    let frame = [0x81u8, 0x85, 1, 2, 3, 4, b'h' ^ 1, b'e' ^ 2, b'l' ^ 3, b'l' ^ 4, b'o' ^ 1];
+    let frame = [
+        0x81u8,
+        0x85,
+        1,
+        2,
+        3,
+        4,
+        b'h' ^ 1,
+        b'e' ^ 2,
+        b'l' ^ 3,
+        b'l' ^ 4,
+        b'o' ^ 1,
+    ];
     for _ in 0..3 {
         s.write_all(&frame).await.unwrap();
         let mut back = [0u8; 11];
-        tokio::time::timeout(std::time::Duration::from_secs(5), s.read_exact(&mut back)).await.unwrap().unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(5), s.read_exact(&mut back))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(back, frame);
     }
     assert_eq!(green.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
@@ -208,8 +263,15 @@ pub async fn read_head(s: &mut tokio::net::TcpStream) -> String {
     let mut head = Vec::new();
     let mut b = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
-        let n = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut b)).await.unwrap().unwrap();
-        assert!(n > 0, "closed before the head ended: {}", String::from_utf8_lossy(&head));
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut b))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed before the head ended: {}",
+            String::from_utf8_lossy(&head)
+        );
         head.push(b[0]);
     }
     String::from_utf8(head).unwrap()

@@ -1,6 +1,8 @@
 //! Retries only where nothing reached a backend: a refused connection is retried on
 //! another backend of the same pool; a request that was handed to a backend never is.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
@@ -28,7 +30,13 @@ async fn refused_connections_are_retried_on_another_backend() {
     let m = p.metrics().await;
     let retries = metric(&m, r#"switchyard_retries_total{pool="blue"}"#);
     assert!(retries >= 1.0, "the refusing backend was never tried:\n{m}");
-    assert_eq!(metric(&m, r#"switchyard_upstream_errors_total{pool="blue",kind="connect"}"#), retries);
+    assert_eq!(
+        metric(
+            &m,
+            r#"switchyard_upstream_errors_total{pool="blue",kind="connect"}"#
+        ),
+        retries
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -64,12 +72,18 @@ async fn a_request_handed_to_a_backend_is_never_retried() {
             other => panic!("unexpected status {other}"),
         }
     }
-    wait_for("the dropper to have counted its requests", std::time::Duration::from_secs(5), || async {
-        taken.load(SeqCst) == failed
-    })
+    wait_for(
+        "the dropper to have counted its requests",
+        std::time::Duration::from_secs(5),
+        || async { taken.load(SeqCst) == failed },
+    )
     .await;
     assert!(failed > 0, "the dropping backend was never picked");
-    assert_eq!(blue.hits.load(SeqCst), 30 - failed, "a request that reached a backend was sent again");
+    assert_eq!(
+        blue.hits.load(SeqCst),
+        30 - failed,
+        "a request that reached a backend was sent again"
+    );
     let m = p.metrics().await;
     assert_eq!(metric(&m, r#"switchyard_retries_total{pool="blue"}"#), 0.0);
 }

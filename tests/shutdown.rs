@@ -1,6 +1,8 @@
 //! SIGTERM: stop accepting, finish what is in flight, exit 0. And the proxy's memory
 //! stays flat while 100 MB bodies stream through it in both directions.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::sync::atomic::Ordering::SeqCst;
@@ -20,16 +22,24 @@ async fn sigterm_finishes_in_flight_refuses_new_and_exits_zero() {
     let (blue, green) = (upstream("blue").await, upstream("green").await);
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &blue, &green);
-    let mut d = tokio::task::block_in_place(|| daemon::start(&config, &dir.path().join("admin.sock")));
+    let mut d =
+        tokio::task::block_in_place(|| daemon::start(&config, &dir.path().join("admin.sock")));
     let url = format!("http://{}/slow?sleep_ms=1500", d.addr);
     let slow = tokio::spawn(async move { send(&client(), get(&url)).await });
-    wait_for("the slow request to reach blue", Duration::from_secs(10), || async { blue.hits.load(SeqCst) == 1 }).await;
+    wait_for(
+        "the slow request to reach blue",
+        Duration::from_secs(10),
+        || async { blue.hits.load(SeqCst) == 1 },
+    )
+    .await;
 
     d.signal("TERM");
     let addr = d.addr;
-    wait_for("new connections to be refused", Duration::from_secs(10), || async move {
-        tokio::net::TcpStream::connect(addr).await.is_err()
-    })
+    wait_for(
+        "new connections to be refused",
+        Duration::from_secs(10),
+        || async move { tokio::net::TcpStream::connect(addr).await.is_err() },
+    )
     .await;
     let (status, _, body) = slow.await.unwrap();
     assert_eq!(status, 200, "the in-flight request was cut");
@@ -51,20 +61,36 @@ async fn hundred_megabyte_bodies_stream_with_flat_memory() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &blue, &green);
     let d = tokio::task::block_in_place(|| daemon::start(&config, &dir.path().join("admin.sock")));
-    let c = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let c = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
     // Warm up, then take the baseline.
-    let warm = http::Request::post(format!("http://{}/upload", d.addr)).header(HASH_HEADER, HASH).body(lazy_body(1 << 20)).unwrap();
+    let warm = http::Request::post(format!("http://{}/upload", d.addr))
+        .header(HASH_HEADER, HASH)
+        .body(lazy_body(1 << 20))
+        .unwrap();
     assert_eq!(c.request(warm).await.unwrap().status(), 200);
     let baseline = d.status_kib("VmRSS");
 
-    let up = http::Request::post(format!("http://{}/upload", d.addr)).header(HASH_HEADER, HASH).body(lazy_body(SIZE)).unwrap();
-    let resp = tokio::time::timeout(Duration::from_secs(120), c.request(up)).await.unwrap().unwrap();
+    let up = http::Request::post(format!("http://{}/upload", d.addr))
+        .header(HASH_HEADER, HASH)
+        .body(lazy_body(SIZE))
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(120), c.request(up))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let got = resp.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(got, SIZE.to_string());
 
-    let down = http::Request::get(format!("http://{}/download?bytes={SIZE}", d.addr)).header(HASH_HEADER, HASH).body(lazy_body(0)).unwrap();
-    let resp = tokio::time::timeout(Duration::from_secs(120), c.request(down)).await.unwrap().unwrap();
+    let down = http::Request::get(format!("http://{}/download?bytes={SIZE}", d.addr))
+        .header(HASH_HEADER, HASH)
+        .body(lazy_body(0))
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(120), c.request(down))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let mut body = resp.into_body();
     let mut n = 0u64;
@@ -74,5 +100,9 @@ async fn hundred_megabyte_bodies_stream_with_flat_memory() {
     assert_eq!(n, SIZE);
 
     let peak = d.status_kib("VmHWM");
-    assert!(peak.saturating_sub(baseline) < 32 * 1024, "proxy peak RSS grew by {} KiB", peak.saturating_sub(baseline));
+    assert!(
+        peak.saturating_sub(baseline) < 32 * 1024,
+        "proxy peak RSS grew by {} KiB",
+        peak.saturating_sub(baseline)
+    );
 }

@@ -2,6 +2,8 @@
 //! the upstream over HTTP/2, TLS 1.1 is refused, and certificates reload without touching
 //! open connections — a corrupt file keeps the old certificate and names the file.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::path::Path;
@@ -32,10 +34,20 @@ impl ServerCertVerifier for AnyCert {
     ) -> Result<ServerCertVerified, rustls::Error> {
         Ok(ServerCertVerified::assertion())
     }
-    fn verify_tls12_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
     }
-    fn verify_tls13_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -57,9 +69,15 @@ fn connector(alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
 
 /// Writes a self-signed certificate for `names` to `dir/stem.{crt,key}`; returns its DER.
 fn write_cert(dir: &Path, stem: &str, names: &[&str]) -> Vec<u8> {
-    let ck = rcgen::generate_simple_self_signed(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+    let ck =
+        rcgen::generate_simple_self_signed(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .unwrap();
     std::fs::write(dir.join(format!("{stem}.crt")), ck.cert.pem()).unwrap();
-    std::fs::write(dir.join(format!("{stem}.key")), ck.signing_key.serialize_pem()).unwrap();
+    std::fs::write(
+        dir.join(format!("{stem}.key")),
+        ck.signing_key.serialize_pem(),
+    )
+    .unwrap();
     ck.cert.der().to_vec()
 }
 
@@ -83,7 +101,11 @@ async fn tls_proxy(dir: &Path, blue: &Upstream, green: &Upstream) -> TlsProxy {
     let token = CancellationToken::new();
     let t = token.clone();
     tokio::spawn(async move { server.run(t).await.unwrap() });
-    TlsProxy { addr, terminators, _shutdown: common::DropCancel(token) }
+    TlsProxy {
+        addr,
+        terminators,
+        _shutdown: common::DropCancel(token),
+    }
 }
 
 async fn handshake(
@@ -93,23 +115,42 @@ async fn handshake(
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let name = ServerName::try_from(sni.to_string()).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), connector(alpn).connect(name, tcp)).await.unwrap().unwrap()
+    tokio::time::timeout(Duration::from_secs(5), connector(alpn).connect(name, tcp))
+        .await
+        .unwrap()
+        .unwrap()
 }
 
 fn presented(s: &tokio_rustls::client::TlsStream<tokio::net::TcpStream>) -> Vec<u8> {
     s.get_ref().1.peer_certificates().unwrap()[0].to_vec()
 }
 
-async fn h1_get(s: tokio_rustls::client::TlsStream<tokio::net::TcpStream>) -> (hyper::client::conn::http1::SendRequest<Full<Bytes>>, http::StatusCode) {
-    let (mut tx, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s)).await.unwrap();
+async fn h1_get(
+    s: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+) -> (
+    hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    http::StatusCode,
+) {
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s))
+        .await
+        .unwrap();
     tokio::spawn(conn);
     let status = h1_send(&mut tx).await;
     (tx, status)
 }
 
-async fn h1_send(tx: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>) -> http::StatusCode {
-    let req = http::Request::get("/").header("host", "a.test").header(HASH_HEADER, HASH).body(Full::new(Bytes::new())).unwrap();
-    let resp = tokio::time::timeout(Duration::from_secs(5), tx.send_request(req)).await.unwrap().unwrap();
+async fn h1_send(
+    tx: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+) -> http::StatusCode {
+    let req = http::Request::get("/")
+        .header("host", "a.test")
+        .header(HASH_HEADER, HASH)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(5), tx.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
     let status = resp.status();
     resp.into_body().collect().await.unwrap();
     status
@@ -126,18 +167,36 @@ async fn sni_selects_the_certificate_and_alpn_h2_reaches_the_upstream() {
 
     assert_eq!(presented(&handshake(p.addr, "a.test", &[]).await), a);
     assert_eq!(presented(&handshake(p.addr, "b.test", &[]).await), b);
-    assert_eq!(presented(&handshake(p.addr, "x.b.test", &[]).await), b, "wildcard SAN");
-    assert_eq!(presented(&handshake(p.addr, "unknown.test", &[]).await), default);
+    assert_eq!(
+        presented(&handshake(p.addr, "x.b.test", &[]).await),
+        b,
+        "wildcard SAN"
+    );
+    assert_eq!(
+        presented(&handshake(p.addr, "unknown.test", &[]).await),
+        default
+    );
 
     let s = handshake(p.addr, "a.test", &[b"h2", b"http/1.1"]).await;
     assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-    let (mut tx, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(s)).await.unwrap();
+    let (mut tx, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(s),
+    )
+    .await
+    .unwrap();
     tokio::spawn(conn);
-    let req = http::Request::get("https://a.test/").header(HASH_HEADER, HASH).body(Full::new(Bytes::new())).unwrap();
+    let req = http::Request::get("https://a.test/")
+        .header(HASH_HEADER, HASH)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
     let resp = tx.send_request(req).await.unwrap();
     assert_eq!(resp.version(), http::Version::HTTP_2);
     assert_eq!(resp.status(), 200);
-    assert_eq!(&resp.into_body().collect().await.unwrap().to_bytes()[..], b"blue");
+    assert_eq!(
+        &resp.into_body().collect().await.unwrap().to_bytes()[..],
+        b"blue"
+    );
     let seen = blue.last_headers.lock().unwrap().clone().unwrap();
     assert_eq!(seen["x-forwarded-proto"], "https");
     assert_eq!(seen["host"], "a.test");
@@ -157,9 +216,15 @@ async fn a_tls_1_1_client_hello_is_refused() {
     // The same ClientHello offered as TLS 1.2 gets a ServerHello; offered as TLS 1.1
     // (RFC 4346 §7.4.1.2, no supported_versions extension) it gets a fatal alert.
     let tls12 = client_hello_reply(p.addr, [0x03, 0x03]).await;
-    assert_eq!(tls12[0], 0x16, "TLS 1.2 control hello was not answered with a handshake: {tls12:?}");
+    assert_eq!(
+        tls12[0], 0x16,
+        "TLS 1.2 control hello was not answered with a handshake: {tls12:?}"
+    );
     let tls11 = client_hello_reply(p.addr, [0x03, 0x02]).await;
-    assert_eq!(tls11[0], 0x15, "TLS 1.1 hello was not refused with an alert: {tls11:?}");
+    assert_eq!(
+        tls11[0], 0x15,
+        "TLS 1.1 hello was not refused with an alert: {tls11:?}"
+    );
     assert_eq!(tls11[5], 2, "alert is not fatal: {tls11:?}");
 }
 
@@ -191,7 +256,10 @@ async fn client_hello_reply(addr: std::net::SocketAddr, version: [u8; 2]) -> Vec
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(&record).await.unwrap();
     let mut reply = vec![0u8; 7];
-    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut reply)).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut reply))
+        .await
+        .unwrap()
+        .unwrap();
     reply
 }
 
@@ -213,15 +281,27 @@ async fn certificates_reload_without_dropping_connections_and_bad_files_keep_the
     std::thread::sleep(Duration::from_millis(1100)); // mtime granularity on some filesystems
     let a2 = write_cert(dir.path(), "a", &["a.test"]);
     let addr = p.addr;
-    wait_for("new handshakes to see the new certificate", Duration::from_secs(15), || {
-        let a2 = a2.clone();
-        async move { presented(&handshake(addr, "a.test", &[]).await) == a2 }
-    })
+    wait_for(
+        "new handshakes to see the new certificate",
+        Duration::from_secs(15),
+        || {
+            let a2 = a2.clone();
+            async move { presented(&handshake(addr, "a.test", &[]).await) == a2 }
+        },
+    )
     .await;
-    assert_eq!(h1_send(&mut open).await, 200, "a connection opened before the reload stopped working");
+    assert_eq!(
+        h1_send(&mut open).await,
+        200,
+        "a connection opened before the reload stopped working"
+    );
 
     // A corrupt file: the reload fails naming it, and the current certificate stays.
-    std::fs::write(dir.path().join("a.crt"), "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n").unwrap();
+    std::fs::write(
+        dir.path().join("a.crt"),
+        "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
     let err = p.terminators[0].reload(None).unwrap_err().to_string();
     assert!(err.contains("a.crt"), "{err}");
     assert_eq!(presented(&handshake(p.addr, "a.test", &[]).await), a2);

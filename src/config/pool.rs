@@ -45,10 +45,19 @@ pub(super) fn upstream_tls(
     Ok(Some(UpstreamTls { ca, sni }))
 }
 
-fn count(key: String, value: Option<u32>, default: u32, min: u32, max: u32) -> Result<u32, ConfigError> {
+fn count(
+    key: String,
+    value: Option<u32>,
+    default: u32,
+    min: u32,
+    max: u32,
+) -> Result<u32, ConfigError> {
     let v = value.unwrap_or(default);
     if !(min..=max).contains(&v) {
-        return Err(invalid(key, format!("{v} is out of range; use {min}..={max} (default {default})")));
+        return Err(invalid(
+            key,
+            format!("{v} is out of range; use {min}..={max} (default {default})"),
+        ));
     }
     Ok(v)
 }
@@ -66,10 +75,25 @@ pub(super) fn health(id: PoolId, raw: RawHealth) -> Result<HealthConfig, ConfigE
             ))
         }
     };
-    let interval = duration_between(&key("interval"), raw.interval, 2 * SECOND, Duration::from_millis(50), Some(10 * MINUTE))?;
-    let timeout = duration_between(&key("timeout"), raw.timeout, SECOND, Duration::from_millis(10), Some(MINUTE))?;
+    let interval = duration_between(
+        &key("interval"),
+        raw.interval,
+        2 * SECOND,
+        Duration::from_millis(50),
+        Some(10 * MINUTE),
+    )?;
+    let timeout = duration_between(
+        &key("timeout"),
+        raw.timeout,
+        SECOND,
+        Duration::from_millis(10),
+        Some(MINUTE),
+    )?;
     if timeout > interval {
-        return Err(invalid(key("timeout"), "is longer than health.interval; make it at most the interval"));
+        return Err(invalid(
+            key("timeout"),
+            "is longer than health.interval; make it at most the interval",
+        ));
     }
     Ok(HealthConfig {
         path,
@@ -83,9 +107,27 @@ pub(super) fn health(id: PoolId, raw: RawHealth) -> Result<HealthConfig, ConfigE
 pub(super) fn passive(id: PoolId, raw: RawPassive) -> Result<PassiveConfig, ConfigError> {
     let key = |name: &str| format!("pools.{id}.passive.{name}");
     Ok(PassiveConfig {
-        consecutive_failures: count(key("consecutive_failures"), raw.consecutive_failures, 5, 1, 1000)?,
-        ejection: duration_between(&key("ejection"), raw.ejection, 10 * SECOND, SECOND, Some(60 * MINUTE))?,
-        max_ejected_percent: count(key("max_ejected_percent"), raw.max_ejected_percent, 50, 0, 100)?,
+        consecutive_failures: count(
+            key("consecutive_failures"),
+            raw.consecutive_failures,
+            5,
+            1,
+            1000,
+        )?,
+        ejection: duration_between(
+            &key("ejection"),
+            raw.ejection,
+            10 * SECOND,
+            SECOND,
+            Some(60 * MINUTE),
+        )?,
+        max_ejected_percent: count(
+            key("max_ejected_percent"),
+            raw.max_ejected_percent,
+            50,
+            0,
+            100,
+        )?,
     })
 }
 

@@ -21,8 +21,8 @@ use crate::config::{Config, PoolId};
 use crate::control::admin::request;
 use crate::Switchyard;
 pub use report::Outcome;
-pub use upstream::Fault;
 use upstream::DemoUpstream;
+pub use upstream::Fault;
 
 const HASH: &str = "cdd01ef066bc6cf2";
 
@@ -51,17 +51,43 @@ struct Pace {
 impl Pace {
     fn of(quick: bool) -> Pace {
         if quick {
-            Pace { hold: "1s", bake: "1s", window: "3s", settle: "200ms", rate: 400, fault_at_step: 2, deadline: Duration::from_secs(40) }
+            Pace {
+                hold: "1s",
+                bake: "1s",
+                window: "3s",
+                settle: "200ms",
+                rate: 400,
+                fault_at_step: 2,
+                deadline: Duration::from_secs(40),
+            }
         } else {
-            Pace { hold: "6s", bake: "6s", window: "5s", settle: "500ms", rate: 600, fault_at_step: 2, deadline: Duration::from_secs(120) }
+            Pace {
+                hold: "6s",
+                bake: "6s",
+                window: "5s",
+                settle: "500ms",
+                rate: 600,
+                fault_at_step: 2,
+                deadline: Duration::from_secs(120),
+            }
         }
     }
 }
 
-fn config_text(dir: &Path, blue: &DemoUpstream, green: &DemoUpstream, pace: &Pace, quick: bool) -> String {
+fn config_text(
+    dir: &Path,
+    blue: &DemoUpstream,
+    green: &DemoUpstream,
+    pace: &Pace,
+    quick: bool,
+) -> String {
     // Debug builds on a busy machine are slower than the proxy is in production: the
     // quick flavour (tests) keeps the runbook's shape but widens the latency margins.
-    let (p99_max, p99_delta) = if quick { ("40ms", "20ms") } else { ("5ms", "2ms") };
+    let (p99_max, p99_delta) = if quick {
+        ("40ms", "20ms")
+    } else {
+        ("5ms", "2ms")
+    };
     format!(
         r#"
 [proxy]
@@ -121,27 +147,50 @@ impl Drop for Scratch {
 pub async fn run(opts: Options) -> Result<Outcome, String> {
     let pace = Pace::of(opts.quick);
     let epoch = Instant::now();
-    let dir = std::env::temp_dir().join(format!("switchyard-demo-{}-{}", std::process::id(), fastrand::u32(..)));
+    let dir = std::env::temp_dir().join(format!(
+        "switchyard-demo-{}-{}",
+        std::process::id(),
+        fastrand::u32(..)
+    ));
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let scratch = Scratch(dir);
-    let blue = DemoUpstream::start(PoolId::Blue, HASH).await.map_err(|e| format!("blue upstream: {e}"))?;
-    let green = DemoUpstream::start(PoolId::Green, HASH).await.map_err(|e| format!("green upstream: {e}"))?;
+    let blue = DemoUpstream::start(PoolId::Blue, HASH)
+        .await
+        .map_err(|e| format!("blue upstream: {e}"))?;
+    let green = DemoUpstream::start(PoolId::Green, HASH)
+        .await
+        .map_err(|e| format!("green upstream: {e}"))?;
     let cfg = Config::from_toml_str(&config_text(&scratch.0, &blue, &green, &pace, opts.quick))
         .map_err(|e| format!("demo config: {e}"))?;
     let socket = cfg.admin.socket.clone();
-    let proxy = Switchyard::bind(cfg).await.map_err(|e| format!("proxy: {e}"))?;
+    let proxy = Switchyard::bind(cfg)
+        .await
+        .map_err(|e| format!("proxy: {e}"))?;
     let addr = *proxy.http_addrs().first().ok_or("proxy has no listener")?;
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(proxy.run(shutdown.clone()));
 
     let mut out = report::Display::new(opts.json, epoch);
-    out.event(json!({"event": "started", "proxy": addr.to_string(), "blue": blue.addr.to_string(),
-        "green": green.addr.to_string(), "fault": opts.fault.as_str()}));
+    out.event(
+        json!({"event": "started", "proxy": addr.to_string(), "blue": blue.addr.to_string(),
+        "green": green.addr.to_string(), "fault": opts.fault.as_str()}),
+    );
     let tally = traffic::start(addr, 8, pace.rate, HASH, epoch);
 
     let first = follow(&socket, PoolId::Green, None, &pace, &mut out, &tally, &blue).await;
     let second = match &first {
-        Ok(r) if r.phase == "promoted" => follow(&socket, PoolId::Blue, Some(opts.fault), &pace, &mut out, &tally, &blue).await,
+        Ok(r) if r.phase == "promoted" => {
+            follow(
+                &socket,
+                PoolId::Blue,
+                Some(opts.fault),
+                &pace,
+                &mut out,
+                &tally,
+                &blue,
+            )
+            .await
+        }
         _ => Err("the first rollout was not promoted; skipping the second".to_string()),
     };
     tally.stop();
@@ -167,8 +216,11 @@ pub struct RolloutRun {
 }
 
 async fn admin(socket: &Path, line: &str) -> Result<Value, String> {
-    let reply = request(socket, line).await.map_err(|e| format!("admin socket: {e}"))?;
-    let v: Value = serde_json::from_str(&reply).map_err(|e| format!("admin reply is not JSON ({e}): {reply}"))?;
+    let reply = request(socket, line)
+        .await
+        .map_err(|e| format!("admin socket: {e}"))?;
+    let v: Value = serde_json::from_str(&reply)
+        .map_err(|e| format!("admin reply is not JSON ({e}): {reply}"))?;
     if v["ok"] == true {
         Ok(v)
     } else {
@@ -202,7 +254,10 @@ async fn follow(
     let mut since = Instant::now();
     loop {
         if started.elapsed() > pace.deadline {
-            return Err(format!("rollout to {candidate} did not finish within {:?}", pace.deadline));
+            return Err(format!(
+                "rollout to {candidate} did not finish within {:?}",
+                pace.deadline
+            ));
         }
         let s = admin(socket, "rollout status").await?;
         let r = &s["rollout"];
@@ -215,7 +270,8 @@ async fn follow(
         };
         if now_label != label {
             if !label.is_empty() {
-                run.steps.push((label.clone(), since.elapsed().as_secs_f64()));
+                run.steps
+                    .push((label.clone(), since.elapsed().as_secs_f64()));
             }
             label = now_label;
             since = Instant::now();
@@ -228,8 +284,12 @@ async fn follow(
             }
         }
         out.progress(status, tally);
-        if matches!(phase.as_str(), "promoted" | "rolled_back" | "aborted" | "paused") {
-            run.steps.push((label.clone(), since.elapsed().as_secs_f64()));
+        if matches!(
+            phase.as_str(),
+            "promoted" | "rolled_back" | "aborted" | "paused"
+        ) {
+            run.steps
+                .push((label.clone(), since.elapsed().as_secs_f64()));
             run.phase = phase;
             run.gate = status["gate"].as_str().map(str::to_string);
             run.reason = status["reason"].as_str().map(str::to_string);

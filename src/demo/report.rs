@@ -54,7 +54,10 @@ impl Display {
                 v["green"].as_str().unwrap_or("?"),
                 v["fault"].as_str().unwrap_or("?")
             ),
-            Some("rollout_started") => format!("rollout to {} started", v["candidate"].as_str().unwrap_or("?")),
+            Some("rollout_started") => format!(
+                "rollout to {} started",
+                v["candidate"].as_str().unwrap_or("?")
+            ),
             Some("fault_injected") => format!(
                 "{} starts misbehaving ({})",
                 v["pool"].as_str().unwrap_or("?"),
@@ -64,7 +67,10 @@ impl Display {
                 "rollout to {} ended: {}{}",
                 v["candidate"].as_str().unwrap_or("?"),
                 v["phase"].as_str().unwrap_or("?"),
-                v["gate"].as_str().map(|g| format!(" by gate {g}")).unwrap_or_default()
+                v["gate"]
+                    .as_str()
+                    .map(|g| format!(" by gate {g}"))
+                    .unwrap_or_default()
             ),
             _ => v.to_string(),
         };
@@ -75,7 +81,10 @@ impl Display {
     pub fn progress(&mut self, status: &Value, tally: &Tally) {
         let (b, g) = (tally.served(PoolId::Blue), tally.served(PoolId::Green));
         let dt = self.last_counts.2.elapsed().as_secs_f64().max(0.001);
-        let (rb, rg) = ((b - self.last_counts.0) as f64 / dt, (g - self.last_counts.1) as f64 / dt);
+        let (rb, rg) = (
+            (b - self.last_counts.0) as f64 / dt,
+            (g - self.last_counts.1) as f64 / dt,
+        );
         self.last_counts = (b, g, Instant::now());
         let gates = status["gates"].as_array().map(|gs| {
             gs.iter()
@@ -91,7 +100,10 @@ impl Display {
         let line = format!(
             "{:<12} weight {:>6} to {:<5} | blue {:>5.0}/s green {:>5.0}/s | errors seen {} | {}",
             status["phase"].as_str().unwrap_or("?"),
-            status["candidate_percent"].as_f64().map(|p| format!("{p}%")).unwrap_or_else(|| "?".into()),
+            status["candidate_percent"]
+                .as_f64()
+                .map(|p| format!("{p}%"))
+                .unwrap_or_else(|| "?".into()),
             status["candidate"].as_str().unwrap_or("?"),
             rb,
             rg,
@@ -102,7 +114,10 @@ impl Display {
             return;
         }
         if self.tty {
-            print!("\r\x1b[2K[{:6.1}s] {line}", self.elapsed_ms() as f64 / 1000.0);
+            print!(
+                "\r\x1b[2K[{:6.1}s] {line}",
+                self.elapsed_ms() as f64 / 1000.0
+            );
             let _ = std::io::stdout().flush();
             self.last_line = line;
         } else if line != self.last_line {
@@ -120,10 +135,20 @@ impl Display {
             println!();
         }
         println!("\n== switchyard demo report ==");
-        for (title, run) in [("1. rollout to green", &o.first), ("2. rollout to blue (bad build)", &o.second)] {
+        for (title, run) in [
+            ("1. rollout to green", &o.first),
+            ("2. rollout to blue (bad build)", &o.second),
+        ] {
             match run {
                 Ok(r) => {
-                    println!("{title}: {}{}", r.phase, r.gate.as_ref().map(|g| format!(" by gate {g}")).unwrap_or_default());
+                    println!(
+                        "{title}: {}{}",
+                        r.phase,
+                        r.gate
+                            .as_ref()
+                            .map(|g| format!(" by gate {g}"))
+                            .unwrap_or_default()
+                    );
                     for (step, secs) in &r.steps {
                         println!("     {step:<14} {secs:6.1}s");
                     }
@@ -141,7 +166,14 @@ impl Display {
             o.served_green,
             o.client_errors
         );
-        println!("verdict: {}", if o.ok { "PASS (promoted once, rolled back by the expected gate)" } else { "FAIL" });
+        println!(
+            "verdict: {}",
+            if o.ok {
+                "PASS (promoted once, rolled back by the expected gate)"
+            } else {
+                "FAIL"
+            }
+        );
         for why in &o.problems {
             println!("  - {why}");
         }
@@ -162,26 +194,41 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    pub fn judge(first: Result<RolloutRun, String>, second: Result<RolloutRun, String>, fault: Fault, tally: &Tally) -> Outcome {
+    pub fn judge(
+        first: Result<RolloutRun, String>,
+        second: Result<RolloutRun, String>,
+        fault: Fault,
+        tally: &Tally,
+    ) -> Outcome {
         let mut problems = Vec::new();
         match &first {
             Ok(r) if r.phase == "promoted" => {}
-            Ok(r) => problems.push(format!("the healthy rollout ended {} (gate {:?})", r.phase, r.gate)),
+            Ok(r) => problems.push(format!(
+                "the healthy rollout ended {} (gate {:?})",
+                r.phase, r.gate
+            )),
             Err(e) => problems.push(e.clone()),
         }
         match &second {
             Ok(r) if r.phase == "rolled_back" => {
                 let gate = r.gate.as_deref().unwrap_or("");
                 if !fault.expected_gates().contains(&gate) {
-                    problems.push(format!("rolled back by {gate}, expected one of {:?}", fault.expected_gates()));
+                    problems.push(format!(
+                        "rolled back by {gate}, expected one of {:?}",
+                        fault.expected_gates()
+                    ));
                 }
             }
-            Ok(r) => problems.push(format!("the bad build's rollout ended {} instead of rolled_back", r.phase)),
+            Ok(r) => problems.push(format!(
+                "the bad build's rollout ended {} instead of rolled_back",
+                r.phase
+            )),
             Err(e) => problems.push(e.clone()),
         }
         let first_bad = tally.first_bad_ms.load(Ordering::Relaxed);
         let last_blue = tally.last_seen_ms[PoolId::Blue.index()].load(Ordering::Relaxed);
-        let reaction_ms = (first_bad > 0 && second.is_ok()).then(|| last_blue.saturating_sub(first_bad));
+        let reaction_ms =
+            (first_bad > 0 && second.is_ok()).then(|| last_blue.saturating_sub(first_bad));
         Outcome {
             ok: problems.is_empty(),
             first,
@@ -198,8 +245,10 @@ impl Outcome {
     /// One JSON line summing the demo up.
     pub fn summary(&self) -> Value {
         let run = |r: &Result<RolloutRun, String>| match r {
-            Ok(r) => json!({"candidate": r.candidate.as_str(), "phase": r.phase, "gate": r.gate, "reason": r.reason,
-                "steps": r.steps.iter().map(|(s, t)| json!({"step": s, "seconds": t})).collect::<Vec<_>>()}),
+            Ok(r) => {
+                json!({"candidate": r.candidate.as_str(), "phase": r.phase, "gate": r.gate, "reason": r.reason,
+                "steps": r.steps.iter().map(|(s, t)| json!({"step": s, "seconds": t})).collect::<Vec<_>>()})
+            }
             Err(e) => json!({"error": e}),
         };
         json!({

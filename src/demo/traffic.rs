@@ -42,7 +42,13 @@ impl Tally {
 
 /// Runs `clients` keep-alive connections, together about `rate` requests per second,
 /// until [`Tally::stop`]. Each connection is re-opened if the proxy closes it.
-pub fn start(addr: SocketAddr, clients: usize, rate: u64, hash: &'static str, epoch: Instant) -> Arc<Tally> {
+pub fn start(
+    addr: SocketAddr,
+    clients: usize,
+    rate: u64,
+    hash: &'static str,
+    epoch: Instant,
+) -> Arc<Tally> {
     let tally = Arc::new(Tally::default());
     let per_client = Duration::from_micros(1_000_000 * clients as u64 / rate.max(1));
     for _ in 0..clients {
@@ -56,7 +62,9 @@ pub fn start(addr: SocketAddr, clients: usize, rate: u64, hash: &'static str, ep
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 };
-                let Ok((mut tx, conn)) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await else {
+                let Ok((mut tx, conn)) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
+                else {
                     continue;
                 };
                 tokio::spawn(conn);
@@ -68,16 +76,23 @@ pub fn start(addr: SocketAddr, clients: usize, rate: u64, hash: &'static str, ep
                         .body(Empty::<Bytes>::new());
                     let Ok(req) = req else { break };
                     let sent = Instant::now();
-                    let resp = match tokio::time::timeout(Duration::from_secs(5), tx.send_request(req)).await {
-                        Ok(Ok(r)) => r,
-                        _ => {
-                            tally.errors.fetch_add(1, Ordering::Relaxed);
-                            break;
-                        }
-                    };
+                    let resp =
+                        match tokio::time::timeout(Duration::from_secs(5), tx.send_request(req))
+                            .await
+                        {
+                            Ok(Ok(r)) => r,
+                            _ => {
+                                tally.errors.fetch_add(1, Ordering::Relaxed);
+                                break;
+                            }
+                        };
                     let now_ms = epoch.elapsed().as_millis() as u64;
-                    let pool = resp.headers().get("x-upstream").and_then(|v| PoolId::parse(v.to_str().ok()?));
-                    let bad = !resp.status().is_success() || sent.elapsed() > Duration::from_millis(50);
+                    let pool = resp
+                        .headers()
+                        .get("x-upstream")
+                        .and_then(|v| PoolId::parse(v.to_str().ok()?));
+                    let bad =
+                        !resp.status().is_success() || sent.elapsed() > Duration::from_millis(50);
                     if !resp.status().is_success() {
                         tally.errors.fetch_add(1, Ordering::Relaxed);
                     }
@@ -86,7 +101,12 @@ pub fn start(addr: SocketAddr, clients: usize, rate: u64, hash: &'static str, ep
                         tally.last_seen_ms[p.index()].store(now_ms, Ordering::Relaxed);
                     }
                     if bad || resp.status() == http::StatusCode::BAD_GATEWAY {
-                        let _ = tally.first_bad_ms.compare_exchange(0, now_ms, Ordering::Relaxed, Ordering::Relaxed);
+                        let _ = tally.first_bad_ms.compare_exchange(
+                            0,
+                            now_ms,
+                            Ordering::Relaxed,
+                            Ordering::Relaxed,
+                        );
                     }
                     if resp.into_body().collect().await.is_err() {
                         break;

@@ -36,7 +36,12 @@ impl Fault {
         match self {
             Fault::Hash => &["hash_violation"],
             Fault::Latency => &["p99_absolute", "p99_relative"],
-            Fault::Errors => &["error_rate", "error_rate_relative", "error_rate_tripwire", "consecutive_errors"],
+            Fault::Errors => &[
+                "error_rate",
+                "error_rate_relative",
+                "error_rate_tripwire",
+                "consecutive_errors",
+            ],
         }
     }
 
@@ -83,7 +88,8 @@ impl DemoUpstream {
                 };
                 let (f, s, counter) = (f.clone(), s.clone(), counter.clone());
                 tokio::spawn(async move {
-                    let service = service_fn(move |req| answer(pool, hash, f.clone(), counter.clone(), req));
+                    let service =
+                        service_fn(move |req| answer(pool, hash, f.clone(), counter.clone(), req));
                     let builder = auto::Builder::new(TokioExecutor::new());
                     let conn = builder.serve_connection(TokioIo::new(stream), service);
                     tokio::select! {
@@ -122,19 +128,19 @@ async fn answer(
         match fault.load(Ordering::Relaxed) {
             1 => with_hash = false,
             2 => tokio::time::sleep(Duration::from_millis(60)).await,
-            3 => {
-                if counter.fetch_add(1, Ordering::Relaxed) % 10 == 0 {
-                    status = StatusCode::INTERNAL_SERVER_ERROR;
-                }
+            3 if counter.fetch_add(1, Ordering::Relaxed) % 10 == 0 => {
+                status = StatusCode::INTERNAL_SERVER_ERROR;
             }
             _ => {}
         }
     }
     let mut resp = Response::new(Full::new(Bytes::from_static(pool.as_str().as_bytes())));
     *resp.status_mut() = status;
-    resp.headers_mut().insert("x-upstream", HeaderValue::from_static(pool.as_str()));
+    resp.headers_mut()
+        .insert("x-upstream", HeaderValue::from_static(pool.as_str()));
     if with_hash {
-        resp.headers_mut().insert("x-constitutional-hash", HeaderValue::from_static(hash));
+        resp.headers_mut()
+            .insert("x-constitutional-hash", HeaderValue::from_static(hash));
     }
     Ok(resp)
 }
