@@ -70,14 +70,20 @@ pub struct Repeat {
 
 impl Repeat {
     pub fn new(n: u64) -> Self {
-        Repeat { chunk: Bytes::from(vec![b'u'; 64 * 1024]), remaining: n }
+        Repeat {
+            chunk: Bytes::from(vec![b'u'; 64 * 1024]),
+            remaining: n,
+        }
     }
 }
 
 impl Body for Repeat {
     type Data = Bytes;
     type Error = Box<dyn std::error::Error + Send + Sync>;
-    fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         if self.remaining == 0 {
             return Poll::Ready(None);
         }
@@ -91,7 +97,10 @@ impl Body for Repeat {
 }
 
 fn query_u64(req: &Request<Incoming>, key: &str) -> Option<u64> {
-    req.uri().query()?.split('&').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+    req.uri()
+        .query()?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
 }
 
 async fn upstream_handle(
@@ -105,7 +114,8 @@ async fn upstream_handle(
         // Active health checks: answered like any request, but not counted as traffic.
         let mut resp = Response::new(full("ok"));
         if !behavior.omit_hash.load(Ordering::Relaxed) {
-            resp.headers_mut().insert(HASH_HEADER, HASH.parse().unwrap());
+            resp.headers_mut()
+                .insert(HASH_HEADER, HASH.parse().unwrap());
         }
         return Ok(resp);
     }
@@ -113,11 +123,13 @@ async fn upstream_handle(
     if let Ok(mut l) = last.lock() {
         *l = Some(req.headers().clone());
     }
-    let delay = query_u64(&req, "sleep_ms").unwrap_or(0) + behavior.delay_ms.load(Ordering::Relaxed);
+    let delay =
+        query_u64(&req, "sleep_ms").unwrap_or(0) + behavior.delay_ms.load(Ordering::Relaxed);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
-    let mut status = StatusCode::from_u16(behavior.status.load(Ordering::Relaxed)).unwrap_or(StatusCode::OK);
+    let mut status =
+        StatusCode::from_u16(behavior.status.load(Ordering::Relaxed)).unwrap_or(StatusCode::OK);
     let path = req.uri().path().to_string();
     let body = match path.as_str() {
         "/upload" => {
@@ -133,7 +145,11 @@ async fn upstream_handle(
         }
         "/download" => {
             let n = query_u64(&req, "bytes").unwrap_or(0);
-            Repeat { chunk: Bytes::from(vec![b'x'; 64 * 1024]), remaining: n }.boxed()
+            Repeat {
+                chunk: Bytes::from(vec![b'x'; 64 * 1024]),
+                remaining: n,
+            }
+            .boxed()
         }
         "/ws" => {
             let on_upgrade = hyper::upgrade::on(&mut req);
@@ -145,9 +161,12 @@ async fn upstream_handle(
             });
             let mut resp = Response::new(full(Bytes::new()));
             *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-            resp.headers_mut().insert("upgrade", "websocket".parse().unwrap());
-            resp.headers_mut().insert("connection", "upgrade".parse().unwrap());
-            resp.headers_mut().insert(HASH_HEADER, HASH.parse().unwrap());
+            resp.headers_mut()
+                .insert("upgrade", "websocket".parse().unwrap());
+            resp.headers_mut()
+                .insert("connection", "upgrade".parse().unwrap());
+            resp.headers_mut()
+                .insert(HASH_HEADER, HASH.parse().unwrap());
             return Ok(resp);
         }
         _ => {
@@ -159,11 +178,14 @@ async fn upstream_handle(
     };
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
-    resp.headers_mut().insert("x-upstream", name.parse().unwrap());
+    resp.headers_mut()
+        .insert("x-upstream", name.parse().unwrap());
     if behavior.wrong_hash.load(Ordering::Relaxed) {
-        resp.headers_mut().insert(HASH_HEADER, "0000000000000000".parse().unwrap());
+        resp.headers_mut()
+            .insert(HASH_HEADER, "0000000000000000".parse().unwrap());
     } else if !behavior.omit_hash.load(Ordering::Relaxed) {
-        resp.headers_mut().insert(HASH_HEADER, HASH.parse().unwrap());
+        resp.headers_mut()
+            .insert(HASH_HEADER, HASH.parse().unwrap());
     }
     Ok(resp)
 }
@@ -191,7 +213,9 @@ pub async fn upstream_at(name: &'static str, addr: SocketAddr) -> Upstream {
             };
             let (b, h, l, s) = (b.clone(), h.clone(), l.clone(), s.clone());
             tokio::spawn(async move {
-                let svc = service_fn(move |req| upstream_handle(name, b.clone(), h.clone(), l.clone(), req));
+                let svc = service_fn(move |req| {
+                    upstream_handle(name, b.clone(), h.clone(), l.clone(), req)
+                });
                 let builder = auto::Builder::new(TokioExecutor::new());
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
                 tokio::select! {
@@ -201,7 +225,14 @@ pub async fn upstream_at(name: &'static str, addr: SocketAddr) -> Upstream {
             });
         }
     });
-    Upstream { name, addr, hits, behavior, last_headers: last, stop }
+    Upstream {
+        name,
+        addr,
+        hits,
+        behavior,
+        last_headers: last,
+        stop,
+    }
 }
 
 pub struct TestProxy {
@@ -222,8 +253,18 @@ impl Drop for TestProxy {
 
 /// The config text for a proxy in front of `blue` and `green`; `extra` is appended
 /// (and may add keys to sections by repeating their headers only where TOML allows).
-pub fn config_text(dir: &std::path::Path, blue: &[SocketAddr], green: &[SocketAddr], sections: &str) -> String {
-    let list = |a: &[SocketAddr]| a.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ");
+pub fn config_text(
+    dir: &std::path::Path,
+    blue: &[SocketAddr],
+    green: &[SocketAddr],
+    sections: &str,
+) -> String {
+    let list = |a: &[SocketAddr]| {
+        a.iter()
+            .map(|a| format!("\"{a}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let mut text = format!(
         r#"
 [pools.blue]
@@ -257,7 +298,8 @@ pub async fn proxy(blue: &Upstream, green: &Upstream, sections: &str) -> TestPro
 pub async fn proxy_multi(blue: &[SocketAddr], green: &[SocketAddr], sections: &str) -> TestProxy {
     let dir = tempfile::tempdir().unwrap();
     let text = config_text(dir.path(), blue, green, sections);
-    let cfg = Config::from_toml_str(&text).unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"));
+    let cfg =
+        Config::from_toml_str(&text).unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"));
     let server = Switchyard::bind(cfg).await.unwrap();
     let addr = server.http_addrs()[0];
     let metrics_addr = server.metrics_addr().unwrap();
@@ -267,7 +309,15 @@ pub async fn proxy_multi(blue: &[SocketAddr], green: &[SocketAddr], sections: &s
     let task = tokio::spawn(async move {
         server.run(token).await.unwrap();
     });
-    TestProxy { addr, metrics_addr, socket: dir.path().join("admin.sock"), dir, routes, shutdown, task }
+    TestProxy {
+        addr,
+        metrics_addr,
+        socket: dir.path().join("admin.sock"),
+        dir,
+        routes,
+        shutdown,
+        task,
+    }
 }
 
 impl TestProxy {
@@ -277,19 +327,40 @@ impl TestProxy {
 
     /// One admin command over the real socket; the parsed JSON reply.
     pub async fn admin(&self, line: &str) -> serde_json::Value {
-        let reply = switchyard::control::admin::request(&self.socket, line).await.unwrap();
-        serde_json::from_str(&reply).unwrap_or_else(|e| panic!("admin reply not JSON ({e}): {reply}"))
+        let reply = switchyard::control::admin::request(&self.socket, line)
+            .await
+            .unwrap();
+        serde_json::from_str(&reply)
+            .unwrap_or_else(|e| panic!("admin reply not JSON ({e}): {reply}"))
     }
 
     pub async fn metrics(&self) -> String {
         let c = client();
-        let resp = c.get(format!("http://{}/metrics", self.metrics_addr).parse().unwrap()).await.unwrap();
-        String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+        let resp = c
+            .get(
+                format!("http://{}/metrics", self.metrics_addr)
+                    .parse()
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        String::from_utf8(
+            resp.into_body()
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes()
+                .to_vec(),
+        )
+        .unwrap()
     }
 }
 
 /// A keep-alive client pool (HTTP/1.1).
-pub type Client = hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+pub type Client = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<Bytes>,
+>;
 
 pub fn client() -> Client {
     hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http()
@@ -297,11 +368,17 @@ pub fn client() -> Client {
 
 /// A GET carrying the constitutional hash.
 pub fn get(url: &str) -> Request<Full<Bytes>> {
-    Request::get(url).header(HASH_HEADER, HASH).body(Full::new(Bytes::new())).unwrap()
+    Request::get(url)
+        .header(HASH_HEADER, HASH)
+        .body(Full::new(Bytes::new()))
+        .unwrap()
 }
 
 pub async fn send(c: &Client, req: Request<Full<Bytes>>) -> (StatusCode, http::HeaderMap, Bytes) {
-    let resp = tokio::time::timeout(Duration::from_secs(10), c.request(req)).await.expect("request hung").unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), c.request(req))
+        .await
+        .expect("request hung")
+        .unwrap();
     let (parts, body) = resp.into_parts();
     let body = body.collect().await.unwrap().to_bytes();
     (parts.status, parts.headers, body)
@@ -326,7 +403,10 @@ where
 {
     let start = Instant::now();
     while !cond().await {
-        assert!(start.elapsed() < deadline, "timed out after {deadline:?} waiting for {what}");
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -358,11 +438,19 @@ pub async fn proxy_with(
     strict_admin_lists: bool,
 ) -> (TestProxy, Arc<switchyard::control::Control>) {
     let dir = tempfile::tempdir().unwrap();
-    let text = config_text(dir.path(), blue, green, sections).replacen("[admin]\n", &format!("[admin]\n{admin_keys}\n"), 1);
+    let text = config_text(dir.path(), blue, green, sections).replacen(
+        "[admin]\n",
+        &format!("[admin]\n{admin_keys}\n"),
+        1,
+    );
     let path = dir.path().join("switchyard.toml");
     std::fs::write(&path, &text).unwrap();
     let cfg = Config::load(&path).unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"));
-    let options = switchyard::BindOptions { config_path: Some(path), strict_admin_lists, ..Default::default() };
+    let options = switchyard::BindOptions {
+        config_path: Some(path),
+        strict_admin_lists,
+        ..Default::default()
+    };
     let server = Switchyard::bind_with(cfg, options).await.unwrap();
     let (addr, metrics_addr) = (server.http_addrs()[0], server.metrics_addr().unwrap());
     let (routes, control) = (server.routes(), server.control());
@@ -372,7 +460,18 @@ pub async fn proxy_with(
         server.run(token).await.unwrap();
     });
     let socket = dir.path().join("admin.sock");
-    (TestProxy { addr, metrics_addr, socket, dir, routes, shutdown, task }, control)
+    (
+        TestProxy {
+            addr,
+            metrics_addr,
+            socket,
+            dir,
+            routes,
+            shutdown,
+            task,
+        },
+        control,
+    )
 }
 
 /// The uid and gid this test process runs as (the owner of a file it creates).
