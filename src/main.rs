@@ -65,8 +65,10 @@ enum Command {
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         words: Vec<String>,
     },
-    /// The whole job on loopback: upstreams, proxy, traffic, a promoted rollout and a
-    /// rolled-back one. Exit 0 only when both end as they should.
+    /// Show the whole job on loopback: one rollout promoted, one rolled back.
+    ///
+    /// Starts blue and green upstreams, the proxy and a client load in-process; exit 0
+    /// only when both rollouts end as they should.
     ///
     /// Example: switchyard demo --fault latency
     Demo {
@@ -79,6 +81,13 @@ enum Command {
         /// One JSON event per line instead of the progress display.
         #[arg(long)]
         json: bool,
+    },
+    /// Print a shell completion script.
+    ///
+    /// Example: switchyard completions bash > /etc/bash_completion.d/switchyard
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
 }
 
@@ -94,6 +103,11 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Run { config } => run(config),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "switchyard", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
         Command::Demo { fault, quick, json } => demo(switchyard::demo::Options { fault, quick, json }),
         Command::Check { config } => match Config::load(&config) {
             Ok(_) => {
