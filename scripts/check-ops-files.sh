@@ -156,4 +156,53 @@ if ! out="$(systemd-sysusers --dry-run "$PWD/$SYSUSERS" 2>&1)" || grep -qiE 'fai
 fi
 echo "$SYSUSERS: systemd-sysusers --dry-run passed"
 
+# --- 5. A live scrape ------------------------------------------------------------------
+# Start the binary on loopback, scrape /metrics, pass it through `promtool check metrics`,
+# and check that every metric the alerts and the dashboard use is in the exposition.
+cat >"$tmp/live.toml" <<TOML
+[proxy]
+listen = ["127.0.0.1:0"]
+[pools.blue]
+backends = ["127.0.0.1:9"]
+[pools.green]
+backends = ["127.0.0.1:9"]
+[admin]
+socket = "$tmp/admin.sock"
+[metrics]
+listen = "127.0.0.1:0"
+[state]
+path = "$tmp/state.json"
+TOML
+"$bin" run --config "$tmp/live.toml" 2>"$tmp/live.log" &
+live_pid=$!
+metrics_addr=""
+for _ in $(seq 1 100); do
+    metrics_addr="$(grep -oE 'metrics listening addr=[0-9.:]+' "$tmp/live.log" | sed 's/.*addr=//' || true)"
+    [[ -n "$metrics_addr" ]] && break
+    sleep 0.1
+done
+if [[ -z "$metrics_addr" ]]; then
+    kill "$live_pid" 2>/dev/null || true
+    cat "$tmp/live.log" >&2
+    fail "the daemon did not report its metrics listener"
+fi
+python3 - "$metrics_addr" >"$tmp/scrape.txt" <<'PY'
+import sys, urllib.request
+print(urllib.request.urlopen(f"http://{sys.argv[1]}/metrics", timeout=5).read().decode(), end="")
+PY
+kill "$live_pid" 2>/dev/null || true
+wait "$live_pid" 2>/dev/null || true
+promtool check metrics <"$tmp/scrape.txt" || fail "promtool check metrics rejected the exposition"
+absent=0
+for f in "$ALERTS" "$DASHBOARD"; do
+    while read -r used; do
+        if ! grep -qE "^${used}(\{| )" "$tmp/scrape.txt"; then
+            echo "check-ops-files: $f uses $used, which a running daemon does not export" >&2
+            absent=1
+        fi
+    done < <(grep -oE 'switchyard_[a-z0-9_]+' "$f" | sort -u)
+done
+[[ "$absent" -eq 0 ]] || fail "metrics missing from a live scrape (see above)"
+echo "live scrape: promtool check metrics passed; every metric used is exported"
+
 echo "check-ops-files: all checks passed"
