@@ -173,8 +173,14 @@ fn run(path: PathBuf) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if config.proxy.workers > 0 {
+    // One worker: a single-threaded scheduler does the same work with less coordination
+    // (no work-stealing queues, no wake-ups across threads).
+    let mut rt = if config.proxy.workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    if config.proxy.workers > 1 {
         rt.worker_threads(config.proxy.workers);
     }
     let rt = match rt.enable_all().build() {
