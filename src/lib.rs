@@ -151,6 +151,11 @@ impl Switchyard {
             metrics.clone(),
             store,
         ));
+        // The rollout controller, with the rollout saved before a restart (a running one
+        // comes back paused at the same weight).
+        let controller = Arc::new(control::controller::Controller::new(stats.clone(), metrics.clone()));
+        control.attach_controller(controller.clone());
+        controller.restore(&control);
         let strict_admin_lists = options.strict_admin_lists;
         Ok(Switchyard {
             config,
@@ -256,6 +261,7 @@ impl Switchyard {
             loops.push(tokio::spawn(acceptor.clone().run_tls(l, t)));
         }
         tokio::spawn(proxy::health::run(routes.clone(), metrics.clone(), shutdown.clone()));
+        tokio::spawn(control::controller::run(control.clone(), shutdown.clone()));
         if !terminators.is_empty() {
             tokio::spawn(proxy::tls::watch_files(terminators, shutdown.clone()));
         }

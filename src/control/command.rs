@@ -4,7 +4,9 @@
 //! arm in [`AdminCommand::parse`], [`AdminCommand::is_mutation`] if it changes state, and
 //! its `apply` arm in `control::execute`.
 
-use crate::config::{parse_percent_bp, PoolId};
+use std::time::Duration;
+
+use crate::config::{parse_duration, parse_percent_bp, PoolId};
 use crate::proxy::route::PoolState;
 
 /// Error codes are part of the admin protocol: tooling (and `ctl`'s exit code) match on them.
@@ -96,11 +98,56 @@ pub const VERBS: &[(&str, &str)] = &[
         "re-read and validate the config file, swap in pools and settings",
     ),
     (
+        "rollout start [to POOL] [steps 10,50,100] [hold 60s] [bake 5m] [expect-gen N]",
+        "start a gated rollout to POOL (default: the pool that is not stable)",
+    ),
+    (
+        "rollout pause|resume|promote|abort [expect-gen N]",
+        "hold the weight | carry on | make the candidate stable at 100% now | roll back and end it",
+    ),
+    (
+        "rollout status",
+        "the rollout: phase, step, weight, hold left, gates",
+    ),
+    (
+        "gates",
+        "each gate's value, limit, samples and verdict for both pools, and the wait for enough samples",
+    ),
+    (
         "watch",
         "turn this connection into a stream of JSON event lines",
     ),
     ("help", "this list"),
 ];
+
+/// `rollout pause|resume|promote|abort`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RolloutAction {
+    Pause,
+    Resume,
+    Promote,
+    Abort,
+}
+
+impl RolloutAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutAction::Pause => "pause",
+            RolloutAction::Resume => "resume",
+            RolloutAction::Promote => "promote",
+            RolloutAction::Abort => "abort",
+        }
+    }
+}
+
+/// The arguments of `rollout start`; `None` takes the config's `[rollout]` value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StartArgs {
+    pub to: Option<PoolId>,
+    pub steps_bp: Option<Vec<u16>>,
+    pub hold: Option<Duration>,
+    pub bake: Option<Duration>,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AdminCommand {
@@ -135,16 +182,34 @@ pub enum AdminCommand {
     },
     /// `reload [expect-gen N]`
     Reload { expect_gen: Option<u64> },
+    /// `rollout start [to POOL] [steps ...] [hold D] [bake D] [expect-gen N]`
+    RolloutStart {
+        args: StartArgs,
+        expect_gen: Option<u64>,
+    },
+    /// `rollout pause|resume|promote|abort [expect-gen N]`
+    Rollout {
+        action: RolloutAction,
+        expect_gen: Option<u64>,
+    },
+    /// `rollout status`
+    RolloutStatus,
+    /// `gates`
+    Gates,
 }
 
 /// Verbs that change state: they need admin rights and are audited even when refused.
 const MUTATING_VERBS: &[&str] = &["weight", "rollback", "pool", "backend", "reload", "rollout"];
 
-/// Whether the first word of `line` names a mutating verb (parsed or not).
+/// Whether the first word of `line` names a mutating verb (parsed or not); `rollout status`
+/// only reads.
 pub fn is_mutating_verb(line: &str) -> bool {
-    line.split_whitespace()
-        .next()
-        .is_some_and(|v| MUTATING_VERBS.contains(&v))
+    let mut words = line.split_whitespace();
+    match (words.next(), words.next()) {
+        (Some("rollout"), Some("status")) => false,
+        (Some(verb), _) => MUTATING_VERBS.contains(&verb),
+        (None, _) => false,
+    }
 }
 
 impl AdminCommand {
@@ -222,6 +287,8 @@ impl AdminCommand {
                 [] => Ok(AdminCommand::Reload { expect_gen }),
                 _ => Err(usage("reload [expect-gen N]")),
             },
+            "rollout" => parse_rollout(args, expect_gen),
+            "gates" => no_args(AdminCommand::Gates),
             other => Err(AdminError::new(
                 "unknown_command",
                 format!("unknown command `{other}`; try `help`"),
@@ -233,9 +300,69 @@ impl AdminCommand {
     pub fn is_mutation(&self) -> bool {
         !matches!(
             self,
-            AdminCommand::Status | AdminCommand::Help | AdminCommand::Watch
+            AdminCommand::Status
+                | AdminCommand::Help
+                | AdminCommand::Watch
+                | AdminCommand::RolloutStatus
+                | AdminCommand::Gates
         )
     }
+}
+
+const ROLLOUT_USAGE: &str = "rollout start [to POOL] [steps 10,50,100] [hold 60s] [bake 5m] | rollout pause|resume|promote|abort | rollout status";
+
+/// `rollout ...` after the verb; `start` takes `KEY VALUE` pairs in any order.
+fn parse_rollout(args: &[&str], expect_gen: Option<u64>) -> Result<AdminCommand, AdminError> {
+    let action = |action| Ok(AdminCommand::Rollout { action, expect_gen });
+    match args {
+        ["start", pairs @ ..] => {
+            let mut start = StartArgs::default();
+            let mut rest = pairs;
+            while let [key, value, tail @ ..] = rest {
+                match *key {
+                    "to" => start.to = Some(parse_pool(value)?),
+                    "steps" => start.steps_bp = Some(parse_steps(value)?),
+                    "hold" => start.hold = Some(parse_time("hold", value)?),
+                    "bake" => start.bake = Some(parse_time("bake", value)?),
+                    other => {
+                        return Err(AdminError::bad_argument(format!(
+                            "rollout start: unknown option `{other}`; usage: {ROLLOUT_USAGE}"
+                        )))
+                    }
+                }
+                rest = tail;
+            }
+            if let [odd] = rest {
+                return Err(AdminError::bad_argument(format!(
+                    "rollout start: `{odd}` needs a value; usage: {ROLLOUT_USAGE}"
+                )));
+            }
+            Ok(AdminCommand::RolloutStart {
+                args: start,
+                expect_gen,
+            })
+        }
+        ["pause"] => action(RolloutAction::Pause),
+        ["resume"] => action(RolloutAction::Resume),
+        ["promote"] => action(RolloutAction::Promote),
+        ["abort"] => action(RolloutAction::Abort),
+        ["status"] if expect_gen.is_none() => Ok(AdminCommand::RolloutStatus),
+        _ => Err(usage(ROLLOUT_USAGE)),
+    }
+}
+
+/// `10,50,100` (percents, up to two decimals) in basis points; the plan checks the order.
+fn parse_steps(word: &str) -> Result<Vec<u16>, AdminError> {
+    word.split(',')
+        .map(|p| {
+            parse_percent_bp(p.trim())
+                .map_err(|e| AdminError::bad_argument(format!("rollout start steps: {e}")))
+        })
+        .collect()
+}
+
+fn parse_time(what: &str, word: &str) -> Result<Duration, AdminError> {
+    parse_duration(word).map_err(|e| AdminError::bad_argument(format!("rollout start {what}: {e}")))
 }
 
 fn usage(text: &str) -> AdminError {
@@ -360,7 +487,7 @@ mod tests {
             assert!(AdminCommand::parse(line).unwrap().is_mutation(), "{line}");
             assert!(is_mutating_verb(line));
         }
-        for line in ["status", "help", "watch"] {
+        for line in ["status", "help", "watch", "rollout status", "gates"] {
             assert!(!AdminCommand::parse(line).unwrap().is_mutation(), "{line}");
             assert!(!is_mutating_verb(line));
         }
@@ -394,12 +521,57 @@ mod tests {
             "backend blue 1.2.3.4:5",
             "backend blue 1.2.3.4:5 toggle",
             "reload now",
+            "rollout",
+            "rollout start to red",
+            "rollout start steps 10,x,100",
+            "rollout start hold 5",
+            "rollout start hold",
+            "rollout start speed 3",
+            "rollout status expect-gen 1",
+            "rollout frobnicate",
+            "gates now",
         ] {
             assert_eq!(
                 AdminCommand::parse(bad).map_err(|e| e.code),
                 Err("bad_argument"),
                 "{bad}"
             );
+        }
+    }
+
+    #[test]
+    fn parses_rollout_verbs() {
+        assert_eq!(
+            AdminCommand::parse(
+                "rollout start to green steps 5,25,100 hold 2s bake 1m expect-gen 4"
+            ),
+            Ok(AdminCommand::RolloutStart {
+                args: StartArgs {
+                    to: Some(PoolId::Green),
+                    steps_bp: Some(vec![500, 2500, 10_000]),
+                    hold: Some(Duration::from_secs(2)),
+                    bake: Some(Duration::from_secs(60)),
+                },
+                expect_gen: Some(4)
+            })
+        );
+        assert_eq!(
+            AdminCommand::parse("rollout start"),
+            Ok(AdminCommand::RolloutStart {
+                args: StartArgs::default(),
+                expect_gen: None
+            })
+        );
+        assert_eq!(
+            AdminCommand::parse("rollout abort expect-gen 9"),
+            Ok(AdminCommand::Rollout {
+                action: RolloutAction::Abort,
+                expect_gen: Some(9)
+            })
+        );
+        for line in ["rollout start", "rollout pause", "rollout promote"] {
+            assert!(AdminCommand::parse(line).unwrap().is_mutation(), "{line}");
+            assert!(is_mutating_verb(line), "{line}");
         }
     }
 }

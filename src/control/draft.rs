@@ -83,7 +83,11 @@ pub(super) fn diff(a: &Draft, b: &Draft) -> Vec<Value> {
         push("stable".into(), json!(a.stable), json!(b.stable));
     }
     if a.rollout != b.rollout {
-        push("rollout".into(), a.rollout.clone(), b.rollout.clone());
+        push(
+            "rollout".into(),
+            rollout_summary(&a.rollout),
+            rollout_summary(&b.rollout),
+        );
     }
     if !Arc::ptr_eq(&a.settings, &b.settings) {
         push(
@@ -93,4 +97,26 @@ pub(super) fn diff(a: &Draft, b: &Draft) -> Vec<Value> {
         );
     }
     out
+}
+
+/// The controller's record without its machine state, so audit lines and events stay short.
+fn rollout_summary(v: &Value) -> Value {
+    const KEEP: [&str; 7] = [
+        "id",
+        "phase",
+        "step",
+        "candidate",
+        "candidate_percent",
+        "gate",
+        "reason",
+    ];
+    match v {
+        Value::Object(map) if map.contains_key("machine") => Value::Object(
+            map.iter()
+                .filter(|(k, _)| KEEP.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
 }

@@ -1,13 +1,14 @@
 //! CONTROL PLANE: what each admin verb does — one small `apply` per verb over [`Control`].
 //! Every mutation is one [`Control::update`]: one route-table swap, saved and audited.
 
+use std::sync::Arc;
+
 use serde_json::{json, Value};
 
 use super::command::{is_mutating_verb, state_str, AdminCommand, AdminError, ERROR_CODES, VERBS};
+use super::controller::{send_all_to, Controller};
 use super::state::BackendRef;
 use super::{percent, Actor, Applied, Control};
-use crate::config::PoolId;
-use crate::proxy::route::{PoolState, FULL_BP};
 
 /// Runs one parsed command (not `watch`, which the socket handles) and returns the reply's
 /// fields. `line` is the command as the peer sent it, for the audit log.
@@ -41,19 +42,24 @@ pub fn execute(
             Ok(reply(applied))
         }
         AdminCommand::Rollback { to, expect_gen } => {
-            let applied = control.update(actor, line, expect_gen, |d| {
-                let target = to.unwrap_or(d.stable);
-                d.green_bp = match target {
-                    PoolId::Blue => 0,
-                    PoolId::Green => FULL_BP,
-                };
-                // A rollback onto a drained pool would send nothing there; the target is
-                // made ready in the same swap.
-                d.states[target.index()] = PoolState::Ready;
-                Ok(())
-            })?;
+            // With a controller, a live rollout ends in the same swap (rolled back by operator).
+            let applied = match control.controller() {
+                Some(c) => c.rollback(control, actor, line, to, expect_gen)?,
+                None => control.update(actor, line, expect_gen, |d| {
+                    send_all_to(d, to.unwrap_or(d.stable));
+                    Ok(())
+                })?,
+            };
             Ok(reply(applied))
         }
+        AdminCommand::RolloutStart { args, expect_gen } => {
+            controller(control)?.start(control, actor, line, &args, expect_gen)
+        }
+        AdminCommand::Rollout { action, expect_gen } => {
+            controller(control)?.act(control, actor, line, action, expect_gen)
+        }
+        AdminCommand::RolloutStatus => Ok(controller(control)?.status(control)),
+        AdminCommand::Gates => Ok(controller(control)?.gates(control)),
         AdminCommand::Pool {
             pool,
             state,
@@ -99,6 +105,12 @@ pub fn execute(
     }
 }
 
+fn controller(control: &Control) -> Result<&Arc<Controller>, AdminError> {
+    control
+        .controller()
+        .ok_or_else(|| AdminError::new("internal", "no rollout controller is running"))
+}
+
 /// `generation`, `changed`, `changes`, and the resulting weights and states.
 fn reply(applied: Applied) -> Value {
     let t = &applied.table;
@@ -123,7 +135,16 @@ pub fn help() -> Value {
         "read_only": VERBS
             .iter()
             .filter(|(usage, _)| !is_mutating_verb(usage))
-            .filter_map(|(usage, _)| usage.split_whitespace().next())
+            .map(|(usage, _)| verb_words(usage))
             .collect::<Vec<_>>(),
     })
+}
+
+/// The verb of a usage line: its leading lowercase words (`rollout status`, `gates`).
+fn verb_words(usage: &str) -> String {
+    usage
+        .split_whitespace()
+        .take_while(|w| w.chars().all(|c| c.is_ascii_lowercase() || c == '-'))
+        .collect::<Vec<_>>()
+        .join(" ")
 }

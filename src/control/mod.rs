@@ -8,13 +8,15 @@
 //! to `watch` clients. Refusals are audited too. The rollout controller uses the same call.
 //!
 //! Modules: [`command`] parses a line, [`access`] decides who may run it, [`execute`] runs
-//! it, [`admin`] is the socket, [`reload`] re-reads the config, [`client`] is `switchyard ctl`.
+//! it, [`admin`] is the socket, [`reload`] re-reads the config, [`client`] is `switchyard ctl`,
+//! [`rollout`] is the pure rollout machine and [`controller`] drives it.
 
 pub mod access;
 pub mod admin;
 pub mod audit;
 pub mod client;
 pub mod command;
+pub mod controller;
 mod draft;
 pub mod execute;
 pub mod reload;
@@ -24,7 +26,7 @@ pub mod state;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
@@ -43,6 +45,7 @@ use draft::diff;
 use access::Peer;
 use audit::AuditLog;
 use command::{state_from_str, state_str, AdminError};
+use controller::Controller;
 use state::{BackendRef, PersistedState, PoolStates, Restore, StateStore, STATE_VERSION};
 
 /// How many events a slow `watch` client may fall behind before it is told it lagged.
@@ -112,6 +115,7 @@ pub struct Control {
     extra: Mutex<Extra>,
     restored_rollout: Value,
     rollout_active: AtomicBool,
+    controller: OnceLock<Arc<Controller>>,
 }
 
 impl Control {
@@ -164,6 +168,7 @@ impl Control {
             extra: Mutex::new(extra),
             restored_rollout,
             rollout_active: AtomicBool::new(false),
+            controller: OnceLock::new(),
         };
         let source = control.store.describe();
         match restore {
@@ -204,6 +209,17 @@ impl Control {
     /// The rollout record restored at start (`null` if none); the controller resumes from it.
     pub fn restored_rollout(&self) -> Value {
         self.restored_rollout.clone()
+    }
+
+    /// Attaches the rollout controller (once; later calls are ignored). It holds no
+    /// reference back: its methods are handed this `Control`.
+    pub fn attach_controller(&self, controller: Arc<Controller>) {
+        let _ = self.controller.set(controller);
+    }
+
+    /// The rollout controller, once attached (by `Switchyard::bind_with`).
+    pub fn controller(&self) -> Option<&Arc<Controller>> {
+        self.controller.get()
     }
 
     /// The rollout record as last saved.

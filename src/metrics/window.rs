@@ -291,6 +291,15 @@ impl LiveStats {
             .load(Ordering::Relaxed)
     }
 
+    /// Forgets `pool`'s run of errors: a new rollout judges the candidate afresh, not on the
+    /// errors that ended the previous one (no traffic since, so no success reset them).
+    pub fn reset_consecutive_errors(&self, pool: PoolId) {
+        self.pools[pool.index()]
+            .consecutive_errors
+            .0
+            .store(0, Ordering::Relaxed);
+    }
+
     /// Hash violations on `pool` since start; subtract an earlier reading for "since then".
     pub fn violations_total(&self, pool: PoolId) -> u64 {
         self.pools[pool.index()]

@@ -1,0 +1,417 @@
+//! CONTROL PLANE: the rollout controller — the async driver of the pure [`Rollout`] machine.
+//!
+//! [`run`] ticks every `rollout.tick` and also wakes at once when [`LiveStats::tripwire`]
+//! fires (a hash violation or the N-th consecutive error on the candidate), so a tripwire
+//! rollback does not wait for the tick. Each tick reads an [`Observation`] — the candidate's
+//! window from the last weight change plus settle, stable's whole window, the candidate's
+//! error run and hash violations since the phase began, each pool's backends in rotation —
+//! and steps the machine.
+//!
+//! Every transition (a decision, or an operator verb from [`verbs`]) is one
+//! [`Control::update`]: the route-table change (candidate weight, 100% stable on a rollback,
+//! the candidate as the stable pool on promotion) and the rollout's record are published,
+//! saved and audited together, with one generation. Then a `{"event":"rollout",...}` goes to
+//! `watch` clients and `switchyard_rollout_phase`, `switchyard_rollbacks_total` follow;
+//! `switchyard_gate_value` follows every tick.
+//!
+//! Locking: the controller's own mutex is taken before `Control`'s (never the other way);
+//! `update` closures here only edit the draft. Ticks run on the blocking pool (an update
+//! fsyncs the state file); the route swap itself is published before that fsync.
+
+mod record;
+mod verbs;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use metrics::{Counter, Gauge, Label};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use super::command::AdminError;
+use super::rollout::{Decision, Gate, GateReport, Observation, Phase, Rollout};
+use super::{Actor, Applied, Control, Draft};
+use crate::config::PoolId;
+use crate::metrics::names;
+use crate::metrics::window::LiveStats;
+use crate::metrics::Metrics;
+use crate::proxy::route::{PoolState, FULL_BP};
+use record::Meta;
+
+/// The label values of `switchyard_rollout_phase{phase}`.
+const PHASES: [&str; 7] = [
+    "idle",
+    "progressing",
+    "paused",
+    "baking",
+    "promoted",
+    "rolled_back",
+    "aborted",
+];
+
+/// The rollout controller: the current (or last) rollout and its metrics.
+pub struct Controller {
+    stats: Arc<LiveStats>,
+    metrics: Arc<Metrics>,
+    inner: Mutex<Inner>,
+    phase_gauges: Vec<Gauge>,
+    gate_gauges: Mutex<HashMap<(Gate, PoolId), Gauge>>,
+    rollbacks: Mutex<HashMap<Gate, Counter>>,
+}
+
+struct Inner {
+    /// `None` until the first rollout; the last one stays after it ends.
+    rollout: Option<Rollout>,
+    meta: Meta,
+    /// The candidate's `violations_total` when the current phase or weight began.
+    violations_base: u64,
+}
+
+/// Green's share for the candidate's share `candidate_bp`.
+pub fn green_bp(candidate: PoolId, candidate_bp: u16) -> u16 {
+    match candidate {
+        PoolId::Green => candidate_bp,
+        PoolId::Blue => FULL_BP - candidate_bp.min(FULL_BP),
+    }
+}
+
+/// 100% of new requests to `target`, which is made ready (a rollback onto a drained pool
+/// would send nothing there).
+pub fn send_all_to(d: &mut Draft, target: PoolId) {
+    d.green_bp = green_bp(target.other(), 0);
+    d.states[target.index()] = PoolState::Ready;
+}
+
+impl Controller {
+    pub fn new(stats: Arc<LiveStats>, metrics: Arc<Metrics>) -> Controller {
+        let phase_gauges = PHASES
+            .iter()
+            .map(|&p| metrics.gauge(names::ROLLOUT_PHASE, vec![Label::new("phase", p)]))
+            .collect::<Vec<_>>();
+        let c = Controller {
+            stats,
+            metrics,
+            inner: Mutex::new(Inner {
+                rollout: None,
+                meta: Meta::default(),
+                violations_base: 0,
+            }),
+            phase_gauges,
+            gate_gauges: Mutex::new(HashMap::new()),
+            rollbacks: Mutex::new(HashMap::new()),
+        };
+        c.set_phase_gauge("idle");
+        c
+    }
+
+    /// The machine's clock: [`LiveStats::now_ms`], so windows and holds agree.
+    fn now(&self) -> Duration {
+        Duration::from_millis(self.stats.now_ms())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic mid-transition leaves the previous rollout in place (it is replaced last).
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes back the rollout saved before a restart: a running one comes back paused
+    /// (`restarted`) at the same weight, which the restored route table already carries.
+    pub fn restore(&self, control: &Control) {
+        let saved = control.restored_rollout();
+        if saved.is_null() {
+            return;
+        }
+        let Some((rollout, meta)) = record::parse(&saved) else {
+            warn!("the saved rollout record is not one this version reads; starting idle");
+            return;
+        };
+        let mut inner = self.lock();
+        let was_running = matches!(rollout.phase(), Phase::Progressing { .. } | Phase::Baking);
+        let rollout = rollout.restored(self.now());
+        inner.meta = meta;
+        if !was_running {
+            let live = rollout.is_live();
+            inner.rollout = Some(rollout);
+            self.after(control, &mut inner, None, &json!("startup"), None);
+            if live {
+                info!(rollout.id = inner.meta.id, "restored a paused rollout");
+            }
+            return;
+        }
+        let meta = inner.meta.clone();
+        let command = format!(
+            "rollout restored after a restart: {}",
+            record::describe(&rollout)
+        );
+        let actor = Actor::internal("startup");
+        let base = self.stats.violations_total(rollout.candidate());
+        if let Err(e) = self.commit(
+            control,
+            &mut inner,
+            rollout,
+            meta,
+            Transition::new(&actor, &command, &Decision::None, base),
+        ) {
+            error!(error = %e, "cannot record the restored rollout");
+        }
+    }
+
+    /// One evaluation of the live rollout, if any; applies what it decides.
+    pub fn tick(&self, control: &Control) {
+        let mut inner = self.lock();
+        let Some(current) = inner.rollout.as_ref().filter(|r| r.is_live()) else {
+            return;
+        };
+        let now = self.now();
+        let (obs, violations) = self.observe(control, current, now, inner.violations_base);
+        let mut next = current.clone();
+        let decision = next.step(now, &obs);
+        self.set_gate_gauges(next.gates());
+        let moved = next.phase() != current.phase()
+            || next.candidate_weight_bp() != current.candidate_weight_bp();
+        if !moved && matches!(decision, Decision::None | Decision::Done) {
+            inner.rollout = Some(next);
+            return;
+        }
+        let command = format!("rollout {}", record::describe(&next));
+        let actor = Actor::internal("controller");
+        let meta = inner.meta.clone();
+        let t = Transition::new(&actor, &command, &decision, violations);
+        if let Err(e) = self.commit(control, &mut inner, next, meta, t) {
+            error!(error = %e, "rollout transition refused; retrying on the next tick");
+        }
+    }
+
+    fn observe(
+        &self,
+        control: &Control,
+        r: &Rollout,
+        now: Duration,
+        violations_base: u64,
+    ) -> (Observation, u64) {
+        let (candidate, stable) = (r.candidate(), r.candidate().other());
+        let (now_ms, window) = (record::millis(now), r.plan().window);
+        let since_ms = record::millis(r.samples_since());
+        let table = control.routes.load();
+        let violations = self.stats.violations_total(candidate);
+        let obs = Observation {
+            candidate: self
+                .stats
+                .window_since_at(now_ms, candidate, window, since_ms),
+            // Stable's behaviour does not depend on the candidate's weight: its whole window
+            // counts, so "both degraded" is known even right after a weight change.
+            stable: self.stats.window_at(now_ms, stable, window),
+            candidate_consecutive_errors: self.stats.consecutive_errors(candidate),
+            candidate_violations: violations.saturating_sub(violations_base),
+            candidate_healthy: table.pool(candidate).in_rotation() > 0,
+            stable_healthy: table.pool(stable).in_rotation() > 0,
+        };
+        (obs, violations)
+    }
+
+    /// Publishes `next` with the route change its decision implies, in one update; on
+    /// success it replaces the current rollout and the event, metrics and tripwire follow.
+    fn commit(
+        &self,
+        control: &Control,
+        inner: &mut Inner,
+        next: Rollout,
+        mut meta: Meta,
+        t: Transition<'_>,
+    ) -> Result<Applied, AdminError> {
+        if !next.is_live() && meta.ended_unix_ms.is_none() {
+            meta.ended_unix_ms = Some(record::unix_ms());
+        }
+        let saved = record::record(&next, &meta);
+        let candidate = next.candidate();
+        let decision = t.decision;
+        let (rollback_to, new_salt) = (t.rollback_to, t.new_salt);
+        let applied = control.update(t.actor, t.command, t.expect_gen, |d| {
+            match decision {
+                Decision::SetWeight { candidate_bp } => {
+                    d.green_bp = green_bp(candidate, *candidate_bp);
+                }
+                Decision::Rollback { .. } => {
+                    send_all_to(d, rollback_to.unwrap_or(candidate.other()));
+                }
+                Decision::Promote => {
+                    send_all_to(d, candidate);
+                    d.stable = candidate;
+                }
+                Decision::Pause { .. } | Decision::None | Decision::Done => {}
+            }
+            if let Some(salt) = new_salt {
+                d.salt = salt;
+            }
+            d.rollout = saved;
+            Ok(())
+        })?;
+        let previous = inner.rollout.replace(next);
+        inner.meta = meta;
+        inner.violations_base = t.violations;
+        let actor = serde_json::to_value(t.actor).unwrap_or(Value::Null);
+        self.after(
+            control,
+            inner,
+            previous.as_ref(),
+            &actor,
+            Some(applied.generation),
+        );
+        Ok(applied)
+    }
+
+    /// Everything that follows a transition: the manual-weight lock, the tripwire, metrics,
+    /// the log line and (with a generation) the `watch` event.
+    fn after(
+        &self,
+        control: &Control,
+        inner: &mut Inner,
+        previous: Option<&Rollout>,
+        actor: &Value,
+        generation: Option<u64>,
+    ) {
+        let Some(r) = inner.rollout.as_ref() else {
+            return;
+        };
+        let phase = r.phase();
+        control.set_rollout_active(matches!(phase, Phase::Progressing { .. } | Phase::Baking));
+        if r.is_live() {
+            let limits = &r.plan().gates;
+            self.stats
+                .watch(Some(r.candidate()), limits.consecutive_errors);
+        } else {
+            self.stats.watch(None, u32::MAX);
+        }
+        self.set_phase_gauge(phase.name());
+        if previous.is_some_and(Rollout::is_live) {
+            match phase {
+                Phase::RolledBack { gate, .. } => self.count_rollback(*gate),
+                Phase::Aborted { .. } => self.count_rollback(Gate::Operator),
+                _ => {}
+            }
+        }
+        if let Some(generation) = generation {
+            info!(
+                rollout.id = inner.meta.id,
+                candidate = %r.candidate(),
+                phase = phase.name(),
+                candidate_percent = super::percent(r.candidate_weight_bp()),
+                generation,
+                "rollout {}",
+                record::describe(r)
+            );
+            control.publish_event(record::event(r, &inner.meta, actor, generation));
+        }
+    }
+
+    fn set_phase_gauge(&self, current: &str) {
+        for (name, gauge) in PHASES.iter().zip(&self.phase_gauges) {
+            gauge.set(if *name == current { 1.0 } else { 0.0 });
+        }
+    }
+
+    fn set_gate_gauges(&self, reports: &[GateReport]) {
+        let mut gauges = self.gate_gauges.lock().unwrap_or_else(|e| e.into_inner());
+        for r in reports {
+            let Some(value) = r.value else { continue };
+            gauges
+                .entry((r.gate, r.pool))
+                .or_insert_with(|| {
+                    self.metrics.gauge(
+                        names::GATE_VALUE,
+                        vec![
+                            Label::new("gate", r.gate.as_str()),
+                            Label::new("pool", r.pool.as_str()),
+                        ],
+                    )
+                })
+                .set(value);
+        }
+    }
+
+    fn count_rollback(&self, gate: Gate) {
+        let mut counters = self.rollbacks.lock().unwrap_or_else(|e| e.into_inner());
+        counters
+            .entry(gate)
+            .or_insert_with(|| {
+                self.metrics.counter(
+                    names::ROLLBACKS_TOTAL,
+                    vec![Label::new("reason", gate.as_str())],
+                )
+            })
+            .increment(1);
+    }
+}
+
+/// One transition's inputs besides the rollout: who, the audit line, what to do.
+struct Transition<'a> {
+    actor: &'a Actor,
+    command: &'a str,
+    decision: &'a Decision,
+    expect_gen: Option<u64>,
+    /// An operator's `rollback to POOL`; otherwise a rollback goes to the stable pool.
+    rollback_to: Option<PoolId>,
+    /// A new affinity salt (each rollout moves a different set of users first).
+    new_salt: Option<u64>,
+    /// The candidate's `violations_total` as observed: the next phase counts from here.
+    violations: u64,
+}
+
+impl<'a> Transition<'a> {
+    fn new(
+        actor: &'a Actor,
+        command: &'a str,
+        decision: &'a Decision,
+        violations: u64,
+    ) -> Transition<'a> {
+        Transition {
+            actor,
+            command,
+            decision,
+            expect_gen: None,
+            rollback_to: None,
+            new_salt: None,
+            violations,
+        }
+    }
+}
+
+/// Drives the attached controller until `shutdown`: every `rollout.tick` (re-read from the
+/// config in force) and at once on a tripwire.
+pub async fn run(control: Arc<Control>, shutdown: CancellationToken) {
+    let Some(controller) = control.controller().cloned() else {
+        return;
+    };
+    let mut next = tokio::time::Instant::now();
+    loop {
+        next += control.config().rollout.tick;
+        let now = tokio::time::Instant::now();
+        if next < now {
+            next = now;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(next) => {}
+            _ = controller.stats.tripwire().notified() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let (c, k) = (controller.clone(), control.clone());
+        if let Err(e) = tokio::task::spawn_blocking(move || c.tick(&k)).await {
+            error!(error = %e, "rollout tick failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candidate_share_maps_to_green_weight() {
+        assert_eq!(green_bp(PoolId::Green, 1000), 1000);
+        assert_eq!(green_bp(PoolId::Blue, 1000), 9000);
+        assert_eq!(green_bp(PoolId::Blue, FULL_BP), 0);
+        assert_eq!(green_bp(PoolId::Green, 0), 0);
+    }
+}
