@@ -3,6 +3,8 @@
 //! `--json`) — and exits with the design's code: 0 ok, 1 usage or internal error,
 //! 2 socket unreachable or permission denied, 7 conflict (also `rollout_active`),
 //! 8 invalid transition. `ctl watch` prints events until the daemon or the user ends it.
+//! `ctl rollout ... --wait` follows the rollout ([`super::follow`]: 3 rolled back by a gate,
+//! 4 aborted, 5 timeout, 6 paused).
 //!
 //! The pieces ([`Connection`], [`exit_code`], [`render`]) are public so that verbs with
 //! their own client loop (`rollout start --wait`) reuse them.
@@ -90,6 +92,10 @@ pub async fn run(socket: &Path, words: &[String], json_out: bool) -> u8 {
             &format!("argument {bad:?} contains a control character"),
         );
     }
+    let (words, follow) = match super::follow::take(words) {
+        Ok(x) => x,
+        Err(msg) => return out.fail(EXIT_USAGE, "usage", &msg),
+    };
     let line = words.join(" ");
     let mut conn = match Connection::connect(socket).await {
         Ok(c) => c,
@@ -126,7 +132,14 @@ pub async fn run(socket: &Path, words: &[String], json_out: bool) -> u8 {
     let verb = words.first().map(String::as_str).unwrap_or("");
     out.print(verb, &reply);
     if reply["ok"] != true {
-        return exit_code(reply["error"]["code"].as_str().unwrap_or("internal"));
+        let code = exit_code(reply["error"]["code"].as_str().unwrap_or("internal"));
+        if follow.wait {
+            super::follow::refused(&reply, code, out.json);
+        }
+        return code;
+    }
+    if follow.wait {
+        return super::follow::follow(&mut conn, &reply, &follow, out.json).await;
     }
     if verb == "watch" {
         loop {
@@ -205,6 +218,8 @@ pub fn render(verb: &str, v: &Value) -> String {
             v["generation"]
         ),
         "event" => render_event(v),
+        "rollout" if v.get("changes").is_none() => super::follow::render_rollout(&v["rollout"]),
+        "gates" => super::follow::render_gates(v),
         _ if v.get("changes").is_some() => render_change(v),
         _ => v.to_string(),
     }

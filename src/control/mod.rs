@@ -8,8 +8,9 @@
 //! to `watch` clients. Refusals are audited too. The rollout controller uses the same call.
 //!
 //! Modules: [`command`] parses a line, [`access`] decides who may run it, [`execute`] runs
-//! it, [`admin`] is the socket, [`reload`] re-reads the config, [`client`] is `switchyard ctl`,
-//! [`rollout`] is the pure rollout machine and [`controller`] drives it.
+//! it, [`admin`] is the socket, [`reload`] re-reads the config, [`client`] is `switchyard ctl`
+//! ([`follow`] its `--wait`), [`rollout`] is the pure rollout machine and [`controller`]
+//! drives it.
 
 pub mod access;
 pub mod admin;
@@ -19,6 +20,7 @@ pub mod command;
 pub mod controller;
 mod draft;
 pub mod execute;
+pub mod follow;
 pub mod reload;
 pub mod rollout;
 pub mod state;
