@@ -2,8 +2,9 @@
 //! lives in the library.
 //!
 //! Exit codes: 0 ok, 1 usage or internal error (also an invalid config); `ctl` adds the
-//! design's table (2 socket unreachable or permission denied, 7 conflict, 8 invalid
-//! transition), see `switchyard::control::client`.
+//! design's table (2 socket unreachable or permission denied, 3 rolled back by a gate,
+//! 4 aborted, 5 timeout, 6 paused, 7 conflict, 8 invalid transition), see
+//! `switchyard::control::client` and `switchyard::control::follow`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -50,9 +51,12 @@ enum Command {
     ///
     /// Human output on a terminal, one JSON object per line otherwise or with --json.
     /// Exit: 0 ok, 1 usage/internal, 2 socket unreachable or permission denied,
-    /// 7 conflict or rollout_active, 8 invalid transition.
+    /// 7 conflict or rollout_active, 8 invalid transition. `rollout ... --wait [--timeout D]`
+    /// follows the rollout: 0 promoted, 3 rolled back by a gate, 4 aborted, 5 timeout,
+    /// 6 paused; its last stdout line is a JSON summary.
     ///
     /// Examples: switchyard ctl status; switchyard ctl weight 10 expect-gen 4;
+    /// switchyard ctl rollout start --to green --wait --timeout 30m;
     /// switchyard ctl rollback to blue; switchyard ctl watch
     Ctl {
         /// Admin socket [default: $SWITCHYARD_SOCKET, else /run/switchyard/admin.sock]

@@ -254,7 +254,7 @@ fn render_status(v: &Value) -> String {
         }
     }
     if !v["rollout"].is_null() {
-        s.push_str(&format!("rollout {}\n", v["rollout"]));
+        s.push_str(&format!("{}\n", super::follow::render_record(&v["rollout"])));
     }
     s.trim_end().to_string()
 }

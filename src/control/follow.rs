@@ -261,6 +261,15 @@ pub fn render_rollout(view: &Value) -> String {
     s
 }
 
+/// The rollout record in `status`, as one line.
+pub fn render_record(record: &Value) -> String {
+    if record["phase"].is_string() && !record["id"].is_null() {
+        progress_line(record)
+    } else {
+        format!("rollout {record}")
+    }
+}
+
 /// `gates` for people: every gate of both pools.
 pub fn render_gates(v: &Value) -> String {
     let mut s = format!(
