@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod daemon;
+pub mod rollout;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -38,6 +39,10 @@ pub struct Behavior {
     pub wrong_hash: AtomicBool,
     pub status: AtomicU16,
     pub delay_ms: AtomicU64,
+    /// Every N-th counted request (N > 0) answers 500.
+    pub fail_every: AtomicU64,
+    /// The next N counted responses leave out the hash header.
+    pub omit_hash_next: AtomicU64,
 }
 
 pub struct Upstream {
@@ -119,7 +124,12 @@ async fn upstream_handle(
         }
         return Ok(resp);
     }
-    hits.fetch_add(1, Ordering::SeqCst);
+    let hit = hits.fetch_add(1, Ordering::SeqCst) as u64 + 1;
+    let fail_every = behavior.fail_every.load(Ordering::Relaxed);
+    let omit_once = behavior
+        .omit_hash_next
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok();
     if let Ok(mut l) = last.lock() {
         *l = Some(req.headers().clone());
     }
@@ -170,7 +180,9 @@ async fn upstream_handle(
             return Ok(resp);
         }
         _ => {
-            if status == StatusCode::OK && path == "/fail" {
+            if status == StatusCode::OK
+                && (path == "/fail" || (fail_every > 0 && hit % fail_every == 0))
+            {
                 status = StatusCode::INTERNAL_SERVER_ERROR;
             }
             full(name)
@@ -183,7 +195,7 @@ async fn upstream_handle(
     if behavior.wrong_hash.load(Ordering::Relaxed) {
         resp.headers_mut()
             .insert(HASH_HEADER, "0000000000000000".parse().unwrap());
-    } else if !behavior.omit_hash.load(Ordering::Relaxed) {
+    } else if !behavior.omit_hash.load(Ordering::Relaxed) && !omit_once {
         resp.headers_mut()
             .insert(HASH_HEADER, HASH.parse().unwrap());
     }
