@@ -4,7 +4,9 @@
 //! works.
 //!
 //! Verbs ([`super::command::VERBS`]): `status`, `weight PERCENT`, `rollback [to POOL]`,
-//! `pool POOL ready|drain|maint`, `backend POOL ADDR enable|disable`, `reload`, `watch`,
+//! `pool POOL ready|drain|maint`, `backend POOL ADDR enable|disable`, `reload`,
+//! `rollout start|pause|resume|promote|abort|status` and `gates` ([`super::controller`]),
+//! `watch`,
 //! `help`; each mutation takes a trailing `expect-gen N`. `watch` answers `{"ok":true,
 //! "watching":true,...}` and then streams one JSON event per line (`{"event":"route",...}`,
 //! the rollout's events, `{"event":"lagged","missed":N}` when this client fell behind)
