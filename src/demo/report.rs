@@ -17,6 +17,8 @@ pub struct Display {
     tty: bool,
     epoch: Instant,
     last_line: String,
+    last_head: String,
+    last_print: Instant,
     last_counts: (u64, u64, Instant),
 }
 
@@ -27,6 +29,8 @@ impl Display {
             tty: std::io::stdout().is_terminal(),
             epoch,
             last_line: String::new(),
+            last_head: String::new(),
+            last_print: Instant::now(),
             last_counts: (0, 0, Instant::now()),
         }
     }
@@ -80,35 +84,33 @@ impl Display {
     /// The progress line: phase, step, weight, requests per second per pool, gates.
     pub fn progress(&mut self, status: &Value, tally: &Tally) {
         let (b, g) = (tally.served(PoolId::Blue), tally.served(PoolId::Green));
-        let dt = self.last_counts.2.elapsed().as_secs_f64().max(0.001);
+        let dt = self.last_counts.2.elapsed().as_secs_f64();
+        if dt < 0.5 && self.tty {
+            return;
+        }
+        let dt = dt.max(0.001);
         let (rb, rg) = (
             (b - self.last_counts.0) as f64 / dt,
             (g - self.last_counts.1) as f64 / dt,
         );
         self.last_counts = (b, g, Instant::now());
-        let gates = status["gates"].as_array().map(|gs| {
-            gs.iter()
-                .filter(|g| g["pool"] == status["candidate"] || g["pool"].is_null())
-                .filter_map(|g| {
-                    let name = g["gate"].as_str()?;
-                    let verdict = g["verdict"].as_str().unwrap_or("?");
-                    Some(format!("{name}={verdict}"))
-                })
-                .collect::<Vec<_>>()
-                .join(" ")
-        });
-        let line = format!(
-            "{:<12} weight {:>6} to {:<5} | blue {:>5.0}/s green {:>5.0}/s | errors seen {} | {}",
+        let step = match (status["phase"].as_str(), status["step"].as_u64()) {
+            (Some("progressing"), Some(s)) => format!(" {}", s + 1),
+            _ => String::new(),
+        };
+        let head = format!(
+            "{}{step} | {} at {}",
             status["phase"].as_str().unwrap_or("?"),
+            status["candidate"].as_str().unwrap_or("?"),
             status["candidate_percent"]
                 .as_f64()
                 .map(|p| format!("{p}%"))
                 .unwrap_or_else(|| "?".into()),
-            status["candidate"].as_str().unwrap_or("?"),
-            rb,
-            rg,
+        );
+        let line = format!(
+            "{head:<28} | blue {rb:>4.0}/s green {rg:>4.0}/s | client errors {} | {}",
             tally.errors.load(Ordering::Relaxed),
-            gates.unwrap_or_default()
+            gate_summary(status)
         );
         if self.json {
             return;
@@ -120,9 +122,10 @@ impl Display {
             );
             let _ = std::io::stdout().flush();
             self.last_line = line;
-        } else if line != self.last_line {
+        } else if head != self.last_head || self.last_print.elapsed().as_secs_f64() >= 2.0 {
             println!("[{:6.1}s] {line}", self.elapsed_ms() as f64 / 1000.0);
-            self.last_line = line;
+            self.last_head = head;
+            self.last_print = Instant::now();
         }
     }
 
@@ -178,6 +181,51 @@ impl Display {
             println!("  - {why}");
         }
     }
+}
+
+/// The candidate's P99 and error rate against their limits, and any failing gate.
+fn gate_summary(status: &Value) -> String {
+    let gates: Vec<&Value> = status["gates"]
+        .as_array()
+        .map(|gs| {
+            gs.iter()
+                .filter(|g| g["pool"] == status["candidate"])
+                .collect()
+        })
+        .unwrap_or_default();
+    let show = |name: &str| {
+        let g = gates.iter().find(|g| g["gate"] == name)?;
+        let scale = if g["unit"] == "seconds" {
+            (1000.0, "ms")
+        } else {
+            (100.0, "%")
+        };
+        let fmt = |v: &Value| {
+            v.as_f64().map_or("-".to_string(), |x| {
+                format!("{:.1}{}", x * scale.0, scale.1)
+            })
+        };
+        Some(format!("{name} {}/{}", fmt(&g["value"]), fmt(&g["limit"])))
+    };
+    let mut parts: Vec<String> = ["p99_absolute", "error_rate"]
+        .iter()
+        .filter_map(|n| show(n))
+        .collect();
+    let failing: Vec<&str> = gates
+        .iter()
+        .filter(|g| g["verdict"] == "fail")
+        .filter_map(|g| g["gate"].as_str())
+        .collect();
+    let waiting = gates
+        .iter()
+        .filter(|g| g["verdict"] == "inconclusive")
+        .count();
+    if !failing.is_empty() {
+        parts.push(format!("FAILING: {}", failing.join(", ")));
+    } else if waiting > 0 {
+        parts.push(format!("{waiting} gates gathering samples"));
+    }
+    parts.join(" | ")
 }
 
 /// The demo's verdict.
