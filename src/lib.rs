@@ -153,7 +153,10 @@ impl Switchyard {
         ));
         // The rollout controller, with the rollout saved before a restart (a running one
         // comes back paused at the same weight).
-        let controller = Arc::new(control::controller::Controller::new(stats.clone(), metrics.clone()));
+        let controller = Arc::new(control::controller::Controller::new(
+            stats.clone(),
+            metrics.clone(),
+        ));
         control.attach_controller(controller.clone());
         controller.restore(&control);
         let strict_admin_lists = options.strict_admin_lists;

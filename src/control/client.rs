@@ -254,7 +254,10 @@ fn render_status(v: &Value) -> String {
         }
     }
     if !v["rollout"].is_null() {
-        s.push_str(&format!("{}\n", super::follow::render_record(&v["rollout"])));
+        s.push_str(&format!(
+            "{}\n",
+            super::follow::render_record(&v["rollout"])
+        ));
     }
     s.trim_end().to_string()
 }

@@ -7,7 +7,7 @@
 //! error run and hash violations since the phase began, each pool's backends in rotation —
 //! and steps the machine.
 //!
-//! Every transition (a decision, or an operator verb from [`verbs`]) is one
+//! Every transition (a decision, or an operator verb from `verbs`) is one
 //! [`Control::update`]: the route-table change (candidate weight, 100% stable on a rollback,
 //! the candidate as the stable pool on promotion) and the rollout's record are published,
 //! saved and audited together, with one generation. Then a `{"event":"rollout",...}` goes to
