@@ -12,7 +12,7 @@ use crate::config::PoolId;
 use crate::proxy::route::{Pool, PoolState};
 use crate::proxy::settings::Settings;
 
-/// Everything one [`Control::update`] may change, as a mutable copy of the current values.
+/// Everything one [`Control::update`](super::Control::update) may change, as a mutable copy of the current values.
 #[derive(Debug, Clone)]
 pub struct Draft {
     pub green_bp: u16,
