@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 mod backend;
+mod edge;
 mod fields;
 mod locate;
 mod pool;
@@ -110,6 +111,9 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub state: StateConfig,
     pub rollout: RolloutConfig,
+    pub security_headers: SecurityHeadersConfig,
+    pub request_id: RequestIdConfig,
+    pub access_log: AccessLogConfig,
 }
 
 impl Config {
@@ -152,6 +156,98 @@ pub struct ProxyConfig {
     /// When a pool is drained, its downstream connections are closed gradually over this
     /// window (HTTP/1.1 `Connection: close`, HTTP/2 GOAWAY) so clients rebalance.
     pub drain_window: Duration,
+    /// `[proxy.rate_limit]`: the limit of the plain listeners and of every TLS listener
+    /// without its own.
+    pub rate_limit: RateLimit,
+    /// `[proxy.rate_limit] max_keys`: clients tracked at once, across all listeners.
+    pub rate_limit_max_keys: usize,
+    pub concurrency: ConcurrencyConfig,
+}
+
+/// A per-client request rate limit (GCRA, the token bucket's exact twin): `burst` requests
+/// at once, refilled at `requests` per `period`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Requests per `period`; 0 turns the limit off.
+    pub requests: u32,
+    pub period: Duration,
+    /// Bucket size: requests a quiet client may send at once. At least 1 when on.
+    pub burst: u32,
+    pub key: RateLimitKey,
+}
+
+impl RateLimit {
+    pub fn is_on(&self) -> bool {
+        self.requests > 0
+    }
+}
+
+/// Whom a rate limit counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateLimitKey {
+    /// The client address after the `proxy.trusted_hops` rule.
+    Client,
+    /// The value of this header (an API key, say); requests without it count by client address.
+    Header(http::HeaderName),
+}
+
+/// `[proxy.concurrency]`: caps on in-flight requests per pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConcurrencyConfig {
+    /// `[blue, green]`; 0 means no cap.
+    pub max_inflight: [usize; 2],
+    /// Scale each cap with the pool's current share of new requests (plus `floor`).
+    pub by_weight: bool,
+    /// Added to a scaled cap, so a pool at 0.5% still takes a few requests.
+    pub floor: usize,
+}
+
+/// `[security_headers]`: response headers added to every response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecurityHeadersConfig {
+    pub headers: Vec<SecurityHeader>,
+}
+
+/// One security header. `Strict-Transport-Security` is only ever sent on TLS listeners.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecurityHeader {
+    pub name: http::HeaderName,
+    pub value: http::HeaderValue,
+    pub mode: HeaderMode,
+}
+
+/// What to do when the response already has the header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderMode {
+    /// Keep the backend's value; add ours only when it sent none.
+    SetIfAbsent,
+    /// Always replace it with ours.
+    Override,
+}
+
+/// `[request_id]`: the request id header, kept from the client when valid, else generated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestIdConfig {
+    /// `None` when request ids are off.
+    pub header: Option<http::HeaderName>,
+}
+
+/// `[access_log]`: one JSON line per request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLogConfig {
+    /// `None` when the access log is off.
+    pub target: Option<AccessLogTarget>,
+    pub include_query: bool,
+    /// Lines waiting for the writer; beyond that, lines are dropped and counted.
+    pub queue: usize,
+}
+
+/// Where access log lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    Stdout,
+    /// Reopened on SIGUSR1, for logrotate.
+    File(PathBuf),
 }
 
 /// `[[proxy.tls]]`: one TLS listener; the certificate is picked by SNI.
@@ -159,6 +255,9 @@ pub struct ProxyConfig {
 pub struct TlsListenerConfig {
     pub listen: SocketAddr,
     pub certs: Vec<CertPair>,
+    /// `[proxy.tls.rate_limit]`: this listener's own limit and buckets; `None` shares
+    /// `[proxy.rate_limit]` (limit and buckets) with the plain listeners.
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// PEM certificate chain and private key. Existence is checked when TLS is set up, not here.

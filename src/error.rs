@@ -27,13 +27,36 @@ pub enum ProxyError {
     #[error("pool {0} has no backend in rotation")]
     NoBackend(PoolId),
     #[error("connect to {backend} ({pool}) failed: {message}")]
-    Connect { pool: PoolId, backend: String, message: String },
+    Connect {
+        pool: PoolId,
+        backend: String,
+        message: String,
+    },
     #[error("{backend} ({pool}) sent no response head within {timeout:?}")]
-    UpstreamTimeout { pool: PoolId, backend: String, timeout: Duration },
+    UpstreamTimeout {
+        pool: PoolId,
+        backend: String,
+        timeout: Duration,
+    },
     #[error("{backend} ({pool}) failed: {message}")]
-    Upstream { pool: PoolId, backend: String, message: String },
+    Upstream {
+        pool: PoolId,
+        backend: String,
+        message: String,
+    },
     #[error("{backend} ({pool}) answered with constitutional hash {}", .reason.as_str())]
-    ResponseHash { pool: PoolId, backend: String, reason: HashReason },
+    ResponseHash {
+        pool: PoolId,
+        backend: String,
+        reason: HashReason,
+    },
+    /// The client is over its rate limit; charged to no pool.
+    #[error("client over its rate limit; retry in {retry_after:?}")]
+    RateLimited { retry_after: Duration },
+    /// The pool already has its cap of in-flight requests: the proxy's decision, so it is
+    /// not an upstream error and the rollout gates never see it.
+    #[error("pool {pool} is at its cap of {limit} in-flight requests")]
+    PoolBusy { pool: PoolId, limit: usize },
 }
 
 impl ProxyError {
@@ -41,11 +64,16 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Smuggling(_) | Self::ClientBody(_) => StatusCode::BAD_REQUEST,
-            Self::HeaderTooLarge { .. } | Self::TooManyHeaders { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::HeaderTooLarge { .. } | Self::TooManyHeaders { .. } => {
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            }
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RequestHash(_) => StatusCode::FORBIDDEN,
-            Self::NoBackend(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Connect { .. } | Self::Upstream { .. } | Self::ResponseHash { .. } => StatusCode::BAD_GATEWAY,
+            Self::NoBackend(_) | Self::PoolBusy { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Connect { .. } | Self::Upstream { .. } | Self::ResponseHash { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -79,6 +107,8 @@ impl ProxyError {
             Self::RequestHash(HashReason::Mismatch) => Rejection::HashMismatch,
             Self::NoBackend(_) => Rejection::NoBackend,
             Self::ClientBody(_) => Rejection::BadRequest,
+            Self::RateLimited { .. } => Rejection::RateLimited,
+            Self::PoolBusy { .. } => Rejection::PoolConcurrency,
             _ => return None,
         })
     }
@@ -95,6 +125,20 @@ impl ProxyError {
             Self::Connect { .. } | Self::Upstream { .. } => "upstream_unavailable",
             Self::UpstreamTimeout { .. } => "upstream_timeout",
             Self::ResponseHash { .. } => "upstream_constitutional_hash",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::PoolBusy { .. } => "pool_busy",
+        }
+    }
+
+    /// Seconds for `Retry-After` (RFC 9110 §10.2.3), for refusals that pass with time.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            // Rounded up: a client that waits this long is let in.
+            Self::RateLimited { retry_after } => {
+                Some(retry_after.as_nanos().div_ceil(1_000_000_000).max(1) as u64)
+            }
+            Self::PoolBusy { .. } => Some(1),
+            _ => None,
         }
     }
 
@@ -108,6 +152,9 @@ impl ProxyError {
         let mut v = serde_json::json!({ "error": self.code(), "status": self.status().as_u16() });
         if !reason.is_empty() {
             v["reason"] = reason.into();
+        }
+        if let Self::PoolBusy { pool, .. } = self {
+            v["pool"] = pool.as_str().into();
         }
         let mut s = v.to_string();
         s.push('\n');

@@ -47,6 +47,8 @@ use proxy::listener::{server_builder, Acceptor};
 use proxy::route::RouteHandle;
 use metrics::window::LiveStats;
 use proxy::service::Shared;
+use proxy::edge::access_log::AccessLog;
+use proxy::edge::Edge;
 use proxy::tls::TlsTerminator;
 
 /// Why the daemon could not start; each variant names the step that failed.
@@ -70,6 +72,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: proxy::tls::TlsError,
     },
+    #[error("cannot open the access log (access_log.path): {0}")]
+    AccessLog(std::io::Error),
 }
 
 /// What [`Switchyard::bind_with`] takes besides the config.
@@ -97,6 +101,7 @@ pub struct Switchyard {
     stats: Arc<LiveStats>,
     control: Arc<Control>,
     strict_admin_lists: bool,
+    edge: Arc<Edge>,
 }
 
 impl Switchyard {
@@ -113,6 +118,7 @@ impl Switchyard {
         let stats = Arc::new(LiveStats::new(Duration::from_secs(1), config.rollout.window));
         let table = proxy::initial_table(&config).map_err(StartError::Pools)?;
         let routes = Arc::new(RouteHandle::new(table));
+        let edge = Arc::new(Edge::new(&config, &metrics).map_err(StartError::AccessLog)?);
         let mut http = Vec::new();
         for &addr in &config.proxy.listen {
             http.push(bind_tcp(addr, "proxy", config.proxy.reuse_port)?);
@@ -171,6 +177,7 @@ impl Switchyard {
             stats,
             control,
             strict_admin_lists,
+            edge,
         })
     }
 
@@ -214,6 +221,11 @@ impl Switchyard {
         self.metrics.clone()
     }
 
+    /// The access log's writer, to reopen its file (`main` does on SIGUSR1); `None` when off.
+    pub fn access_log(&self) -> Option<AccessLog> {
+        self.edge.access_log.clone()
+    }
+
     /// The control plane: updates, reload (`main` calls it on SIGHUP), events.
     pub fn control(&self) -> Arc<Control> {
         self.control.clone()
@@ -233,6 +245,7 @@ impl Switchyard {
             stats,
             control,
             strict_admin_lists,
+            edge,
         } = self;
         for l in &http {
             if let Ok(addr) = l.local_addr() {
@@ -243,6 +256,7 @@ impl Switchyard {
             routes: routes.clone(),
             metrics: metrics.clone(),
             stats: stats.clone(),
+            edge: edge.clone(),
         });
         let tracker = TaskTracker::new();
         let acceptor = Arc::new(Acceptor {
@@ -257,11 +271,11 @@ impl Switchyard {
             loops.push(tokio::spawn(acceptor.clone().run_plain(l)));
         }
         let terminators: Vec<Arc<TlsTerminator>> = tls.iter().map(|(_, t)| t.clone()).collect();
-        for (l, t) in tls {
+        for (i, (l, t)) in tls.into_iter().enumerate() {
             if let Ok(addr) = l.local_addr() {
                 info!(%addr, "proxy tls listening");
             }
-            loops.push(tokio::spawn(acceptor.clone().run_tls(l, t)));
+            loops.push(tokio::spawn(acceptor.clone().run_tls(l, t, i + 1)));
         }
         tokio::spawn(proxy::health::run(routes.clone(), metrics.clone(), shutdown.clone()));
         tokio::spawn(control::controller::run(control.clone(), shutdown.clone()));
@@ -314,6 +328,11 @@ impl Switchyard {
             );
         }
         upkeep.abort();
+        if let Some(log) = &edge.access_log {
+            if !log.flush(Duration::from_secs(2)).await {
+                warn!("access log not flushed within 2s at shutdown");
+            }
+        }
         Ok(())
     }
 }

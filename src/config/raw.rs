@@ -18,6 +18,9 @@ pub(crate) struct RawConfig {
     pub metrics: Option<RawMetrics>,
     pub state: Option<RawState>,
     pub rollout: Option<RawRollout>,
+    pub security_headers: Option<RawSecurityHeaders>,
+    pub request_id: Option<RawRequestId>,
+    pub access_log: Option<RawAccessLog>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -33,6 +36,8 @@ pub(crate) struct RawProxy {
     pub retries: Option<RawRetries>,
     pub reuse_port: Option<bool>,
     pub drain_window: Option<RawDuration>,
+    pub rate_limit: Option<RawRateLimit>,
+    pub concurrency: Option<RawConcurrency>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -40,6 +45,7 @@ pub(crate) struct RawProxy {
 pub(crate) struct RawTls {
     pub listen: Option<String>,
     pub certs: Option<Vec<RawCertPair>>,
+    pub rate_limit: Option<RawRateLimit>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -189,6 +195,67 @@ pub(crate) struct RawGates {
     pub hash_violations_max: Option<u32>,
     pub tripwire_error_rate: Option<f64>,
     pub tripwire_min_requests: Option<u64>,
+}
+
+/// `[proxy.rate_limit]` and `[proxy.tls.rate_limit]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRateLimit {
+    pub requests: Option<u32>,
+    pub period: Option<RawDuration>,
+    pub burst: Option<u32>,
+    pub key: Option<String>,
+    pub max_keys: Option<usize>,
+}
+
+/// `[proxy.concurrency]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConcurrency {
+    pub max_inflight: Option<RawPerPool>,
+    pub by_weight: Option<bool>,
+    pub floor: Option<usize>,
+}
+
+/// `{ blue = N, green = M }`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPerPool {
+    pub blue: Option<usize>,
+    pub green: Option<usize>,
+}
+
+/// `[security_headers]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSecurityHeaders {
+    pub headers: Option<Vec<RawSecurityHeader>>,
+}
+
+/// One entry of `security_headers.headers`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSecurityHeader {
+    pub name: Option<String>,
+    pub value: Option<String>,
+    pub mode: Option<String>,
+}
+
+/// `[request_id]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRequestId {
+    pub enabled: Option<bool>,
+    pub header: Option<String>,
+}
+
+/// `[access_log]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAccessLog {
+    pub path: Option<String>,
+    pub include_query: Option<bool>,
+    pub queue: Option<usize>,
 }
 
 /// A duration as written (`"60s"`); the custom `expecting` makes a wrong TOML type

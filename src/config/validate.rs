@@ -20,7 +20,7 @@ use super::rollout::rollout;
 use super::units::parse_octal_mode;
 use super::{
     AdminConfig, Affinity, CertPair, Config, ConfigError, ConstitutionConfig, HashMode, Limits,
-    MetricsConfig, PoolConfig, PoolId, ProxyConfig, SplitConfig, StateConfig, Timeouts,
+    MetricsConfig, PoolConfig, PoolId, ProxyConfig, RateLimit, SplitConfig, StateConfig, Timeouts,
     TlsListenerConfig,
 };
 
@@ -57,6 +57,19 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         )?,
     };
     let rollout = rollout(raw.rollout.unwrap_or_default())?;
+    let request_id =
+        super::edge::request_id(raw.request_id.unwrap_or_default(), &constitution.header)?;
+    if request_id.header.is_some() && request_id.header == split.override_header {
+        return Err(invalid(
+            "request_id.header",
+            "is the same header as split.override_header; use another name, e.g. \"X-Request-Id\"",
+        ));
+    }
+    let mut reserved = vec![&constitution.header];
+    reserved.extend(request_id.header.as_ref());
+    let security_headers =
+        super::edge::security_headers(raw.security_headers.unwrap_or_default(), &reserved)?;
+    let access_log = super::edge::access_log(raw.access_log.unwrap_or_default())?;
     Ok(Config {
         proxy,
         pools,
@@ -66,6 +79,9 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         metrics,
         state,
         rollout,
+        security_headers,
+        request_id,
+        access_log,
     })
 }
 
@@ -77,12 +93,14 @@ fn proxy(raw: RawProxy) -> Result<ProxyConfig, ConfigError> {
         .enumerate()
         .map(|(i, text)| socket_addr(&format!("proxy.listen[{i}]"), text))
         .collect::<Result<Vec<_>, _>>()?;
+    let (rate_limit, rate_limit_max_keys) =
+        super::edge::rate_limit(raw.rate_limit.unwrap_or_default())?;
     let tls = raw
         .tls
         .unwrap_or_default()
         .into_iter()
         .enumerate()
-        .map(|(i, t)| tls_listener(&format!("proxy.tls[{i}]"), t))
+        .map(|(i, t)| tls_listener(&format!("proxy.tls[{i}]"), t, &rate_limit))
         .collect::<Result<Vec<_>, _>>()?;
     if listen.is_empty() && tls.is_empty() {
         return Err(invalid(
@@ -107,11 +125,24 @@ fn proxy(raw: RawProxy) -> Result<ProxyConfig, ConfigError> {
         limits: limits(raw.limits.unwrap_or_default())?,
         retries: super::pool::retries(raw.retries.unwrap_or_default())?,
         reuse_port: raw.reuse_port.unwrap_or(true),
-        drain_window: duration_between("proxy.drain_window", raw.drain_window, 5 * SECOND, Duration::ZERO, Some(10 * MINUTE))?,
+        drain_window: duration_between(
+            "proxy.drain_window",
+            raw.drain_window,
+            5 * SECOND,
+            Duration::ZERO,
+            Some(10 * MINUTE),
+        )?,
+        rate_limit,
+        rate_limit_max_keys,
+        concurrency: super::edge::concurrency(raw.concurrency.unwrap_or_default())?,
     })
 }
 
-fn tls_listener(key: &str, raw: RawTls) -> Result<TlsListenerConfig, ConfigError> {
+fn tls_listener(
+    key: &str,
+    raw: RawTls,
+    default_limit: &RateLimit,
+) -> Result<TlsListenerConfig, ConfigError> {
     let listen = match raw.listen {
         Some(text) => socket_addr(&format!("{key}.listen"), &text)?,
         None => {
@@ -145,7 +176,15 @@ fn tls_listener(key: &str, raw: RawTls) -> Result<TlsListenerConfig, ConfigError
             key: file("key", pair.key, "/etc/switchyard/site.key")?,
         });
     }
-    Ok(TlsListenerConfig { listen, certs })
+    let rate_limit = match raw.rate_limit {
+        None => None,
+        Some(r) => Some(super::edge::tls_rate_limit(key, r, default_limit)?),
+    };
+    Ok(TlsListenerConfig {
+        listen,
+        certs,
+        rate_limit,
+    })
 }
 
 fn timeouts(raw: RawTimeouts) -> Result<Timeouts, ConfigError> {

@@ -11,7 +11,9 @@ pub mod window;
 use std::sync::Arc;
 
 use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
 
 use crate::config::PoolId;
 
@@ -43,7 +45,13 @@ pub enum UpstreamErrorKind {
 }
 
 impl UpstreamErrorKind {
-    const ALL: [UpstreamErrorKind; 5] = [Self::Connect, Self::Timeout, Self::Reset, Self::Status5xx, Self::Hash];
+    const ALL: [UpstreamErrorKind; 5] = [
+        Self::Connect,
+        Self::Timeout,
+        Self::Reset,
+        Self::Status5xx,
+        Self::Hash,
+    ];
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Connect => "connect",
@@ -66,10 +74,12 @@ pub enum Rejection {
     NoBackend,
     BadRequest,
     HeaderTimeout,
+    RateLimited,
+    PoolConcurrency,
 }
 
 impl Rejection {
-    const ALL: [Rejection; 8] = [
+    const ALL: [Rejection; 10] = [
         Self::Smuggling,
         Self::HeaderTooLarge,
         Self::BodyTooLarge,
@@ -78,6 +88,8 @@ impl Rejection {
         Self::NoBackend,
         Self::BadRequest,
         Self::HeaderTimeout,
+        Self::RateLimited,
+        Self::PoolConcurrency,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -89,6 +101,8 @@ impl Rejection {
             Self::NoBackend => "no_backend",
             Self::BadRequest => "bad_request",
             Self::HeaderTimeout => "header_timeout",
+            Self::RateLimited => "rate_limited",
+            Self::PoolConcurrency => "pool_concurrency",
         }
     }
 }
@@ -121,18 +135,25 @@ pub struct Metrics {
     /// `[pool][reason]` for responses.
     response_violations: [[Counter; 2]; 2],
     request_violations: [Counter; 2],
-    rejected: [Counter; 8],
+    rejected: [Counter; 10],
     pub green_weight: Gauge,
     pub generation: Gauge,
     pub connections_active: Gauge,
     pub accept_errors: Counter,
     retries: [Counter; 2],
+    rate_limited: Counter,
+    pub rate_limit_keys: Gauge,
+    pub rate_limit_keys_max: Gauge,
+    rate_limit_evictions: Counter,
+    pool_concurrency_rejected: [Counter; 2],
+    /// `[queue_full, write_error]`
+    pub access_log_dropped: [Counter; 2],
 }
 
 /// Latency buckets in seconds: dense below the 5 ms P99 target, sparse above.
 const DURATION_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-    2.5, 5.0, 10.0,
+    0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1,
+    0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
 fn meta() -> Metadata<'static> {
@@ -142,7 +163,10 @@ fn meta() -> Metadata<'static> {
 impl Metrics {
     pub fn new() -> Arc<Metrics> {
         let recorder = PrometheusBuilder::new()
-            .set_buckets_for_metric(Matcher::Full(names::REQUEST_DURATION_SECONDS.to_string()), DURATION_BUCKETS)
+            .set_buckets_for_metric(
+                Matcher::Full(names::REQUEST_DURATION_SECONDS.to_string()),
+                DURATION_BUCKETS,
+            )
             .expect("static bucket list is non-empty")
             .build_recorder();
         let handle = recorder.handle();
@@ -150,37 +174,61 @@ impl Metrics {
             // The exporter keeps one description per name whatever the kind.
             recorder.describe_counter((*name).into(), None, (*help).into());
         }
-        let counter = |name: &'static str, labels: Vec<Label>| recorder.register_counter(&Key::from_parts(name, labels), &meta());
+        let counter = |name: &'static str, labels: Vec<Label>| {
+            recorder.register_counter(&Key::from_parts(name, labels), &meta())
+        };
         let gauge = |name: &'static str| recorder.register_gauge(&Key::from_name(name), &meta());
 
         let charges = ["blue", "green", "none"];
         let classes = ["1xx", "2xx", "3xx", "4xx", "5xx"];
         let requests = charges.map(|pool| {
             classes.map(|class| {
-                counter(names::REQUESTS_TOTAL, vec![Label::new("pool", pool), Label::new("code_class", class)])
+                counter(
+                    names::REQUESTS_TOTAL,
+                    vec![Label::new("pool", pool), Label::new("code_class", class)],
+                )
             })
         });
         let duration = PoolId::ALL.map(|p| {
             recorder.register_histogram(
-                &Key::from_parts(names::REQUEST_DURATION_SECONDS, vec![Label::new("pool", p.as_str())]),
+                &Key::from_parts(
+                    names::REQUEST_DURATION_SECONDS,
+                    vec![Label::new("pool", p.as_str())],
+                ),
                 &meta(),
             )
         });
         let upstream_errors = PoolId::ALL.map(|p| {
             UpstreamErrorKind::ALL.map(|k| {
-                counter(names::UPSTREAM_ERRORS_TOTAL, vec![Label::new("pool", p.as_str()), Label::new("kind", k.as_str())])
+                counter(
+                    names::UPSTREAM_ERRORS_TOTAL,
+                    vec![
+                        Label::new("pool", p.as_str()),
+                        Label::new("kind", k.as_str()),
+                    ],
+                )
             })
         });
         let violation = |pool: &'static str, direction: &'static str, reason: HashReason| {
             counter(
                 names::HASH_VIOLATIONS_TOTAL,
-                vec![Label::new("pool", pool), Label::new("direction", direction), Label::new("reason", reason.as_str())],
+                vec![
+                    Label::new("pool", pool),
+                    Label::new("direction", direction),
+                    Label::new("reason", reason.as_str()),
+                ],
             )
         };
         let reasons = [HashReason::Missing, HashReason::Mismatch];
-        let response_violations = PoolId::ALL.map(|p| reasons.map(|r| violation(p.as_str(), "response", r)));
+        let response_violations =
+            PoolId::ALL.map(|p| reasons.map(|r| violation(p.as_str(), "response", r)));
         let request_violations = reasons.map(|r| violation("none", "request", r));
-        let rejected = Rejection::ALL.map(|r| counter(names::REJECTED_REQUESTS_TOTAL, vec![Label::new("reason", r.as_str())]));
+        let rejected = Rejection::ALL.map(|r| {
+            counter(
+                names::REJECTED_REQUESTS_TOTAL,
+                vec![Label::new("reason", r.as_str())],
+            )
+        });
 
         Arc::new(Metrics {
             requests,
@@ -193,7 +241,24 @@ impl Metrics {
             generation: gauge(names::GENERATION),
             connections_active: gauge(names::CONNECTIONS_ACTIVE),
             accept_errors: counter(names::ACCEPT_ERRORS_TOTAL, vec![]),
-            retries: PoolId::ALL.map(|p| counter(names::RETRIES_TOTAL, vec![Label::new("pool", p.as_str())])),
+            retries: PoolId::ALL
+                .map(|p| counter(names::RETRIES_TOTAL, vec![Label::new("pool", p.as_str())])),
+            rate_limited: counter(names::RATE_LIMITED_TOTAL, vec![]),
+            rate_limit_keys: gauge(names::RATE_LIMIT_KEYS),
+            rate_limit_keys_max: gauge(names::RATE_LIMIT_KEYS_MAX),
+            rate_limit_evictions: counter(names::RATE_LIMIT_EVICTIONS_TOTAL, vec![]),
+            pool_concurrency_rejected: PoolId::ALL.map(|p| {
+                counter(
+                    names::POOL_CONCURRENCY_REJECTED_TOTAL,
+                    vec![Label::new("pool", p.as_str())],
+                )
+            }),
+            access_log_dropped: ["queue_full", "write_error"].map(|r| {
+                counter(
+                    names::ACCESS_LOG_DROPPED_TOTAL,
+                    vec![Label::new("reason", r)],
+                )
+            }),
             handle,
             recorder,
         })
@@ -211,11 +276,13 @@ impl Metrics {
 
     /// A gauge or counter outside the per-request set (control plane: rollout, health).
     pub fn gauge(&self, name: &'static str, labels: Vec<Label>) -> Gauge {
-        self.recorder.register_gauge(&Key::from_parts(name, labels), &meta())
+        self.recorder
+            .register_gauge(&Key::from_parts(name, labels), &meta())
     }
 
     pub fn counter(&self, name: &'static str, labels: Vec<Label>) -> Counter {
-        self.recorder.register_counter(&Key::from_parts(name, labels), &meta())
+        self.recorder
+            .register_counter(&Key::from_parts(name, labels), &meta())
     }
 
     pub fn request(&self, charge: Charge, status: u16) {
@@ -245,5 +312,24 @@ impl Metrics {
 
     pub fn rejected(&self, why: Rejection) {
         self.rejected[why as usize].increment(1);
+    }
+
+    /// A request over its client's rate limit (answered 429).
+    pub fn rate_limited(&self) {
+        self.rate_limited.increment(1);
+    }
+
+    /// What a rate-limit check did to the client table.
+    pub fn rate_table(&self, inserted: bool, evicted: bool) {
+        if evicted {
+            self.rate_limit_evictions.increment(1);
+        } else if inserted {
+            self.rate_limit_keys.increment(1.0);
+        }
+    }
+
+    /// A request refused because `pool` was at its in-flight cap (answered 503).
+    pub fn pool_concurrency_rejected(&self, pool: PoolId) {
+        self.pool_concurrency_rejected[pool.index()].increment(1);
     }
 }

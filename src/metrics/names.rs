@@ -16,6 +16,12 @@ pub const CONNECTIONS_ACTIVE: &str = "switchyard_connections_active";
 pub const REJECTED_REQUESTS_TOTAL: &str = "switchyard_rejected_requests_total";
 pub const ACCEPT_ERRORS_TOTAL: &str = "switchyard_accept_errors_total";
 pub const RETRIES_TOTAL: &str = "switchyard_retries_total";
+pub const RATE_LIMITED_TOTAL: &str = "switchyard_rate_limited_total";
+pub const RATE_LIMIT_KEYS: &str = "switchyard_rate_limit_keys";
+pub const RATE_LIMIT_KEYS_MAX: &str = "switchyard_rate_limit_keys_max";
+pub const RATE_LIMIT_EVICTIONS_TOTAL: &str = "switchyard_rate_limit_evictions_total";
+pub const POOL_CONCURRENCY_REJECTED_TOTAL: &str = "switchyard_pool_concurrency_rejected_total";
+pub const ACCESS_LOG_DROPPED_TOTAL: &str = "switchyard_access_log_dropped_total";
 
 /// (name, help) for every metric, described once at start-up.
 pub const HELP: &[(&str, &str)] = &[
@@ -30,7 +36,13 @@ pub const HELP: &[(&str, &str)] = &[
     (BACKEND_HEALTHY, "1 when the backend is in rotation, 0 when it is not."),
     (UPSTREAM_ERRORS_TOTAL, "Upstream failures charged to a pool, by kind (connect, timeout, reset, status_5xx, hash)."),
     (CONNECTIONS_ACTIVE, "Open downstream connections."),
-    (REJECTED_REQUESTS_TOTAL, "Requests the proxy refused itself, by reason (smuggling, header_too_large, body_too_large, header_timeout, hash_missing, hash_mismatch, no_backend)."),
+    (REJECTED_REQUESTS_TOTAL, "Requests the proxy refused itself, by reason (smuggling, header_too_large, body_too_large, header_timeout, hash_missing, hash_mismatch, no_backend, bad_request, rate_limited, pool_concurrency)."),
     (RETRIES_TOTAL, "Requests retried on another backend after a connect failure (nothing had been sent)."),
     (ACCEPT_ERRORS_TOTAL, "Errors returned by accept(); the listener backs off after each."),
+    (RATE_LIMITED_TOTAL, "Requests answered 429 because their client was over its rate limit; charged to no pool."),
+    (RATE_LIMIT_KEYS, "Clients held in the rate-limit table."),
+    (RATE_LIMIT_KEYS_MAX, "Most clients the rate-limit table holds (proxy.rate_limit.max_keys, rounded down to whole shards)."),
+    (RATE_LIMIT_EVICTIONS_TOTAL, "Clients evicted from the full rate-limit table to make room for new ones."),
+    (POOL_CONCURRENCY_REJECTED_TOTAL, "Requests answered 503 because their pool was at its in-flight cap (the proxy's decision, not a backend error), by pool."),
+    (ACCESS_LOG_DROPPED_TOTAL, "Access log lines not written, by reason (queue_full: the writer fell behind; write_error)."),
 ];

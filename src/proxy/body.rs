@@ -3,6 +3,8 @@
 //! response body ends (responses). Neither buffers.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -36,12 +38,19 @@ pin_project! {
         inner: Incoming,
         seen: u64,
         limit: u64,
+        // Shared with the access-log line (bytes_in), when there is one.
+        counter: Option<Arc<AtomicU64>>,
     }
 }
 
 impl LimitedBody {
     pub fn new(inner: Incoming, limit: u64) -> Self {
-        LimitedBody { inner, seen: 0, limit }
+        LimitedBody { inner, seen: 0, limit, counter: None }
+    }
+
+    /// As [`LimitedBody::new`], also adding every data byte to `counter`.
+    pub fn counted(inner: Incoming, limit: u64, counter: Arc<AtomicU64>) -> Self {
+        LimitedBody { inner, seen: 0, limit, counter: Some(counter) }
     }
 }
 
@@ -55,6 +64,9 @@ impl Body for LimitedBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     *this.seen += data.len() as u64;
+                    if let Some(c) = this.counter {
+                        c.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    }
                     if *this.seen > *this.limit {
                         return Poll::Ready(Some(Err(BodyTooLarge { limit: *this.limit }.into())));
                     }

@@ -3,11 +3,9 @@
 //! On shutdown the loop stops accepting and every connection is asked to finish gracefully.
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::HeaderValue;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -20,6 +18,7 @@ use tracing::{debug, warn};
 
 use crate::config::Config;
 use crate::metrics::Rejection;
+use crate::proxy::edge::ListenerIndex;
 use crate::proxy::service::{handle, Conn, Shared};
 use crate::proxy::sniff::{FramingVerdict, SniffIo};
 use crate::proxy::tls::TlsTerminator;
@@ -64,7 +63,8 @@ impl Acceptor {
     }
 
     /// Accepts TLS connections until shutdown; the handshake has its own deadline.
-    pub async fn run_tls(self: Arc<Self>, listener: TcpListener, tls: Arc<TlsTerminator>) {
+    /// `index` is the listener's [`ListenerIndex`] (its `[[proxy.tls]]` position + 1).
+    pub async fn run_tls(self: Arc<Self>, listener: TcpListener, tls: Arc<TlsTerminator>, index: ListenerIndex) {
         self.accept_loop(listener, move |this, stream, peer| {
             let tls = tls.clone();
             async move {
@@ -73,7 +73,7 @@ impl Acceptor {
                 match handshake {
                     Ok(Ok(stream)) => {
                         let framing = FramingVerdict::new();
-                        this.serve_io(SniffIo::new(stream, framing.clone()), framing, peer, "https").await;
+                        this.serve_io(SniffIo::new(stream, framing.clone()), framing, peer, "https", index).await;
                     }
                     Ok(Err(e)) => warn!(client.addr = %peer, error = %e, "TLS handshake failed"),
                     Err(_) => debug!(client.addr = %peer, "TLS handshake timed out"),
@@ -125,23 +125,24 @@ impl Acceptor {
     async fn serve(&self, stream: TcpStream, peer: SocketAddr, proto: &'static str) {
         let _ = stream.set_nodelay(true);
         let framing = FramingVerdict::new();
-        self.serve_io(SniffIo::new(stream, framing.clone()), framing, peer, proto).await;
+        self.serve_io(SniffIo::new(stream, framing.clone()), framing, peer, proto, 0).await;
     }
 
     /// Serves one connection (plain or already TLS-terminated) to its end.
-    pub async fn serve_io<I>(&self, io: I, framing: Arc<FramingVerdict>, peer: SocketAddr, proto: &'static str)
+    pub async fn serve_io<I>(
+        &self,
+        io: I,
+        framing: Arc<FramingVerdict>,
+        peer: SocketAddr,
+        proto: &'static str,
+        listener: ListenerIndex,
+    )
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let metrics = &self.shared.metrics;
         metrics.connections_active.increment(1.0);
-        let conn = Arc::new(Conn {
-            shared: self.shared.clone(),
-            framing,
-            requests: AtomicU64::new(0),
-            client_ip: HeaderValue::from_str(&peer.ip().to_string()).expect("an IP address is a valid header value"),
-            proto,
-        });
+        let conn = Arc::new(Conn::new(self.shared.clone(), framing, peer, proto, listener));
         let service = service_fn(move |req| handle(conn.clone(), req));
         let served = self.builder.serve_connection_with_upgrades(TokioIo::new(io), service);
         tokio::pin!(served);

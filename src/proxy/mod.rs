@@ -7,6 +7,7 @@
 //! waits on a lock.
 
 pub mod body;
+pub mod edge;
 pub mod headers;
 pub mod health;
 pub mod listener;

@@ -1,9 +1,12 @@
-//! DATA PLANE: the request function. In order: validate → route → forward → check the
-//! answer → record. [`handle`] builds the response; [`handle_inner`] returns a typed error
-//! that [`handle`] maps to a status in one place.
+//! DATA PLANE: the request function. In order: request id → validate → rate limit → hash →
+//! route → pool cap → forward → check the answer → record; then security headers on every
+//! response, and the access-log line when the response body ends ([`crate::proxy::edge`]).
+//! [`handle`] builds the response; [`handle_inner`] returns a typed error that [`handle`]
+//! maps to a status in one place.
 
 use std::convert::Infallible;
 use std::error::Error as _;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,8 +24,11 @@ use crate::error::ProxyError;
 use crate::metrics::window::{LiveStats, Outcome};
 use crate::metrics::{Charge, Metrics, UpstreamErrorKind};
 use crate::proxy::body::{BodyTooLarge, LimitedBody, ProxyBody, RequestBodyError};
+use crate::proxy::edge::access_log::{HashVerdict, RateVerdict};
+use crate::proxy::edge::record::{Arrival, Pending, Trace, TracedBody};
+use crate::proxy::edge::{client, request_id, Edge, ListenerIndex};
 use crate::proxy::headers;
-use crate::proxy::route::{Backend, InflightGuard, RouteHandle, RouteTable};
+use crate::proxy::route::{Backend, InflightGuard, RouteHandle, RouteTable, FULL_BP};
 use crate::proxy::settings::{Settings, OVERRIDE_TOKEN_HEADER};
 use crate::proxy::sniff::FramingVerdict;
 
@@ -32,6 +38,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Per-pool live statistics for the rollout gates: upstream outcomes only.
     pub stats: Arc<LiveStats>,
+    /// Rate-limit table, pool in-flight counters, access-log writer.
+    pub edge: Arc<Edge>,
 }
 
 /// Per-connection facts, computed once at accept.
@@ -43,32 +51,104 @@ pub struct Conn {
     pub requests: AtomicU64,
     pub client_ip: HeaderValue,
     pub proto: &'static str,
+    /// The peer's address (the client unless `proxy.trusted_hops` says otherwise).
+    pub peer: IpAddr,
+    pub listener: ListenerIndex,
+    /// Accepted on a TLS listener (`proto` is "https").
+    pub tls: bool,
+}
+
+impl Conn {
+    pub fn new(
+        shared: Arc<Shared>,
+        framing: Arc<FramingVerdict>,
+        peer: SocketAddr,
+        proto: &'static str,
+        listener: ListenerIndex,
+    ) -> Conn {
+        let client_ip = HeaderValue::from_str(&peer.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Conn {
+            shared,
+            framing,
+            requests: AtomicU64::new(0),
+            client_ip,
+            proto,
+            peer: peer.ip(),
+            listener,
+            tls: proto == "https",
+        }
+    }
 }
 
 static ROOT: PathAndQuery = PathAndQuery::from_static("/");
 
-pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+pub async fn handle(
+    conn: Arc<Conn>,
+    mut req: Request<Incoming>,
+) -> Result<Response<TracedBody>, Infallible> {
     let start = Instant::now();
     let table = conn.shared.routes.load();
+    let s = &*table.settings;
+    let edge = &s.edge;
     let version = req.version();
     let has_body = !req.body().is_end_stream();
     let metrics = &conn.shared.metrics;
-    let mut resp = match handle_inner(&conn, &table, req, start).await {
+    let request_id = edge
+        .request_id
+        .as_ref()
+        .map(|name| request_id::ensure(req.headers_mut(), name));
+    let client = client::client_addr(req.headers(), conn.peer, edge.trusted_hops);
+    let mut trace = Trace::default();
+    let mut pending = match &conn.shared.edge.access_log {
+        None => Pending::none(),
+        Some(log) => {
+            trace.logging = true;
+            let arrival = Arrival {
+                start,
+                client,
+                method: req.method(),
+                uri: req.uri(),
+                proto: conn.proto,
+                generation: table.generation,
+                include_query: edge.include_query,
+            };
+            Pending::start(log, arrival)
+        }
+    };
+    let mut resp = match handle_inner(&conn, &table, req, start, client, &mut trace).await {
         Ok(resp) => resp,
         Err(err) => {
             debug!(error = %err, generation = table.generation, "answered by the proxy");
             if let Some((pool, kind)) = err.upstream() {
-                let outcome = if kind == UpstreamErrorKind::Hash { Outcome::HashViolation } else { Outcome::Error };
+                let outcome = if kind == UpstreamErrorKind::Hash {
+                    Outcome::HashViolation
+                } else {
+                    Outcome::Error
+                };
                 conn.shared.stats.record_from(start, pool, outcome);
             }
+            trace.error = Some(err.code());
             error_response(metrics, &err, version, has_body)
         }
     };
-    resp.headers_mut().insert(table.settings.hash_header.clone(), table.settings.hash_value.clone());
-    Ok(resp)
+    let h = resp.headers_mut();
+    h.insert(s.hash_header.clone(), s.hash_value.clone());
+    if let (Some(name), Some(id)) = (&edge.request_id, &request_id) {
+        h.insert(name, id.clone());
+    }
+    edge.security.apply(h, conn.tls);
+    pending.update(&trace, request_id.as_ref());
+    let status = resp.status().as_u16();
+    Ok(resp.map(|body| pending.into_body(body, status, &mut trace)))
 }
 
-fn error_response(metrics: &Metrics, err: &ProxyError, version: Version, has_body: bool) -> Response<ProxyBody> {
+fn error_response(
+    metrics: &Metrics,
+    err: &ProxyError,
+    version: Version,
+    has_body: bool,
+) -> Response<ProxyBody> {
     let status = err.status();
     metrics.request(err.charge(), status.as_u16());
     if let Some((pool, kind)) = err.upstream() {
@@ -77,12 +157,22 @@ fn error_response(metrics: &Metrics, err: &ProxyError, version: Version, has_bod
     if let Some(why) = err.rejection() {
         metrics.rejected(why);
     }
+    if let ProxyError::PoolBusy { pool, .. } = err {
+        metrics.pool_concurrency_rejected(*pool);
+    }
     let mut resp = Response::new(ProxyBody::full(err.body()));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Some(secs) = err.retry_after() {
+        h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
     // An unread request body, or a framing we refuse, leaves the connection unusable.
-    let close = matches!(err, ProxyError::Smuggling(_)) || (has_body && err.charge() == Charge::Proxy);
+    let close =
+        matches!(err, ProxyError::Smuggling(_)) || (has_body && err.charge() == Charge::Proxy);
     if close && version <= Version::HTTP_11 {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
@@ -93,14 +183,23 @@ fn error_response(metrics: &Metrics, err: &ProxyError, version: Version, has_bod
 fn validate(req: &http::request::Parts, s: &Settings) -> Result<(), ProxyError> {
     headers::check_framing(&req.headers).map_err(ProxyError::Smuggling)?;
     if req.headers.len() > s.max_headers {
-        return Err(ProxyError::TooManyHeaders { limit: s.max_headers });
+        return Err(ProxyError::TooManyHeaders {
+            limit: s.max_headers,
+        });
     }
     if headers::header_bytes(&req.headers) > s.max_header_bytes {
-        return Err(ProxyError::HeaderTooLarge { limit: s.max_header_bytes });
+        return Err(ProxyError::HeaderTooLarge {
+            limit: s.max_header_bytes,
+        });
     }
-    let declared = req.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let declared = req
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|len| len > s.max_body_bytes) {
-        return Err(ProxyError::BodyTooLarge { limit: s.max_body_bytes });
+        return Err(ProxyError::BodyTooLarge {
+            limit: s.max_body_bytes,
+        });
     }
     Ok(())
 }
@@ -109,7 +208,11 @@ fn validate(req: &http::request::Parts, s: &Settings) -> Result<(), ProxyError> 
 fn choose_pool(req: &http::request::Parts, table: &RouteTable) -> PoolId {
     let s = &table.settings;
     if let Some(name) = &s.override_header {
-        if let Some(pool) = req.headers.get(name).and_then(|v| PoolId::parse(v.to_str().ok()?)) {
+        if let Some(pool) = req
+            .headers
+            .get(name)
+            .and_then(|v| PoolId::parse(v.to_str().ok()?))
+        {
             let trusted = match &s.override_token {
                 Some(token) => req.headers.get(&OVERRIDE_TOKEN_HEADER) == Some(token),
                 None => false,
@@ -132,6 +235,8 @@ async fn handle_inner(
     table: &RouteTable,
     req: Request<Incoming>,
     start: Instant,
+    client: IpAddr,
+    trace: &mut Trace,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let s = &*table.settings;
     let metrics = &conn.shared.metrics;
@@ -142,8 +247,27 @@ async fn handle_inner(
     }
     validate(&parts, s)?;
 
+    let edge = &conn.shared.edge;
+    match edge.check_rate(
+        &s.edge,
+        conn.listener,
+        &parts.headers,
+        client,
+        start,
+        metrics,
+    ) {
+        Ok(verdict) => trace.rate_limit = verdict,
+        Err(retry_after) => {
+            trace.rate_limit = RateVerdict::Limited;
+            metrics.rate_limited();
+            return Err(ProxyError::RateLimited { retry_after });
+        }
+    }
+
     if s.requests != HashMode::Off {
-        if let Err(reason) = headers::check_hash(&parts.headers, &s.hash_header, &s.hash_value) {
+        let verdict = headers::check_hash(&parts.headers, &s.hash_header, &s.hash_value);
+        trace.hash_request = HashVerdict::of(verdict);
+        if let Err(reason) = verdict {
             metrics.request_violation(reason);
             if s.requests == HashMode::Enforce {
                 return Err(ProxyError::RequestHash(reason));
@@ -156,16 +280,40 @@ async fn handle_inner(
         parts.headers.remove(name);
         parts.headers.remove(&OVERRIDE_TOKEN_HEADER);
     }
+    trace.pool = Some(pool_id);
+    let share = match pool_id {
+        PoolId::Green => table.effective_green_bp(),
+        PoolId::Blue => FULL_BP - table.effective_green_bp(),
+    };
+    if let Some(limit) = s.edge.caps[pool_id.index()].limit(share) {
+        match edge.inflight.try_acquire(pool_id, limit) {
+            Some(permit) => trace.permit = Some(permit),
+            None => {
+                return Err(ProxyError::PoolBusy {
+                    pool: pool_id,
+                    limit,
+                })
+            }
+        }
+    }
     let pool = table.pool(pool_id);
     pool.retries.deposit();
 
     let upgrade = parts.version == Version::HTTP_11 && headers::wants_upgrade(&parts.headers);
-    let downstream_upgrade = if upgrade { parts.extensions.remove::<OnUpgrade>() } else { None };
+    let downstream_upgrade = if upgrade {
+        parts.extensions.remove::<OnUpgrade>()
+    } else {
+        None
+    };
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     headers::add_forwarded(&mut parts.headers, &conn.client_ip, conn.proto);
     if !parts.headers.contains_key(header::HOST) {
         // HTTP/2 carries the host in :authority; HTTP/1.1 backends need it as Host.
-        if let Some(host) = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+        if let Some(host) = parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
             parts.headers.insert(header::HOST, host);
         }
     }
@@ -176,7 +324,14 @@ async fn handle_inner(
     }
     parts.version = Version::HTTP_11;
     parts.extensions.clear();
-    let mut req = Request::from_parts(parts, LimitedBody::new(body, s.max_body_bytes));
+    let body = if trace.logging {
+        let counter = Arc::new(AtomicU64::new(0));
+        trace.bytes_in = Some(counter.clone());
+        LimitedBody::counted(body, s.max_body_bytes, counter)
+    } else {
+        LimitedBody::new(body, s.max_body_bytes)
+    };
+    let mut req = Request::from_parts(parts, body);
 
     // Nothing has reached a backend until a connection is up and the request is handed to
     // it, so connect failures (and pooled connections found closed) are retried: on
@@ -189,14 +344,26 @@ async fn handle_inner(
             return Err(failed.map_or(ProxyError::NoBackend(pool_id), |f| f.1));
         };
         let guard = InflightGuard::new(backend.clone());
-        let mut checkout = match backend.conns.checkout(&backend.addr, backend.socket_addr).await {
+        if trace.logging {
+            trace.backend = Some(backend.clone());
+        }
+        let mut checkout = match backend
+            .conns
+            .checkout(&backend.addr, backend.socket_addr)
+            .await
+        {
             Ok(c) => c,
             Err(e) => {
-                let err = ProxyError::Connect { pool: pool_id, backend: backend.addr.clone(), message: e.to_string() };
+                let err = ProxyError::Connect {
+                    pool: pool_id,
+                    backend: backend.addr.clone(),
+                    message: e.to_string(),
+                };
                 if pool.record_failure(backend) {
                     warn!(pool = %pool_id, backend = %backend.addr, "backend ejected after consecutive failures");
                 }
-                if attempt >= s.attempts || pool.backends.len() < 2 || !pool.retries.try_withdraw() {
+                if attempt >= s.attempts || pool.backends.len() < 2 || !pool.retries.try_withdraw()
+                {
                     return Err(err);
                 }
                 debug!(error = %err, attempt, "retrying on another backend");
@@ -208,8 +375,11 @@ async fn handle_inner(
             }
         };
         let reused = checkout.reused;
-        let sent =
-            tokio::time::timeout(s.upstream_response_timeout, checkout.tx.try_send_request(req)).await;
+        let sent = tokio::time::timeout(
+            s.upstream_response_timeout,
+            checkout.tx.try_send_request(req),
+        )
+        .await;
         match sent {
             Ok(Err(mut e)) if reused && e.message().is_some() => {
                 // A pooled connection closed before taking the request: not sent, try again.
@@ -233,14 +403,21 @@ async fn handle_inner(
     };
     let now = Instant::now();
     let latency = now.saturating_duration_since(start);
+    trace.upstream = Some(latency);
     metrics.duration(pool_id, latency.as_secs_f64());
     let mut outcome = Outcome::Success;
 
     if s.responses != HashMode::Off {
-        if let Err(reason) = headers::check_hash(resp.headers(), &s.hash_header, &s.hash_value) {
+        let verdict = headers::check_hash(resp.headers(), &s.hash_header, &s.hash_value);
+        trace.hash_response = HashVerdict::of(verdict);
+        if let Err(reason) = verdict {
             metrics.response_violation(pool_id, reason);
             if s.responses == HashMode::Enforce {
-                return Err(ProxyError::ResponseHash { pool: pool_id, backend: backend.addr.clone(), reason });
+                return Err(ProxyError::ResponseHash {
+                    pool: pool_id,
+                    backend: backend.addr.clone(),
+                    reason,
+                });
             }
             metrics.upstream_error(pool_id, UpstreamErrorKind::Hash);
             outcome = Outcome::HashViolation;
@@ -259,12 +436,17 @@ async fn handle_inner(
         backend.record_success();
     }
     metrics.request(Charge::Pool(pool_id), status.as_u16());
-    conn.shared.stats.record_at(conn.shared.stats.ms_of(now), pool_id, latency, outcome);
+    conn.shared
+        .stats
+        .record_at(conn.shared.stats.ms_of(now), pool_id, latency, outcome);
 
     let switching = status == StatusCode::SWITCHING_PROTOCOLS;
     headers::strip_hop_by_hop(resp.headers_mut(), switching && upgrade);
     if switching {
-        let (Some(down), Some(up)) = (downstream_upgrade, resp.extensions_mut().remove::<OnUpgrade>()) else {
+        let (Some(down), Some(up)) = (
+            downstream_upgrade,
+            resp.extensions_mut().remove::<OnUpgrade>(),
+        ) else {
             return Err(ProxyError::Upstream {
                 pool: pool_id,
                 backend: backend.addr.clone(),
@@ -301,7 +483,9 @@ async fn tunnel(down: OnUpgrade, up: OnUpgrade, guard: InflightGuard) {
 fn classify(pool: PoolId, backend: &str, e: hyper::Error) -> ProxyError {
     let mut source = e.source();
     while let Some(err) = source {
-        if let Some(RequestBodyError::TooLarge(BodyTooLarge { limit })) = err.downcast_ref::<RequestBodyError>() {
+        if let Some(RequestBodyError::TooLarge(BodyTooLarge { limit })) =
+            err.downcast_ref::<RequestBodyError>()
+        {
             return ProxyError::BodyTooLarge { limit: *limit };
         }
         if let Some(RequestBodyError::Client(c)) = err.downcast_ref::<RequestBodyError>() {
@@ -309,5 +493,9 @@ fn classify(pool: PoolId, backend: &str, e: hyper::Error) -> ProxyError {
         }
         source = err.source();
     }
-    ProxyError::Upstream { pool, backend: backend.to_string(), message: e.to_string() }
+    ProxyError::Upstream {
+        pool,
+        backend: backend.to_string(),
+        message: e.to_string(),
+    }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue};
 
 use crate::config::{Affinity, Config, HashMode};
+use crate::proxy::edge::EdgeSettings;
 
 #[derive(Debug)]
 pub struct Settings {
@@ -22,6 +23,8 @@ pub struct Settings {
     pub upstream_response_timeout: Duration,
     /// Tries per request after connect failures, the first included.
     pub attempts: u32,
+    /// Rate limits, pool caps, security headers, request ids, access-log options.
+    pub edge: EdgeSettings,
 }
 
 /// Header that carries the override token (see `split.override_token`).
@@ -32,17 +35,23 @@ impl Settings {
         let c = &cfg.constitution;
         Settings {
             hash_header: c.header.clone(),
-            hash_value: HeaderValue::from_str(&c.hash).expect("config validation guarantees a valid header value"),
+            hash_value: HeaderValue::from_str(&c.hash)
+                .expect("config validation guarantees a valid header value"),
             requests: c.requests,
             responses: c.responses,
             affinity: cfg.split.affinity.clone(),
             override_header: cfg.split.override_header.clone(),
-            override_token: cfg.split.override_token.as_deref().and_then(|t| HeaderValue::from_str(t).ok()),
+            override_token: cfg
+                .split
+                .override_token
+                .as_deref()
+                .and_then(|t| HeaderValue::from_str(t).ok()),
             max_header_bytes: cfg.proxy.limits.max_header_bytes,
             max_headers: cfg.proxy.limits.max_headers,
             max_body_bytes: cfg.proxy.limits.max_body_bytes,
             upstream_response_timeout: cfg.proxy.timeouts.upstream_response,
             attempts: cfg.proxy.retries.attempts,
+            edge: EdgeSettings::from_config(cfg),
         }
     }
 }

@@ -1,0 +1,194 @@
+//! DATA PLANE: what a request leaves behind. [`Trace`] collects facts as the request goes
+//! (pool, backend, timings, verdicts, the pool permit); [`Pending`] holds the access-log
+//! line from the start, so that a request abandoned before its response still leaves one
+//! (status 499); [`TracedBody`] carries the permit and the line with the response body and
+//! lets go of both when the body ends: the pool's in-flight count drops and the line, now
+//! with `bytes_out` and `total_ms`, goes to the log writer.
+//!
+//! With the access log off and no pool cap, all of this is a few `None`s: no allocation.
+
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Uri};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+use super::access_log::{AccessLog, Entry, HashVerdict, RateVerdict};
+use super::concurrency::PoolPermit;
+use crate::config::PoolId;
+use crate::proxy::body::ProxyBody;
+use crate::proxy::route::Backend;
+
+/// Facts about one request, filled in by the stages it passes.
+#[derive(Debug, Default)]
+pub struct Trace {
+    /// Set when an access-log line is being kept (then `backend` and `bytes_in` are too).
+    pub logging: bool,
+    pub pool: Option<PoolId>,
+    pub backend: Option<Arc<Backend>>,
+    pub upstream: Option<Duration>,
+    pub hash_request: HashVerdict,
+    pub hash_response: HashVerdict,
+    pub rate_limit: RateVerdict,
+    pub permit: Option<PoolPermit>,
+    /// Request body bytes read so far (counted by the forwarded body).
+    pub bytes_in: Option<Arc<AtomicU64>>,
+    pub error: Option<&'static str>,
+}
+
+/// The line of a request in progress; sent with status 499 if dropped unfinished.
+pub struct Pending(Option<(Box<Entry>, AccessLog)>);
+
+/// What a request looked like on arrival.
+pub struct Arrival<'a> {
+    pub start: Instant,
+    pub client: IpAddr,
+    pub method: &'a Method,
+    pub uri: &'a Uri,
+    pub proto: &'static str,
+    pub generation: u64,
+    pub include_query: bool,
+}
+
+impl Pending {
+    pub fn none() -> Pending {
+        Pending(None)
+    }
+
+    pub fn start(log: &AccessLog, a: Arrival<'_>) -> Pending {
+        let entry = Entry {
+            time: SystemTime::now(),
+            start: a.start,
+            client: a.client,
+            method: a.method.clone(),
+            uri: a.uri.clone(),
+            include_query: a.include_query,
+            status: 499,
+            pool: None,
+            backend: None,
+            generation: a.generation,
+            bytes_in: 0,
+            bytes_out: 0,
+            upstream: None,
+            total: Duration::ZERO,
+            hash_request: HashVerdict::Unchecked,
+            hash_response: HashVerdict::Unchecked,
+            request_id: None,
+            rate_limit: RateVerdict::Off,
+            proto: a.proto,
+            error: None,
+            complete: false,
+        };
+        Pending(Some((Box::new(entry), log.clone())))
+    }
+
+    /// Copies what the trace learned into the line (any time before the response).
+    pub fn update(&mut self, trace: &Trace, request_id: Option<&HeaderValue>) {
+        if let Some((e, _)) = &mut self.0 {
+            e.pool = trace.pool;
+            e.backend.clone_from(&trace.backend);
+            e.upstream = trace.upstream;
+            e.hash_request = trace.hash_request;
+            e.hash_response = trace.hash_response;
+            e.rate_limit = trace.rate_limit;
+            e.error = trace.error;
+            e.request_id = request_id.cloned();
+        }
+    }
+
+    /// Wraps the response body; the line goes out when it ends.
+    pub fn into_body(mut self, body: ProxyBody, status: u16, trace: &mut Trace) -> TracedBody {
+        let record = self.0.take().map(|(mut e, log)| {
+            e.status = status;
+            (e, log)
+        });
+        TracedBody {
+            inner: body,
+            permit: trace.permit.take(),
+            record,
+            bytes_in: trace.bytes_in.take(),
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some((mut e, log)) = self.0.take() {
+            e.total = e.start.elapsed();
+            log.send(e);
+        }
+    }
+}
+
+pin_project! {
+    /// The response body, with what must last until it ends.
+    pub struct TracedBody {
+        #[pin]
+        inner: ProxyBody,
+        permit: Option<PoolPermit>,
+        record: Option<(Box<Entry>, AccessLog)>,
+        bytes_in: Option<Arc<AtomicU64>>,
+    }
+
+    impl PinnedDrop for TracedBody {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            let complete = this.inner.is_end_stream();
+            finish(this.record, this.bytes_in, complete);
+        }
+    }
+}
+
+fn finish(
+    record: &mut Option<(Box<Entry>, AccessLog)>,
+    bytes_in: &Option<Arc<AtomicU64>>,
+    complete: bool,
+) {
+    if let Some((mut e, log)) = record.take() {
+        e.total = e.start.elapsed();
+        e.complete = complete;
+        e.bytes_in = bytes_in.as_ref().map_or(0, |b| b.load(Ordering::Relaxed));
+        log.send(e);
+    }
+}
+
+impl Body for TracedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some((e, _)), Some(data)) = (this.record.as_mut(), frame.data_ref()) {
+                    e.bytes_out += data.len() as u64;
+                }
+            }
+            Poll::Ready(end) => {
+                let complete = end.is_none();
+                this.permit.take();
+                finish(this.record, this.bytes_in, complete);
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
