@@ -16,6 +16,7 @@ use tracing::{error, info};
 
 use switchyard::config::Config;
 use switchyard::control::{client, Actor, Control};
+use switchyard::proxy::edge::access_log::AccessLog;
 use switchyard::{BindOptions, Switchyard};
 
 const DEFAULT_CONFIG: &str = "/etc/switchyard/switchyard.toml";
@@ -208,6 +209,7 @@ fn run(path: PathBuf) -> ExitCode {
         };
         let shutdown = CancellationToken::new();
         tokio::spawn(signals(shutdown.clone(), server.control()));
+        tokio::spawn(reopen_access_log(server.access_log()));
         match server.run(shutdown).await {
             Ok(()) => {
                 info!("stopped");
@@ -222,6 +224,25 @@ fn run(path: PathBuf) -> ExitCode {
 }
 
 /// SIGTERM and SIGINT stop the daemon gracefully; SIGHUP reloads the config.
+/// SIGUSR1 reopens the access log file (logrotate's `postrotate`). The handler is installed
+/// even when the log is off, so that the signal never kills the daemon.
+async fn reopen_access_log(log: Option<AccessLog>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut usr1) = signal(SignalKind::user_defined1()) else {
+        error!("cannot install the SIGUSR1 handler");
+        return;
+    };
+    while usr1.recv().await.is_some() {
+        match &log {
+            Some(log) => {
+                info!("SIGUSR1: reopening the access log");
+                log.reopen();
+            }
+            None => info!("SIGUSR1: the access log is off; nothing to reopen"),
+        }
+    }
+}
+
 async fn signals(shutdown: CancellationToken, control: Arc<Control>) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
