@@ -105,8 +105,10 @@ pub struct GateReport {
 /// What the driver read for one evaluation.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Observation {
-    /// Both windows start at [`super::Rollout::samples_since`] (settle excluded).
+    /// From [`super::Rollout::samples_since`] (settle excluded).
     pub candidate: WindowSnapshot,
+    /// The whole window: stable's behaviour does not depend on the candidate's weight, and
+    /// "both degraded" must be known even right after a weight change.
     pub stable: WindowSnapshot,
     pub candidate_consecutive_errors: u32,
     /// Hash violations on the candidate since the current step started, settle included.
