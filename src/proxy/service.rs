@@ -25,6 +25,7 @@ use crate::metrics::window::{LiveStats, Outcome};
 use crate::metrics::{Charge, Metrics, UpstreamErrorKind};
 use crate::proxy::body::{BodyTooLarge, LimitedBody, ProxyBody, RequestBodyError};
 use crate::proxy::edge::access_log::{HashVerdict, RateVerdict};
+use crate::proxy::edge::concurrency::PoolPermit;
 use crate::proxy::edge::record::{Arrival, Pending, Trace, TracedBody};
 use crate::proxy::edge::{client, request_id, Edge, ListenerIndex};
 use crate::proxy::headers;
@@ -100,7 +101,7 @@ pub async fn handle(
         .map(|name| request_id::ensure(req.headers_mut(), name));
     let client = client::client_addr(req.headers(), conn.peer, edge.trusted_hops);
     let mut trace = Trace::default();
-    let mut pending = match &conn.shared.edge.access_log {
+    let pending = match &conn.shared.edge.access_log {
         None => Pending::none(),
         Some(log) => {
             trace.logging = true;
@@ -138,9 +139,11 @@ pub async fn handle(
         h.insert(name, id.clone());
     }
     edge.security.apply(h, conn.tls);
-    pending.update(&trace, request_id.as_ref());
-    let status = resp.status().as_u16();
-    Ok(resp.map(|body| pending.into_body(body, status, &mut trace)))
+    let record = pending.finish(&trace, request_id.as_ref(), resp.status().as_u16());
+    let permit = trace.permit.take().map(PoolPermit::keep);
+    let bytes_in = trace.bytes_in.take();
+    drop(trace);
+    Ok(resp.map(|body| TracedBody::new(body, conn, permit, record, bytes_in)))
 }
 
 fn error_response(
@@ -230,13 +233,13 @@ fn choose_pool(req: &http::request::Parts, table: &RouteTable) -> PoolId {
     table.pick_pool(key)
 }
 
-async fn handle_inner(
-    conn: &Conn,
+async fn handle_inner<'a>(
+    conn: &'a Conn,
     table: &RouteTable,
     req: Request<Incoming>,
     start: Instant,
     client: IpAddr,
-    trace: &mut Trace,
+    trace: &mut Trace<'a>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let s = &*table.settings;
     let metrics = &conn.shared.metrics;

@@ -1,10 +1,9 @@
 //! DATA PLANE: per-pool concurrency caps. Each pool has one in-flight counter (its own
 //! cache line); a request takes a [`PoolPermit`] before it is sent and gives it back when
-//! its response body ends. Over the cap the proxy answers 503 itself: that is the proxy's
+//! its response body ends (as a [`HeldPermit`] in the body). Over the cap the proxy answers 503 itself: that is the proxy's
 //! decision, not the backend's error, so the rollout gates never see it.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 
 use crate::config::{ConcurrencyConfig, PoolId};
 use crate::proxy::route::FULL_BP;
@@ -54,16 +53,23 @@ pub struct PoolCounters {
 
 impl PoolCounters {
     /// A permit for one more request to `pool` if fewer than `limit` are in flight.
-    pub fn try_acquire(self: &Arc<Self>, pool: PoolId, limit: usize) -> Option<PoolPermit> {
+    pub fn try_acquire(&self, pool: PoolId, limit: usize) -> Option<PoolPermit<'_>> {
         let c = &self.inflight[pool.index()].0;
         if c.fetch_add(1, Ordering::Relaxed) >= limit {
             c.fetch_sub(1, Ordering::Relaxed);
             return None;
         }
         Some(PoolPermit {
-            counters: self.clone(),
+            counters: self,
             pool,
         })
+    }
+
+    /// Gives back a permit turned into a [`HeldPermit`].
+    pub fn release(&self, held: HeldPermit) {
+        self.inflight[held.0.index()]
+            .0
+            .fetch_sub(1, Ordering::Relaxed);
     }
 
     pub fn inflight(&self, pool: PoolId) -> usize {
@@ -71,20 +77,36 @@ impl PoolCounters {
     }
 }
 
-/// One request counted against its pool's cap until dropped.
+/// One request counted against its pool's cap until dropped (or kept, see
+/// [`PoolPermit::keep`]). It borrows the counters: taking one costs no reference count.
 #[derive(Debug)]
-pub struct PoolPermit {
-    counters: Arc<PoolCounters>,
+pub struct PoolPermit<'a> {
+    counters: &'a PoolCounters,
     pool: PoolId,
 }
 
-impl Drop for PoolPermit {
+impl PoolPermit<'_> {
+    /// Keeps the request counted past this borrow (in the response body); whoever holds the
+    /// result must hand it to [`PoolCounters::release`].
+    pub fn keep(self) -> HeldPermit {
+        let held = HeldPermit(self.pool);
+        std::mem::forget(self);
+        held
+    }
+}
+
+impl Drop for PoolPermit<'_> {
     fn drop(&mut self) {
         self.counters.inflight[self.pool.index()]
             .0
             .fetch_sub(1, Ordering::Relaxed);
     }
 }
+
+/// A request still counted against `pool`, owed a [`PoolCounters::release`].
+#[derive(Debug)]
+#[must_use = "a held permit must be released, or the pool's count never drops"]
+pub struct HeldPermit(PoolId);
 
 #[cfg(test)]
 mod tests {
@@ -114,7 +136,7 @@ mod tests {
 
     #[test]
     fn permits_stop_at_the_limit_and_come_back() {
-        let c = Arc::new(PoolCounters::default());
+        let c = PoolCounters::default();
         let held: Vec<_> = (0..3)
             .map(|_| c.try_acquire(PoolId::Green, 3).unwrap())
             .collect();
@@ -123,6 +145,10 @@ mod tests {
         assert_eq!(c.inflight(PoolId::Green), 3);
         drop(held);
         assert_eq!(c.inflight(PoolId::Green), 0);
-        assert!(c.try_acquire(PoolId::Green, 3).is_some());
+        let kept = c.try_acquire(PoolId::Green, 1).unwrap().keep();
+        assert_eq!(c.inflight(PoolId::Green), 1);
+        assert!(c.try_acquire(PoolId::Green, 1).is_none());
+        c.release(kept);
+        assert_eq!(c.inflight(PoolId::Green), 0);
     }
 }

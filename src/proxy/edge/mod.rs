@@ -20,7 +20,7 @@ pub mod request_id;
 pub mod secheaders;
 
 use std::net::IpAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use http::{HeaderMap, HeaderName};
@@ -91,7 +91,7 @@ impl EdgeSettings {
 #[derive(Debug)]
 pub struct Edge {
     pub limiter: RateTable,
-    pub inflight: Arc<PoolCounters>,
+    pub inflight: PoolCounters,
     /// `None` when `[access_log]` is off (fixed at start).
     pub access_log: Option<AccessLog>,
 }
@@ -110,7 +110,7 @@ impl Edge {
         metrics.rate_limit_keys_max.set(limiter.capacity() as f64);
         Ok(Edge {
             limiter,
-            inflight: Arc::new(PoolCounters::default()),
+            inflight: PoolCounters::default(),
             access_log: AccessLog::start(&cfg.access_log, metrics.access_log_dropped.clone())?,
         })
     }

@@ -1,11 +1,13 @@
 //! DATA PLANE: what a request leaves behind. [`Trace`] collects facts as the request goes
 //! (pool, backend, timings, verdicts, the pool permit); [`Pending`] holds the access-log
 //! line from the start, so that a request abandoned before its response still leaves one
-//! (status 499); [`TracedBody`] carries the permit and the line with the response body and
-//! lets go of both when the body ends: the pool's in-flight count drops and the line, now
-//! with `bytes_out` and `total_ms`, goes to the log writer.
+//! (status 499); [`TracedBody`] carries the pool permit and the line with the response body
+//! and lets go of both when the body ends: the pool's in-flight count drops and the line,
+//! now with `bytes_out` and `total_ms`, goes to the log writer.
 //!
-//! With the access log off and no pool cap, all of this is a few `None`s: no allocation.
+//! The body reaches the shared state through its connection (an `Arc` the request already
+//! owns, touched by no other core), so a request takes no shared reference count for this.
+//! With the access log off and no pool cap, all of it is a few `None`s: no allocation.
 
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -20,14 +22,15 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
 use super::access_log::{AccessLog, Entry, HashVerdict, RateVerdict};
-use super::concurrency::PoolPermit;
+use super::concurrency::{HeldPermit, PoolPermit};
 use crate::config::PoolId;
 use crate::proxy::body::ProxyBody;
 use crate::proxy::route::Backend;
+use crate::proxy::service::Conn;
 
 /// Facts about one request, filled in by the stages it passes.
 #[derive(Debug, Default)]
-pub struct Trace {
+pub struct Trace<'a> {
     /// Set when an access-log line is being kept (then `backend` and `bytes_in` are too).
     pub logging: bool,
     pub pool: Option<PoolId>,
@@ -36,14 +39,11 @@ pub struct Trace {
     pub hash_request: HashVerdict,
     pub hash_response: HashVerdict,
     pub rate_limit: RateVerdict,
-    pub permit: Option<PoolPermit>,
+    pub permit: Option<PoolPermit<'a>>,
     /// Request body bytes read so far (counted by the forwarded body).
     pub bytes_in: Option<Arc<AtomicU64>>,
     pub error: Option<&'static str>,
 }
-
-/// The line of a request in progress; sent with status 499 if dropped unfinished.
-pub struct Pending(Option<(Box<Entry>, AccessLog)>);
 
 /// What a request looked like on arrival.
 pub struct Arrival<'a> {
@@ -56,12 +56,16 @@ pub struct Arrival<'a> {
     pub include_query: bool,
 }
 
-impl Pending {
-    pub fn none() -> Pending {
+/// The line of a request in progress; sent with status 499 if dropped unfinished (the
+/// client left before the response head).
+pub struct Pending<'a>(Option<(Box<Entry>, &'a AccessLog)>);
+
+impl<'a> Pending<'a> {
+    pub fn none() -> Pending<'a> {
         Pending(None)
     }
 
-    pub fn start(log: &AccessLog, a: Arrival<'_>) -> Pending {
+    pub fn start(log: &'a AccessLog, a: Arrival<'_>) -> Pending<'a> {
         let entry = Entry {
             time: SystemTime::now(),
             start: a.start,
@@ -85,39 +89,31 @@ impl Pending {
             error: None,
             complete: false,
         };
-        Pending(Some((Box::new(entry), log.clone())))
+        Pending(Some((Box::new(entry), log)))
     }
 
-    /// Copies what the trace learned into the line (any time before the response).
-    pub fn update(&mut self, trace: &Trace, request_id: Option<&HeaderValue>) {
-        if let Some((e, _)) = &mut self.0 {
-            e.pool = trace.pool;
-            e.backend.clone_from(&trace.backend);
-            e.upstream = trace.upstream;
-            e.hash_request = trace.hash_request;
-            e.hash_response = trace.hash_response;
-            e.rate_limit = trace.rate_limit;
-            e.error = trace.error;
-            e.request_id = request_id.cloned();
-        }
-    }
-
-    /// Wraps the response body; the line goes out when it ends.
-    pub fn into_body(mut self, body: ProxyBody, status: u16, trace: &mut Trace) -> TracedBody {
-        let record = self.0.take().map(|(mut e, log)| {
-            e.status = status;
-            (e, log)
-        });
-        TracedBody {
-            inner: body,
-            permit: trace.permit.take(),
-            record,
-            bytes_in: trace.bytes_in.take(),
-        }
+    /// The line with what the trace learned and the status sent; it goes with the body.
+    pub fn finish(
+        mut self,
+        trace: &Trace<'_>,
+        request_id: Option<&HeaderValue>,
+        status: u16,
+    ) -> Option<Box<Entry>> {
+        let (mut e, _) = self.0.take()?;
+        e.status = status;
+        e.pool = trace.pool;
+        e.backend.clone_from(&trace.backend);
+        e.upstream = trace.upstream;
+        e.hash_request = trace.hash_request;
+        e.hash_response = trace.hash_response;
+        e.rate_limit = trace.rate_limit;
+        e.error = trace.error;
+        e.request_id = request_id.cloned();
+        Some(e)
     }
 }
 
-impl Drop for Pending {
+impl Drop for Pending<'_> {
     fn drop(&mut self) {
         if let Some((mut e, log)) = self.0.take() {
             e.total = e.start.elapsed();
@@ -131,8 +127,10 @@ pin_project! {
     pub struct TracedBody {
         #[pin]
         inner: ProxyBody,
-        permit: Option<PoolPermit>,
-        record: Option<(Box<Entry>, AccessLog)>,
+        // Set when there is a permit to give back or a line to send.
+        conn: Option<Arc<Conn>>,
+        permit: Option<HeldPermit>,
+        record: Option<Box<Entry>>,
         bytes_in: Option<Arc<AtomicU64>>,
     }
 
@@ -140,17 +138,44 @@ pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             let complete = this.inner.is_end_stream();
-            finish(this.record, this.bytes_in, complete);
+            finish(this.conn, this.permit, this.record, this.bytes_in, complete);
+        }
+    }
+}
+
+impl TracedBody {
+    /// `conn` is kept only when a permit or a line needs it.
+    pub fn new(
+        inner: ProxyBody,
+        conn: Arc<Conn>,
+        permit: Option<HeldPermit>,
+        record: Option<Box<Entry>>,
+        bytes_in: Option<Arc<AtomicU64>>,
+    ) -> TracedBody {
+        let conn = (permit.is_some() || record.is_some()).then_some(conn);
+        TracedBody {
+            inner,
+            conn,
+            permit,
+            record,
+            bytes_in,
         }
     }
 }
 
 fn finish(
-    record: &mut Option<(Box<Entry>, AccessLog)>,
+    conn: &mut Option<Arc<Conn>>,
+    permit: &mut Option<HeldPermit>,
+    record: &mut Option<Box<Entry>>,
     bytes_in: &Option<Arc<AtomicU64>>,
     complete: bool,
 ) {
-    if let Some((mut e, log)) = record.take() {
+    let Some(conn) = conn.take() else { return };
+    let edge = &conn.shared.edge;
+    if let Some(p) = permit.take() {
+        edge.inflight.release(p);
+    }
+    if let (Some(mut e), Some(log)) = (record.take(), &edge.access_log) {
         e.total = e.start.elapsed();
         e.complete = complete;
         e.bytes_in = bytes_in.as_ref().map_or(0, |b| b.load(Ordering::Relaxed));
@@ -166,18 +191,22 @@ impl Body for TracedBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.project();
-        let polled = this.inner.poll_frame(cx);
+        let mut this = self.project();
+        let polled = this.inner.as_mut().poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
-                if let (Some((e, _)), Some(data)) = (this.record.as_mut(), frame.data_ref()) {
+                if let (Some(e), Some(data)) = (this.record.as_mut(), frame.data_ref()) {
                     e.bytes_out += data.len() as u64;
+                }
+                // hyper stops polling a body that says it has ended (a Content-Length body
+                // after its last byte): that is the end too.
+                if this.inner.is_end_stream() {
+                    finish(this.conn, this.permit, this.record, this.bytes_in, true);
                 }
             }
             Poll::Ready(end) => {
                 let complete = end.is_none();
-                this.permit.take();
-                finish(this.record, this.bytes_in, complete);
+                finish(this.conn, this.permit, this.record, this.bytes_in, complete);
             }
             Poll::Pending => {}
         }

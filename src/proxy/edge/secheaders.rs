@@ -45,6 +45,8 @@ impl SecurityHeaders {
     /// backend sent, "override" entries replace it.
     pub fn apply(&self, headers: &mut HeaderMap, tls: bool) {
         let items = if tls { &self.tls } else { &self.plain };
+        // One growth at most, not one per header.
+        headers.reserve(items.len());
         for item in items.iter() {
             match headers.entry(&item.name) {
                 Entry::Occupied(mut o) => {
