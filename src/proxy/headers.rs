@@ -67,30 +67,38 @@ pub fn check_framing(headers: &HeaderMap) -> Result<(), Smuggling> {
 
 /// Approximate wire size of a header block: name, value, ": " and CRLF per field.
 pub fn header_bytes(headers: &HeaderMap) -> usize {
-    headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum()
+    headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum()
 }
 
 /// Removes hop-by-hop fields (RFC 9110 §7.6.1): those named by `Connection`, and
 /// Connection, Keep-Alive, Proxy-Connection, TE, Transfer-Encoding and Upgrade.
 /// With `keep_upgrade`, `Connection: upgrade` and `Upgrade` survive for a protocol switch.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Common case: no Connection header, nothing to look up.
-    if headers.contains_key(header::CONNECTION) {
-        let listed: Vec<HeaderValue> = headers.get_all(header::CONNECTION).iter().cloned().collect();
-        for value in &listed {
+    // Take the Connection values out first (no allocation for the usual single value),
+    // then remove the fields they name.
+    if let header::Entry::Occupied(entry) = headers.entry(header::CONNECTION) {
+        let (_, mut values) = entry.remove_entry_mult();
+        let first = values.next();
+        let rest: Vec<HeaderValue> = values.collect();
+        for value in first.iter().chain(&rest) {
             for token in value.as_bytes().split(|&b| b == b',') {
                 let token = token.trim_ascii();
-                if token.is_empty() || (keep_upgrade && token.eq_ignore_ascii_case(b"upgrade")) {
+                // `close` and `keep-alive` name no field we would forward (Keep-Alive goes below).
+                if token.is_empty()
+                    || token.eq_ignore_ascii_case(b"close")
+                    || token.eq_ignore_ascii_case(b"keep-alive")
+                    || (keep_upgrade && token.eq_ignore_ascii_case(b"upgrade"))
+                {
                     continue;
                 }
                 if let Ok(name) = HeaderName::from_bytes(token) {
-                    if name != header::CONNECTION {
-                        headers.remove(&name);
-                    }
+                    headers.remove(&name);
                 }
             }
         }
-        headers.remove(header::CONNECTION);
     }
     headers.remove(&KEEP_ALIVE);
     headers.remove(&PROXY_CONNECTION);
@@ -107,7 +115,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 pub fn wants_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)
         && headers.get_all(header::CONNECTION).iter().any(|v| {
-            v.as_bytes().split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
+            v.as_bytes()
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
         })
 }
 
@@ -129,7 +139,11 @@ pub fn add_forwarded(headers: &mut HeaderMap, client_ip: &HeaderValue, proto: &'
 }
 
 /// The constitutional-hash verdict on a header block.
-pub fn check_hash(headers: &HeaderMap, name: &HeaderName, expected: &HeaderValue) -> Result<(), HashReason> {
+pub fn check_hash(
+    headers: &HeaderMap,
+    name: &HeaderName,
+    expected: &HeaderValue,
+) -> Result<(), HashReason> {
     let mut values = headers.get_all(name).iter();
     match (values.next(), values.next()) {
         (None, _) => Err(HashReason::Missing),
