@@ -127,8 +127,8 @@ impl Body for ProxyBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.project() {
-            ProxyBodyProj::Upstream { inner, guard, conn } => {
-                let polled = inner.poll_frame(cx);
+            ProxyBodyProj::Upstream { mut inner, guard, conn } => {
+                let polled = inner.as_mut().poll_frame(cx);
                 match &polled {
                     Poll::Ready(None) => {
                         if let (Some(tx), Some(g)) = (conn.take(), guard.as_ref()) {
@@ -138,6 +138,14 @@ impl Body for ProxyBody {
                     }
                     Poll::Ready(Some(Err(_))) => {
                         conn.take();
+                        guard.take();
+                    }
+                    // hyper stops polling once a body says it has ended (a Content-Length
+                    // body after its last byte), so the end is also taken from there.
+                    Poll::Ready(Some(Ok(_))) if inner.is_end_stream() => {
+                        if let (Some(tx), Some(g)) = (conn.take(), guard.as_ref()) {
+                            g.backend().conns.checkin(tx);
+                        }
                         guard.take();
                     }
                     _ => {}
