@@ -2,7 +2,8 @@
 //! of each pool gets `GET health.path` on a fresh connection; a healthy answer is 2xx and
 //! carries the exact constitutional hash. `fall` failures in a row take a backend out of
 //! rotation, `rise` passes bring it back. Pools are re-read from the route table every
-//! round, so reloads and new backends are picked up.
+//! round, so reloads and new backends are picked up. A pool with TLS to its backends is
+//! checked over TLS.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -21,17 +22,27 @@ use crate::metrics::{names, Metrics};
 use crate::proxy::headers;
 use crate::proxy::route::{Backend, RouteHandle};
 use crate::proxy::settings::Settings;
-use crate::proxy::upstream::dial;
+use crate::proxy::upstream::open;
 
 /// Runs the checks of both pools until shutdown.
 pub async fn run(routes: Arc<RouteHandle>, metrics: Arc<Metrics>, shutdown: CancellationToken) {
     tokio::join!(
-        pool_loop(PoolId::Blue, routes.clone(), metrics.clone(), shutdown.clone()),
+        pool_loop(
+            PoolId::Blue,
+            routes.clone(),
+            metrics.clone(),
+            shutdown.clone()
+        ),
         pool_loop(PoolId::Green, routes, metrics, shutdown),
     );
 }
 
-async fn pool_loop(id: PoolId, routes: Arc<RouteHandle>, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+async fn pool_loop(
+    id: PoolId,
+    routes: Arc<RouteHandle>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
     loop {
         let (pool, settings) = {
             let t = routes.load();
@@ -39,15 +50,27 @@ async fn pool_loop(id: PoolId, routes: Arc<RouteHandle>, metrics: Arc<Metrics>, 
         };
         let cfg = &pool.health;
         if let Some(path) = &cfg.path {
-            let checks = pool.backends.iter().map(|b| check(b, path, cfg.timeout, &settings));
+            let checks = pool
+                .backends
+                .iter()
+                .map(|b| check(b, path, cfg.timeout, &settings));
             let results = futures_util::future::join_all(checks).await;
             for (b, ok) in pool.backends.iter().zip(results) {
                 observe(id, b, ok, cfg.fall, cfg.rise);
-                let labels = vec![Label::new("pool", id.as_str()), Label::new("backend", b.addr.clone())];
-                metrics.gauge(names::BACKEND_HEALTHY, labels).set(if b.in_rotation() { 1.0 } else { 0.0 });
+                let labels = vec![
+                    Label::new("pool", id.as_str()),
+                    Label::new("backend", b.addr.clone()),
+                ];
+                metrics
+                    .gauge(names::BACKEND_HEALTHY, labels)
+                    .set(if b.in_rotation() { 1.0 } else { 0.0 });
             }
         }
-        let wait = if cfg.path.is_some() { cfg.interval } else { Duration::from_secs(1) };
+        let wait = if cfg.path.is_some() {
+            cfg.interval
+        } else {
+            Duration::from_secs(1)
+        };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown.cancelled() => return,
@@ -58,7 +81,11 @@ async fn pool_loop(id: PoolId, routes: Arc<RouteHandle>, metrics: Arc<Metrics>, 
 /// Folds one check result into the backend's streak and verdict.
 pub fn observe(id: PoolId, b: &Backend, ok: bool, fall: u32, rise: u32) {
     let streak = b.check_streak.load(Ordering::Relaxed);
-    let streak = if ok { streak.max(0).saturating_add(1) } else { streak.min(0).saturating_sub(1) };
+    let streak = if ok {
+        streak.max(0).saturating_add(1)
+    } else {
+        streak.min(0).saturating_sub(1)
+    };
     b.check_streak.store(streak, Ordering::Relaxed);
     if ok && !b.is_healthy() && streak >= rise as i32 {
         b.set_healthy(true);
@@ -71,10 +98,14 @@ pub fn observe(id: PoolId, b: &Backend, ok: bool, fall: u32, rise: u32) {
 
 async fn check(b: &Backend, path: &str, timeout: Duration, settings: &Settings) -> bool {
     let attempt = async {
-        let stream = dial(&b.addr, b.socket_addr, timeout).await.map_err(|e| e.to_string())?;
-        let (mut tx, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+        // A TLS pool is checked over TLS, with the same certificate checks as requests.
+        let stream = open(&b.addr, b.socket_addr, timeout, b.conns.tls())
             .await
             .map_err(|e| e.to_string())?;
+        let (mut tx, conn) =
+            hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+                .await
+                .map_err(|e| e.to_string())?;
         tokio::spawn(conn);
         let host = HeaderValue::from_str(&b.addr).map_err(|e| e.to_string())?;
         let req = Request::get(path)

@@ -29,10 +29,17 @@ use upstream::UpstreamOptions;
 pub fn build_pools(cfg: &Config) -> Result<[Arc<Pool>; 2], String> {
     let build = |id: PoolId| -> Result<Arc<Pool>, String> {
         let pc = cfg.pool(id);
+        let tls = match &pc.tls {
+            Some(t) => Some(Arc::new(
+                upstream::UpstreamTlsClient::new(t).map_err(|e| format!("pools.{id}.tls: {e}"))?,
+            )),
+            None => None,
+        };
         let opts = UpstreamOptions {
             connect_timeout: cfg.proxy.timeouts.connect,
             idle_timeout: cfg.proxy.timeouts.upstream_idle,
             max_idle_per_backend: pc.max_idle_per_backend,
+            tls,
         };
         let backends = pc
             .backends

@@ -3,17 +3,37 @@
 //! connection goes back when the response body has been read to its end. Because the
 //! connection is established before the request is handed over, a connect failure leaves
 //! the request untouched and free to be retried on another backend.
+//!
+//! A pool with `tls = true` speaks TLS to its backends (rustls, ring): the backend's
+//! certificate is checked against `tls_ca` (or the system bundle) for the name `tls_sni`
+//! (or the backend's host), ALPN `http/1.1`. A failed handshake is a connect failure: nothing
+//! was sent, so it may be retried, and the client gets 502 naming the TLS error.
 
+use std::io;
 use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use crossbeam_queue::ArrayQueue;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tracing::debug;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+use tracing::{debug, warn};
 
+use crate::config::UpstreamTls;
 use crate::proxy::body::LimitedBody;
+
+/// The CA bundle used when a TLS pool names no `tls_ca`.
+pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// The sending half of one upstream HTTP/1.1 connection.
 pub type Sender = SendRequest<LimitedBody>;
@@ -24,6 +44,98 @@ pub struct UpstreamOptions {
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_idle_per_backend: usize,
+    /// TLS to the backends (`[pools.X] tls = true`).
+    pub tls: Option<Arc<UpstreamTlsClient>>,
+}
+
+/// The client side of TLS to one pool's backends.
+pub struct UpstreamTlsClient {
+    connector: TlsConnector,
+    /// `tls_sni`; otherwise each backend's host is the name.
+    sni: Option<ServerName<'static>>,
+}
+
+impl std::fmt::Debug for UpstreamTlsClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTlsClient")
+            .field("sni", &self.sni)
+            .finish()
+    }
+}
+
+impl UpstreamTlsClient {
+    /// Trusts the CAs of `cfg.ca` (or [`SYSTEM_CA_BUNDLE`]); errors name the file.
+    pub fn new(cfg: &UpstreamTls) -> Result<UpstreamTlsClient, String> {
+        let bundle = cfg.ca.as_deref().unwrap_or(Path::new(SYSTEM_CA_BUNDLE));
+        let what = if cfg.ca.is_some() {
+            "tls_ca"
+        } else {
+            "the system CA bundle"
+        };
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(bundle)
+            .and_then(|it| it.collect::<Result<_, _>>())
+            .map_err(|e| format!("{what} {}: {e}", bundle.display()))?;
+        let mut roots = rustls::RootCertStore::empty();
+        let (added, _ignored) = roots.add_parsable_certificates(certs);
+        if added == 0 {
+            return Err(format!(
+                "{what} {}: no usable CA certificate in the file",
+                bundle.display()
+            ));
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS client configuration: {e}"))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        client.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let sni = match &cfg.sni {
+            Some(name) => Some(
+                ServerName::try_from(name.clone()).map_err(|e| format!("tls_sni {name:?}: {e}"))?,
+            ),
+            None => None,
+        };
+        Ok(UpstreamTlsClient {
+            connector: TlsConnector::from(Arc::new(client)),
+            sni,
+        })
+    }
+
+    /// The name sent and checked for a backend `host:port`.
+    fn server_name(&self, backend: &str) -> Result<ServerName<'static>, String> {
+        if let Some(n) = &self.sni {
+            return Ok(n.clone());
+        }
+        let host = match backend.rsplit_once(':') {
+            Some((h, _)) => h,
+            None => backend,
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        ServerName::try_from(host.to_string())
+            .map_err(|e| format!("backend host {host:?} is not a TLS name: {e}"))
+    }
+
+    async fn handshake(
+        &self,
+        backend: &str,
+        tcp: TcpStream,
+    ) -> Result<TlsStream<TcpStream>, ConnectError> {
+        let name = self
+            .server_name(backend)
+            .map_err(|message| ConnectError::Tls {
+                name: backend.to_string(),
+                source: io::Error::new(io::ErrorKind::InvalidInput, message),
+            })?;
+        let shown = name.to_str().into_owned();
+        self.connector
+            .connect(name, tcp)
+            .await
+            .map_err(|source| ConnectError::Tls {
+                name: shown,
+                source,
+            })
+    }
 }
 
 /// Why no connection could be had; nothing was sent.
@@ -35,10 +147,97 @@ pub enum ConnectError {
     Io(#[from] std::io::Error),
     #[error("HTTP/1.1 handshake failed: {0}")]
     Handshake(#[from] hyper::Error),
+    #[error("TLS handshake failed (server name {name}): {source}")]
+    Tls { name: String, source: io::Error },
+}
+
+/// A connection to a backend: plain TCP or TLS over it.
+pub enum UpstreamIo {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for UpstreamIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpstreamIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_flush(cx),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            UpstreamIo::Plain(s) => s.is_write_vectored(),
+            UpstreamIo::Tls(s) => s.is_write_vectored(),
+        }
+    }
+}
+
+/// A connection to `host` (TLS when `tls` is set), the handshake included, within `timeout`.
+pub async fn open(
+    host: &str,
+    addr: Option<SocketAddr>,
+    timeout: Duration,
+    tls: Option<&UpstreamTlsClient>,
+) -> Result<UpstreamIo, ConnectError> {
+    let start = Instant::now();
+    let tcp = dial(host, addr, timeout).await?;
+    match tls {
+        None => Ok(UpstreamIo::Plain(tcp)),
+        Some(t) => {
+            let left = timeout.saturating_sub(start.elapsed());
+            tokio::time::timeout(left, t.handshake(host, tcp))
+                .await
+                .map_err(|_| ConnectError::Timeout(timeout))?
+                .map(|s| UpstreamIo::Tls(Box::new(s)))
+        }
+    }
 }
 
 /// A TCP connection to a backend (an IP literal skips the resolver), within `timeout`.
-pub async fn dial(host: &str, addr: Option<SocketAddr>, timeout: Duration) -> Result<TcpStream, ConnectError> {
+pub async fn dial(
+    host: &str,
+    addr: Option<SocketAddr>,
+    timeout: Duration,
+) -> Result<TcpStream, ConnectError> {
     let stream = match addr {
         Some(a) => tokio::time::timeout(timeout, TcpStream::connect(a)).await,
         None => tokio::time::timeout(timeout, TcpStream::connect(host)).await,
@@ -57,11 +256,17 @@ struct Idle {
 pub struct ConnPool {
     idle: ArrayQueue<Idle>,
     opts: UpstreamOptions,
+    /// False while the pool drains or is in maintenance: connections are not kept idle.
+    keep_idle: AtomicBool,
+    /// The last failed connect (TCP or TLS), for `status`; written only when one fails.
+    last_error: std::sync::Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for ConnPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConnPool").field("idle", &self.idle.len()).finish()
+        f.debug_struct("ConnPool")
+            .field("idle", &self.idle.len())
+            .finish()
     }
 }
 
@@ -74,11 +279,20 @@ pub struct Checkout {
 
 impl ConnPool {
     pub fn new(opts: UpstreamOptions) -> Self {
-        ConnPool { idle: ArrayQueue::new(opts.max_idle_per_backend.max(1)), opts }
+        ConnPool {
+            idle: ArrayQueue::new(opts.max_idle_per_backend.max(1)),
+            opts,
+            keep_idle: AtomicBool::new(true),
+            last_error: std::sync::Mutex::new(None),
+        }
     }
 
     /// An idle connection that is still open, or a new one.
-    pub async fn checkout(&self, host: &str, addr: Option<SocketAddr>) -> Result<Checkout, ConnectError> {
+    pub async fn checkout(
+        &self,
+        host: &str,
+        addr: Option<SocketAddr>,
+    ) -> Result<Checkout, ConnectError> {
         while let Some(Idle { mut tx, since }) = self.idle.pop() {
             if tx.is_closed() || since.elapsed() > self.opts.idle_timeout {
                 continue;
@@ -88,13 +302,40 @@ impl ConnPool {
                 return Ok(Checkout { tx, reused: true });
             }
         }
-        self.connect(host, addr).await.map(|tx| Checkout { tx, reused: false })
+        self.connect(host, addr)
+            .await
+            .map(|tx| Checkout { tx, reused: false })
     }
 
     /// A new connection, never a pooled one.
-    pub async fn connect(&self, host: &str, addr: Option<SocketAddr>) -> Result<Sender, ConnectError> {
-        let stream = dial(host, addr, self.opts.connect_timeout).await?;
-        let (tx, conn) = http1::Builder::new().handshake(TokioIo::new(stream)).await?;
+    pub async fn connect(
+        &self,
+        host: &str,
+        addr: Option<SocketAddr>,
+    ) -> Result<Sender, ConnectError> {
+        let stream = match open(
+            host,
+            addr,
+            self.opts.connect_timeout,
+            self.opts.tls.as_deref(),
+        )
+        .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                if matches!(e, ConnectError::Tls { .. }) {
+                    // A certificate problem is a configuration problem: say it loudly.
+                    warn!(backend = host, error = %e, "TLS to the backend failed");
+                }
+                if let Ok(mut last) = self.last_error.lock() {
+                    *last = Some(e.to_string());
+                }
+                return Err(e);
+            }
+        };
+        let (tx, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await?;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
                 debug!(error = %e, "upstream connection ended with an error");
@@ -105,15 +346,42 @@ impl ConnPool {
 
     /// Returns a connection whose last response has been read in full.
     pub fn checkin(&self, tx: Sender) {
-        if !tx.is_closed() {
+        if !tx.is_closed() && self.keep_idle.load(Ordering::Relaxed) {
             // A full pool drops the connection: the cap bounds idle sockets per backend.
-            let _ = self.idle.push(Idle { tx, since: Instant::now() });
+            let _ = self.idle.push(Idle {
+                tx,
+                since: Instant::now(),
+            });
         }
     }
 
-    /// Closes every idle connection (drain, maintenance).
+    /// Closes every idle connection.
     pub fn clear(&self) {
         while self.idle.pop().is_some() {}
+    }
+
+    /// Whether connections go back to the idle pool after their response: false while the
+    /// pool drains or is in maintenance (then the idle ones are closed at once, and those
+    /// still busy close when their response ends).
+    pub fn set_keep_idle(&self, keep: bool) {
+        self.keep_idle.store(keep, Ordering::Relaxed);
+        if !keep {
+            self.clear();
+        }
+    }
+
+    /// The TLS client of this backend's pool, if it speaks TLS.
+    pub fn tls(&self) -> Option<&UpstreamTlsClient> {
+        self.opts.tls.as_deref()
+    }
+
+    /// The last connect failure to this backend (`None` if none yet).
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|l| l.clone())
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        self.opts.connect_timeout
     }
 
     pub fn idle(&self) -> usize {
