@@ -8,7 +8,7 @@
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
@@ -357,17 +357,46 @@ fn next_spread_bucket() -> u16 {
     })
 }
 
+/// A request to close open downstream connections gradually (a pool went to drain or
+/// maintenance): each connection open when it is sent closes at a random moment within
+/// `window` — HTTP/1.1 after its current (or next) response, HTTP/2 with GOAWAY — so that
+/// long-lived clients reconnect and rebalance.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DrainSignal {
+    /// Bumped by every signal; a connection reacts to changes after it subscribed.
+    pub seq: u64,
+    pub window: Duration,
+}
+
 /// The shared handle to the current route table. Readers are lock-free; writers are
 /// serialised by a mutex that only the control plane takes.
 #[derive(Debug)]
 pub struct RouteHandle {
     table: ArcSwap<RouteTable>,
     write: Mutex<()>,
+    drain: tokio::sync::watch::Sender<DrainSignal>,
 }
 
 impl RouteHandle {
     pub fn new(table: RouteTable) -> Self {
-        RouteHandle { table: ArcSwap::from_pointee(table), write: Mutex::new(()) }
+        RouteHandle {
+            table: ArcSwap::from_pointee(table),
+            write: Mutex::new(()),
+            drain: tokio::sync::watch::Sender::new(DrainSignal::default()),
+        }
+    }
+
+    /// Asks every downstream connection open now to close within `window` (see [`DrainSignal`]).
+    pub fn signal_drain(&self, window: Duration) {
+        self.drain.send_modify(|s| {
+            s.seq += 1;
+            s.window = window;
+        });
+    }
+
+    /// For a new connection: changes from now on are drain requests for it.
+    pub fn drain_signals(&self) -> tokio::sync::watch::Receiver<DrainSignal> {
+        self.drain.subscribe()
     }
 
     /// The current snapshot, for one request.
