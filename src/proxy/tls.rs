@@ -45,6 +45,8 @@ pub struct LoadedCert {
 pub struct CertStore {
     certs: Vec<LoadedCert>,
     by_name: HashMap<String, usize>,
+    /// The files this set was loaded from (a reload may name other files).
+    pairs: Vec<CertPair>,
 }
 
 impl CertStore {
@@ -59,9 +61,15 @@ impl CertStore {
             certs.push(loaded);
         }
         if certs.is_empty() {
-            return Err(TlsError::Config("a TLS listener needs at least one certificate".into()));
+            return Err(TlsError::Config(
+                "a TLS listener needs at least one certificate".into(),
+            ));
         }
-        Ok(CertStore { certs, by_name })
+        Ok(CertStore {
+            certs,
+            by_name,
+            pairs: pairs.to_vec(),
+        })
     }
 
     /// Exact name, then a wildcard one label up, then the default (first) certificate.
@@ -85,44 +93,66 @@ impl CertStore {
         )
     }
 
-    fn changed_on_disk(&self, pairs: &[CertPair]) -> bool {
-        pairs.iter().zip(&self.certs).any(|(p, c)| {
+    fn changed_on_disk(&self) -> bool {
+        self.pairs.iter().zip(&self.certs).any(|(p, c)| {
             let now = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
             now(&p.cert) != c.modified || now(&p.key) > c.modified
-        }) || pairs.len() != self.certs.len()
+        }) || self.pairs.len() != self.certs.len()
     }
 }
 
 fn load_pair(pair: &CertPair) -> Result<LoadedCert, TlsError> {
-    let cert_err = |message: String| TlsError::Cert { path: pair.cert.clone(), message };
-    let key_err = |message: String| TlsError::Key { path: pair.key.clone(), message };
-    let modified = std::fs::metadata(&pair.cert).and_then(|m| m.modified()).ok();
+    let cert_err = |message: String| TlsError::Cert {
+        path: pair.cert.clone(),
+        message,
+    };
+    let key_err = |message: String| TlsError::Key {
+        path: pair.key.clone(),
+        message,
+    };
+    let modified = std::fs::metadata(&pair.cert)
+        .and_then(|m| m.modified())
+        .ok();
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&pair.cert)
         .map_err(|e| cert_err(e.to_string()))?
         .collect::<Result<_, _>>()
         .map_err(|e| cert_err(e.to_string()))?;
-    let leaf = chain.first().ok_or_else(|| cert_err("no PEM certificate in the file".into()))?;
+    let leaf = chain
+        .first()
+        .ok_or_else(|| cert_err("no PEM certificate in the file".into()))?;
     let key = PrivateKeyDer::from_pem_file(&pair.key).map_err(|e| key_err(e.to_string()))?;
-    let signer = rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| key_err(e.to_string()))?;
+    let signer =
+        rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| key_err(e.to_string()))?;
     let (names, not_after) = leaf_facts(leaf).map_err(cert_err)?;
     let certified = CertifiedKey::new(chain, signer);
-    certified
-        .keys_match()
-        .map_err(|e| key_err(format!("does not match certificate {}: {e}", pair.cert.display())))?;
-    Ok(LoadedCert { cert_path: pair.cert.clone(), names, not_after, key: Arc::new(certified), modified })
+    certified.keys_match().map_err(|e| {
+        key_err(format!(
+            "does not match certificate {}: {e}",
+            pair.cert.display()
+        ))
+    })?;
+    Ok(LoadedCert {
+        cert_path: pair.cert.clone(),
+        names,
+        not_after,
+        key: Arc::new(certified),
+        modified,
+    })
 }
 
 /// The leaf's DNS and IP subject alternative names (lowercase) and its expiry.
 fn leaf_facts(der: &CertificateDer<'_>) -> Result<(Vec<String>, i64), String> {
     use x509_parser::extensions::GeneralName;
-    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).map_err(|e| format!("not X.509: {e}"))?;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der.as_ref()).map_err(|e| format!("not X.509: {e}"))?;
     let mut names = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for n in &san.value.general_names {
             match n {
                 GeneralName::DNSName(d) => names.push(d.to_ascii_lowercase()),
                 GeneralName::IPAddress(ip) => match ip.len() {
-                    4 => names.push(std::net::Ipv4Addr::from([ip[0], ip[1], ip[2], ip[3]]).to_string()),
+                    4 => names
+                        .push(std::net::Ipv4Addr::from([ip[0], ip[1], ip[2], ip[3]]).to_string()),
                     16 => {
                         let mut b = [0u8; 16];
                         b.copy_from_slice(ip);
@@ -155,12 +185,16 @@ pub struct TlsTerminator {
     pub acceptor: TlsAcceptor,
     pub handshake_timeout: Duration,
     resolver: Arc<SniResolver>,
-    pairs: Vec<CertPair>,
 }
 
 impl TlsTerminator {
-    pub fn new(cfg: &TlsListenerConfig, handshake_timeout: Duration) -> Result<TlsTerminator, TlsError> {
-        let resolver = Arc::new(SniResolver { store: ArcSwap::from_pointee(CertStore::load(&cfg.certs)?) });
+    pub fn new(
+        cfg: &TlsListenerConfig,
+        handshake_timeout: Duration,
+    ) -> Result<TlsTerminator, TlsError> {
+        let resolver = Arc::new(SniResolver {
+            store: ArcSwap::from_pointee(CertStore::load(&cfg.certs)?),
+        });
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut server = ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -173,21 +207,43 @@ impl TlsTerminator {
             acceptor: TlsAcceptor::from(Arc::new(server)),
             handshake_timeout,
             resolver,
-            pairs: cfg.certs.clone(),
         })
     }
 
     /// Re-reads the certificate files (optionally a new list of them). On any error the
     /// current certificates stay in use and the error names the file.
     pub fn reload(&self, pairs: Option<&[CertPair]>) -> Result<(), TlsError> {
-        let store = CertStore::load(pairs.unwrap_or(&self.pairs))?;
-        self.resolver.store.store(Arc::new(store));
+        let store = self.prepare(pairs)?;
+        self.install(store);
         Ok(())
+    }
+
+    /// Loads and checks a new certificate set (the current files, or `pairs`) without
+    /// using it yet: a config reload installs it only once everything else is valid too.
+    pub fn prepare(&self, pairs: Option<&[CertPair]>) -> Result<CertStore, TlsError> {
+        match pairs {
+            Some(p) => CertStore::load(p),
+            None => CertStore::load(&self.pairs()),
+        }
+    }
+
+    /// New handshakes use `store` from now on; open connections keep theirs.
+    pub fn install(&self, store: CertStore) {
+        self.resolver.store.store(Arc::new(store));
+    }
+
+    /// The certificate and key files in use.
+    pub fn pairs(&self) -> Vec<CertPair> {
+        self.resolver.store.load().pairs.clone()
     }
 
     /// Reloads if a certificate or key file changed on disk since the last load.
     pub fn reload_if_changed(&self) -> Option<Result<(), TlsError>> {
-        self.resolver.store.load().changed_on_disk(&self.pairs).then(|| self.reload(None))
+        self.resolver
+            .store
+            .load()
+            .changed_on_disk()
+            .then(|| self.reload(None))
     }
 
     pub fn status(&self) -> Value {
@@ -199,7 +255,10 @@ impl TlsTerminator {
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Reloads certificates whose files changed on disk, until shutdown.
-pub async fn watch_files(terminators: Vec<Arc<TlsTerminator>>, shutdown: tokio_util::sync::CancellationToken) {
+pub async fn watch_files(
+    terminators: Vec<Arc<TlsTerminator>>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
     let mut tick = tokio::time::interval(WATCH_INTERVAL);
     loop {
         tokio::select! {
@@ -208,8 +267,12 @@ pub async fn watch_files(terminators: Vec<Arc<TlsTerminator>>, shutdown: tokio_u
         }
         for t in &terminators {
             match t.reload_if_changed() {
-                Some(Ok(())) => tracing::info!(listen = %t.listen, "certificates reloaded after a file change"),
-                Some(Err(e)) => tracing::warn!(listen = %t.listen, error = %e, "certificate reload failed; keeping the old certificates"),
+                Some(Ok(())) => {
+                    tracing::info!(listen = %t.listen, "certificates reloaded after a file change")
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(listen = %t.listen, error = %e, "certificate reload failed; keeping the old certificates")
+                }
                 None => {}
             }
         }
