@@ -41,6 +41,7 @@ use tracing::{info, warn};
 use config::Config;
 use control::admin::AdminServer;
 use control::state::{FileStateStore, StateStore};
+use control::handover::SocketKind;
 use control::Control;
 use metrics::Metrics;
 use proxy::listener::{server_builder, Acceptor};
@@ -74,6 +75,8 @@ pub enum StartError {
     },
     #[error("cannot open the access log (access_log.path): {0}")]
     AccessLog(std::io::Error),
+    #[error("takeover: {0}")]
+    Takeover(String),
 }
 
 /// What [`Switchyard::bind_with`] takes besides the config.
@@ -87,6 +90,9 @@ pub struct BindOptions {
     /// Only the `[admin]` lists grant access: root and the daemon's own uid are not
     /// implicitly admins. The tests use this (they run as root).
     pub strict_admin_lists: bool,
+    /// `run --takeover`: take the listening sockets, admin socket and state over from the
+    /// daemon that serves this config (see [`control::handover`], `docs/upgrade.md`).
+    pub takeover: bool,
 }
 
 /// A bound, not yet running, proxy.
@@ -102,6 +108,8 @@ pub struct Switchyard {
     control: Arc<Control>,
     strict_admin_lists: bool,
     edge: Arc<Edge>,
+    /// The hand-over in progress (`--takeover`), confirmed once this process serves.
+    takeover: Option<control::handover::Takeover>,
 }
 
 impl Switchyard {
@@ -119,9 +127,21 @@ impl Switchyard {
         let table = proxy::initial_table(&config).map_err(StartError::Pools)?;
         let routes = Arc::new(RouteHandle::new(table));
         let edge = Arc::new(Edge::new(&config, &metrics).map_err(StartError::AccessLog)?);
+        // First, with --takeover, the running daemon's sockets: it stops changing (and
+        // saving) its state before this one binds anything or reads the state file.
+        let mut takeover = if options.takeover {
+            let t = control::handover::Takeover::begin(&config.admin.socket).map_err(StartError::Takeover)?;
+            match &t {
+                Some(t) => info!(old.pid = ?t.old_pid, "taking over the listening sockets of the running daemon"),
+                None => info!("--takeover: no daemon answers on the admin socket; starting afresh"),
+            }
+            t
+        } else {
+            None
+        };
         let mut http = Vec::new();
         for &addr in &config.proxy.listen {
-            http.push(bind_tcp(addr, "proxy", config.proxy.reuse_port)?);
+            http.push(listen_tcp(&mut takeover, SocketKind::Http, addr, "proxy", config.proxy.reuse_port)?);
         }
         let mut tls = Vec::new();
         for t in &config.proxy.tls {
@@ -132,19 +152,23 @@ impl Switchyard {
                         source,
                     }
                 })?;
-            tls.push((bind_tcp(t.listen, "proxy tls", config.proxy.reuse_port)?, Arc::new(terminator)));
+            let l = listen_tcp(&mut takeover, SocketKind::Tls, t.listen, "proxy tls", config.proxy.reuse_port)?;
+            tls.push((l, Arc::new(terminator)));
         }
         let metrics_listener = match config.metrics.listen {
-            Some(addr) => Some(bind_tcp(addr, "metrics", false)?),
+            Some(addr) => Some(listen_tcp(&mut takeover, SocketKind::Metrics, addr, "metrics", false)?),
             None => None,
         };
-        let admin =
-            Some(
-                control::admin::bind(&config.admin).map_err(|source| StartError::Admin {
-                    path: config.admin.socket.clone(),
-                    source,
-                })?,
-            );
+        if let Some(t) = &takeover {
+            for s in t.unused() {
+                warn!(kind = ?s.kind, addr = %s.local, "a socket handed over matches no listener of this config; closed here");
+            }
+        }
+        let bind_admin = if takeover.is_some() { control::admin::bind_replacing } else { control::admin::bind };
+        let admin = Some(bind_admin(&config.admin).map_err(|source| StartError::Admin {
+            path: config.admin.socket.clone(),
+            source,
+        })?);
         // Restore only once every socket is ours: a daemon that cannot bind must not
         // touch the state of the one that holds them.
         let store = options
@@ -157,6 +181,7 @@ impl Switchyard {
             metrics.clone(),
             store,
         ));
+        control.attach_tls(tls.iter().map(|(_, t)| t.clone()).collect());
         // The rollout controller, with the rollout saved before a restart (a running one
         // comes back paused at the same weight).
         let controller = Arc::new(control::controller::Controller::new(
@@ -178,6 +203,7 @@ impl Switchyard {
             control,
             strict_admin_lists,
             edge,
+            takeover,
         })
     }
 
@@ -246,7 +272,19 @@ impl Switchyard {
             control,
             strict_admin_lists,
             edge,
+            takeover,
         } = self;
+        // Duplicates of the listening sockets, for a successor's `handover`.
+        let mut inheritable = control::handover::Inheritable::default();
+        for (l, &addr) in http.iter().zip(&config.proxy.listen) {
+            inheritable.add(SocketKind::Http, addr, l);
+        }
+        for ((l, _), t) in tls.iter().zip(&config.proxy.tls) {
+            inheritable.add(SocketKind::Tls, t.listen, l);
+        }
+        if let (Some(l), Some(addr)) = (&metrics_listener, config.metrics.listen) {
+            inheritable.add(SocketKind::Metrics, addr, l);
+        }
         for l in &http {
             if let Ok(addr) = l.local_addr() {
                 info!(%addr, "proxy listening");
@@ -283,7 +321,7 @@ impl Switchyard {
             tokio::spawn(proxy::tls::watch_files(terminators, shutdown.clone()));
         }
         if let Some(l) = admin {
-            let server = Arc::new(AdminServer::new(control.clone(), !strict_admin_lists));
+            let server = Arc::new(AdminServer::new(control.clone(), !strict_admin_lists).with_sockets(Arc::new(inheritable)));
             info!(path = %config.admin.socket.display(), "admin socket listening");
             tokio::spawn(server.run(l, shutdown.clone()));
         }
@@ -292,6 +330,18 @@ impl Switchyard {
                 info!(%addr, "metrics listening");
             }
             tokio::spawn(metrics::http::serve(l, metrics.clone(), shutdown.clone()));
+        }
+        if let Some(t) = takeover {
+            // Every accept loop runs: the old daemon may stop now.
+            let old = t.old_pid;
+            match tokio::task::spawn_blocking(move || t.complete()).await {
+                Ok(Ok(())) => info!(
+                    old.pid = ?old,
+                    "took over: serving on the handed-over sockets; stop the old process with SIGTERM (it drains and exits)"
+                ),
+                Ok(Err(e)) => warn!(old.pid = ?old, "took over, but the old process did not confirm: {e}"),
+                Err(e) => warn!(old.pid = ?old, "took over, but confirming failed: {e}"),
+            }
         }
         let upkeep = {
             let metrics = metrics.clone();
@@ -334,6 +384,23 @@ impl Switchyard {
             }
         }
         Ok(())
+    }
+}
+
+/// The handed-over socket for `addr` when taking over, else a new one.
+fn listen_tcp(
+    takeover: &mut Option<control::handover::Takeover>,
+    kind: SocketKind,
+    addr: SocketAddr,
+    what: &'static str,
+    reuse_port: bool,
+) -> Result<TcpListener, StartError> {
+    match takeover.as_mut().and_then(|t| t.take(kind, addr)) {
+        Some(l) => l
+            .set_nonblocking(true)
+            .and_then(|()| TcpListener::from_std(l))
+            .map_err(|source| StartError::Bind { what, addr, source }),
+        None => bind_tcp(addr, what, reuse_port),
     }
 }
 

@@ -40,6 +40,11 @@ enum Command {
     Run {
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+        /// Zero-downtime restart or upgrade: take the listening sockets, the admin socket and
+        /// the state over from the daemon running with this config, then SIGTERM the old one
+        /// (docs/upgrade.md). Without a running daemon, starts as usual.
+        #[arg(long)]
+        takeover: bool,
     },
     /// Validate a config file; errors name the key and the fix. Exit 0 valid, 1 invalid.
     ///
@@ -107,7 +112,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Run { config } => run(config),
+        Command::Run { config, takeover } => run(config, takeover),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "switchyard", &mut std::io::stdout());
@@ -169,7 +174,7 @@ fn init_logging() {
         .init();
 }
 
-fn run(path: PathBuf) -> ExitCode {
+fn run(path: PathBuf, takeover: bool) -> ExitCode {
     init_logging();
     let config = match Config::load(&path) {
         Ok(c) => c,
@@ -198,6 +203,7 @@ fn run(path: PathBuf) -> ExitCode {
     rt.block_on(async move {
         let options = BindOptions {
             config_path: Some(path),
+            takeover,
             ..BindOptions::default()
         };
         let server = match Switchyard::bind_with(config, options).await {

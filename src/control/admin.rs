@@ -7,14 +7,15 @@
 //! `pool POOL ready|drain|maint`, `backend POOL ADDR enable|disable`, `reload`,
 //! `rollout start|pause|resume|promote|abort|status` and `gates` ([`super::controller`]),
 //! `watch`,
-//! `help`; each mutation takes a trailing `expect-gen N`. `watch` answers `{"ok":true,
+//! `wait-drained POOL [timeout D]` (answers once the pool has nothing in flight),
+//! `handover` (see [`super::handover`]), `help`; each mutation takes a trailing `expect-gen N`. `watch` answers `{"ok":true,
 //! "watching":true,...}` and then streams one JSON event per line (`{"event":"route",...}`,
 //! the rollout's events, `{"event":"lagged","missed":N}` when this client fell behind)
 //! until the client closes.
 //!
 //! Error codes ([`super::command::ERROR_CODES`]): `unknown_command`, `bad_argument`,
 //! `conflict`, `rollout_active`, `permission_denied`, `invalid_transition`, `busy`,
-//! `idle_timeout`, `reload_failed`, `internal`.
+//! `idle_timeout`, `reload_failed`, `timeout`, `superseded`, `internal`.
 //!
 //! Peers are identified by SO_PEERCRED and checked by [`super::access::decide`]. Input is
 //! bounded: a line longer than [`MAX_LINE`] or not UTF-8 gets `bad_argument` and the
@@ -26,18 +27,21 @@
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{broadcast, Semaphore};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::access::{allows, decide, Access, AccessPolicy, Peer};
 use super::command::{is_mutating_verb, AdminCommand, AdminError};
-use super::{execute, Actor, Control};
-use crate::config::AdminConfig;
+use super::handover::{self, Inheritable};
+use super::{drain, execute, Actor, Control};
+use crate::config::{AdminConfig, PoolId};
 
 /// Longest accepted command line, in bytes.
 pub const MAX_LINE: usize = 4096;
@@ -46,6 +50,17 @@ pub const MAX_LINE: usize = 4096;
 /// A stale socket (nobody answers) is replaced; a live one means another daemon runs with
 /// this config, and this one refuses to start rather than steal its socket and state.
 pub fn bind(cfg: &AdminConfig) -> std::io::Result<UnixListener> {
+    bind_with(cfg, false)
+}
+
+/// [`bind`] for `run --takeover`: a live socket at the path (the daemon handing over) is
+/// replaced atomically — the new socket is bound beside it and renamed over it, so the path
+/// always answers.
+pub fn bind_replacing(cfg: &AdminConfig) -> std::io::Result<UnixListener> {
+    bind_with(cfg, true)
+}
+
+fn bind_with(cfg: &AdminConfig, replace_live: bool) -> std::io::Result<UnixListener> {
     let path = &cfg.socket;
     if let Some(dir) = path
         .parent()
@@ -54,17 +69,38 @@ pub fn bind(cfg: &AdminConfig) -> std::io::Result<UnixListener> {
         std::fs::create_dir_all(dir)?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))?;
     }
-    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::AddrInUse,
-                "another switchyard daemon is serving this admin socket; stop it first",
-            ));
-        }
-        std::fs::remove_file(path)?;
+    if std::fs::symlink_metadata(path).is_ok_and(|m| !m.file_type().is_socket()) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            "the path exists and is not a socket; remove it or choose another admin.socket",
+        ));
     }
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(cfg.mode))?;
+    if std::fs::symlink_metadata(path).is_ok() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            if !replace_live {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    "another switchyard daemon is serving this admin socket; stop it first, \
+                     or take it over with `switchyard run --takeover` (docs/upgrade.md)",
+                ));
+            }
+        } else {
+            std::fs::remove_file(path)?;
+        }
+    }
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let beside = path.with_file_name(format!(".{name}.{}.new", std::process::id()));
+    let _ = std::fs::remove_file(&beside);
+    let listener = UnixListener::bind(&beside)?;
+    let placed = std::fs::set_permissions(&beside, std::fs::Permissions::from_mode(cfg.mode))
+        .and_then(|()| std::fs::rename(&beside, path));
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&beside);
+        return Err(e);
+    }
     Ok(listener)
 }
 
@@ -74,12 +110,23 @@ pub struct AdminServer {
     pub own_uid: u32,
     /// See [`AccessPolicy::implicit_admins`].
     pub implicit_admins: bool,
+    /// (device, inode) of the socket file this daemon created: it removes the path on exit
+    /// only if it is still its own (a successor may have replaced it).
+    socket_id: Option<(u64, u64)>,
+    /// The listening sockets `handover` passes to a successor.
+    sockets: Option<Arc<Inheritable>>,
 }
 
 enum Handled {
     Reply(String),
     Watch,
+    WaitDrained(PoolId, Duration),
+    Handover(Peer, Actor),
 }
+
+/// How long a daemon that handed its sockets over waits for the successor's confirmation
+/// before it takes route changes again.
+const HANDOVER_CONFIRM: Duration = Duration::from_secs(60);
 
 impl AdminServer {
     pub fn new(control: Arc<Control>, implicit_admins: bool) -> Self {
@@ -88,11 +135,20 @@ impl AdminServer {
             .or_else(|_| std::fs::metadata("/proc/self"))
             .map(|m| m.uid())
             .unwrap_or(0);
+        let socket_id = std::fs::metadata(&socket).ok().map(|m| (m.dev(), m.ino()));
         AdminServer {
             control,
             own_uid,
             implicit_admins,
+            socket_id,
+            sockets: None,
         }
+    }
+
+    /// The listening sockets this daemon may hand to a successor (`handover`).
+    pub fn with_sockets(mut self, sockets: Arc<Inheritable>) -> Self {
+        self.sockets = Some(sockets);
+        self
     }
 
     /// The policy of the config in force (access lists take effect on reload).
@@ -140,7 +196,11 @@ impl AdminServer {
                 drop(permit);
             });
         }
-        let _ = std::fs::remove_file(&self.control.config().admin.socket);
+        let path = self.control.config().admin.socket.clone();
+        let current = std::fs::metadata(&path).ok().map(|m| (m.dev(), m.ino()));
+        if current.is_some() && current == self.socket_id {
+            let _ = std::fs::remove_file(&path);
+        }
     }
 
     async fn serve(&self, stream: UnixStream, shutdown: CancellationToken) {
@@ -195,6 +255,22 @@ impl AdminServer {
                             self.watch(reader, write, idle, shutdown).await;
                             return;
                         }
+                        Handled::WaitDrained(pool, timeout) => {
+                            let result = tokio::select! {
+                                r = drain::wait_drained(&self.control, pool, timeout) => r,
+                                // The client went away: nobody to answer.
+                                _ = reader.closed() => return,
+                                _ = shutdown.cancelled() => Err(AdminError::new("internal", "the daemon is shutting down")),
+                            };
+                            match result {
+                                Ok(v) => reply_ok(v),
+                                Err(e) => reply_err(&e),
+                            }
+                        }
+                        Handled::Handover(peer, actor) => {
+                            self.handover(reader, write, peer, actor).await;
+                            return;
+                        }
                     },
                 },
             };
@@ -217,7 +293,7 @@ impl AdminServer {
                 return Handled::Reply(reply_err(&e));
             }
         };
-        if !allows(access, cmd.is_mutation()) {
+        if !allows(access, cmd.needs_admin()) {
             let level = json!(access);
             let e = AdminError::new(
                 "permission_denied",
@@ -232,8 +308,13 @@ impl AdminServer {
             }
             return Handled::Reply(reply_err(&e));
         }
-        if cmd == AdminCommand::Watch {
-            return Handled::Watch;
+        match cmd {
+            AdminCommand::Watch => return Handled::Watch,
+            AdminCommand::WaitDrained { pool, timeout } => {
+                return Handled::WaitDrained(pool, timeout)
+            }
+            AdminCommand::Handover => return Handled::Handover(peer, actor),
+            _ => {}
         }
         let result = if cmd.is_mutation() {
             let control = self.control.clone();
@@ -252,6 +333,80 @@ impl AdminServer {
             Ok(v) => reply_ok(v),
             Err(e) => reply_err(&e),
         })
+    }
+
+    /// `handover`: freezes the route table, sends the listening sockets, then waits for the
+    /// successor's `handover-done`; without it (the successor died or gave up) the daemon
+    /// takes changes again. See [`super::handover`].
+    async fn handover<R>(
+        &self,
+        mut reader: LineReader<R>,
+        mut write: OwnedWriteHalf,
+        peer: Peer,
+        actor: Actor,
+    ) where
+        R: AsyncBufRead + Unpin,
+    {
+        let limit = Duration::from_secs(10);
+        let Some(sockets) = self.sockets.clone() else {
+            let e = AdminError::new(
+                "internal",
+                "this daemon has no listening sockets to hand over",
+            );
+            let _ = send(&mut write, &reply_err(&e), limit).await;
+            return;
+        };
+        // Audited like a change (nothing in the route table changes), and refused like one
+        // when this daemon already handed over.
+        let control = self.control.clone();
+        let audited = tokio::task::spawn_blocking(move || {
+            control.update(&actor, handover::VERB, None, |_| Ok(()))
+        })
+        .await;
+        let generation = match audited {
+            Ok(Ok(applied)) => applied.generation,
+            Ok(Err(e)) => {
+                let _ = send(&mut write, &reply_err(&e), limit).await;
+                return;
+            }
+            Err(e) => {
+                let e = AdminError::new("internal", format!("command task failed: {e}"));
+                let _ = send(&mut write, &reply_err(&e), limit).await;
+                return;
+            }
+        };
+        let successor = peer
+            .pid
+            .and_then(|p| u32::try_from(p).ok())
+            .filter(|&p| p != 0)
+            .unwrap_or(u32::MAX);
+        self.control.set_superseded(Some(successor));
+        let line = handover::reply(generation, &sockets);
+        let sent = tokio::time::timeout(limit, sockets.send(write.as_ref(), &line)).await;
+        if !matches!(sent, Ok(Ok(()))) {
+            warn!(
+                successor.pid = successor,
+                "could not send the listening sockets"
+            );
+            self.control.set_superseded(None);
+            return;
+        }
+        info!(
+            successor.pid = successor,
+            sockets = sockets.infos().len(),
+            "listening sockets handed over; waiting for the new process to confirm"
+        );
+        match tokio::time::timeout(HANDOVER_CONFIRM, reader.next()).await {
+            Ok(Ok(Line::Text(t))) if t == handover::DONE.as_bytes() => {
+                let _ = send(&mut write, &reply_ok(json!({ "handed_over": true })), limit).await;
+                warn!(
+                    successor.pid = successor,
+                    "hand-over confirmed: the new process serves; send SIGTERM to this one (pid {}) to drain and exit",
+                    std::process::id()
+                );
+            }
+            _ => self.control.set_superseded(None),
+        }
     }
 
     /// Streams events until the client closes, a write stalls for `idle`, or shutdown.
@@ -367,6 +522,15 @@ impl<R: AsyncBufRead + Unpin> LineReader<R> {
                 }
                 return Ok(Line::Text(line));
             }
+        }
+    }
+
+    /// Resolves when the peer closes (or the read fails); stays pending once it sent more
+    /// input, which is left unread for the next command.
+    async fn closed(&mut self) {
+        match self.inner.fill_buf().await {
+            Ok([]) | Err(_) => {}
+            Ok(_) => std::future::pending::<()>().await,
         }
     }
 

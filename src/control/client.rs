@@ -4,7 +4,8 @@
 //! 2 socket unreachable or permission denied, 7 conflict (also `rollout_active`),
 //! 8 invalid transition. `ctl watch` prints events until the daemon or the user ends it.
 //! `ctl rollout ... --wait` follows the rollout ([`super::follow`]: 3 rolled back by a gate,
-//! 4 aborted, 5 timeout, 6 paused).
+//! 4 aborted, 5 timeout, 6 paused). `ctl wait-drained POOL [--timeout D]` waits until the
+//! pool has nothing in flight and exits 5 when D passes first.
 //!
 //! The pieces ([`Connection`], [`exit_code`], [`render`]) are public so that verbs with
 //! their own client loop (`rollout start --wait`) reuse them.
@@ -27,6 +28,8 @@ pub const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_USAGE: u8 = 1;
 pub const EXIT_UNREACHABLE: u8 = 2;
+/// `wait-drained` reached its timeout.
+pub const EXIT_TIMEOUT: u8 = 5;
 pub const EXIT_CONFLICT: u8 = 7;
 pub const EXIT_INVALID_TRANSITION: u8 = 8;
 
@@ -36,6 +39,7 @@ pub fn exit_code(code: &str) -> u8 {
         "permission_denied" => EXIT_UNREACHABLE,
         "conflict" | "rollout_active" => EXIT_CONFLICT,
         "invalid_transition" => EXIT_INVALID_TRANSITION,
+        "timeout" => EXIT_TIMEOUT,
         _ => EXIT_USAGE,
     }
 }
@@ -96,6 +100,10 @@ pub async fn run(socket: &Path, words: &[String], json_out: bool) -> u8 {
         Ok(x) => x,
         Err(msg) => return out.fail(EXIT_USAGE, "usage", &msg),
     };
+    let (words, reply_timeout) = match wait_drained_words(&words) {
+        Ok(x) => x,
+        Err(msg) => return out.fail(EXIT_USAGE, "usage", &msg),
+    };
     let line = words.join(" ");
     let mut conn = match Connection::connect(socket).await {
         Ok(c) => c,
@@ -111,12 +119,12 @@ pub async fn run(socket: &Path, words: &[String], json_out: bool) -> u8 {
             &format!("{}: {e}", socket.display()),
         );
     }
-    let reply = match tokio::time::timeout(REPLY_TIMEOUT, conn.next()).await {
+    let reply = match tokio::time::timeout(reply_timeout, conn.next()).await {
         Err(_) => {
             return out.fail(
                 EXIT_USAGE,
                 "internal",
-                &format!("no reply within {REPLY_TIMEOUT:?}"),
+                &format!("no reply within {reply_timeout:?}"),
             )
         }
         Ok(Err(e)) => return out.fail(EXIT_USAGE, "internal", &e.to_string()),
@@ -212,6 +220,17 @@ pub fn render(verb: &str, v: &Value) -> String {
     }
     match verb {
         "status" => render_status(v),
+        "wait-drained" => format!(
+            "pool {} drained: nothing in flight after {} ms (state {}, {}% of new requests){}",
+            v["pool"].as_str().unwrap_or("?"),
+            v["waited_ms"],
+            v["state"].as_str().unwrap_or("?"),
+            v["share_percent"],
+            v["warning"]
+                .as_str()
+                .map(|w| format!("\nwarning: {w}"))
+                .unwrap_or_default()
+        ),
         "help" => render_help(v),
         "watch" => format!(
             "watching from generation {}; Ctrl-C to stop",
@@ -246,12 +265,47 @@ fn render_status(v: &Value) -> String {
             } else {
                 "DISABLED"
             };
+            let health = match (b["healthy"] == true, b["ejected"] == true) {
+                (true, false) => "healthy",
+                (false, false) => "UNHEALTHY",
+                (true, true) => "EJECTED",
+                (false, true) => "UNHEALTHY+EJECTED",
+            };
+            let rotation = if b["in_rotation"] == false {
+                "  (out of rotation)"
+            } else {
+                ""
+            };
             s.push_str(&format!(
-                "       {:<24} {on:<9} {} in flight\n",
+                "       {:<24} {on:<9} {health:<9} {} in flight{rotation}\n",
                 b["addr"].as_str().unwrap_or("?"),
                 b["inflight"]
             ));
         }
+    }
+    for l in v["tls"].as_array().into_iter().flatten() {
+        s.push_str(&format!("tls    {}\n", l["listen"].as_str().unwrap_or("?")));
+        for c in l["certificates"].as_array().into_iter().flatten() {
+            let names: Vec<&str> = c["names"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            s.push_str(&format!(
+                "       {}  expires {}  ({})\n",
+                names.join(", "),
+                c["not_after_unix"]
+                    .as_i64()
+                    .map_or_else(|| "?".to_string(), unix_date),
+                c["file"].as_str().unwrap_or("?")
+            ));
+        }
+    }
+    if let Some(pid) = v["superseded_by"].as_u64() {
+        s.push_str(&format!(
+            "handed over to pid {pid}: this daemon is shutting down\n"
+        ));
     }
     if !v["rollout"].is_null() {
         s.push_str(&format!(
@@ -260,6 +314,50 @@ fn render_status(v: &Value) -> String {
         ));
     }
     s.trim_end().to_string()
+}
+
+/// `YYYY-MM-DD` (UTC) of a Unix time, for certificate expiry.
+fn unix_date(t: i64) -> String {
+    // Days to civil date (Howard Hinnant's algorithm).
+    let z = t.div_euclid(86_400) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// `wait-drained POOL [--timeout D]` → the socket's `wait-drained POOL timeout D`, and how
+/// long to wait for the reply (the timeout and a margin). Other commands pass through.
+fn wait_drained_words(words: &[String]) -> Result<(Vec<String>, Duration), String> {
+    if words.first().map(String::as_str) != Some("wait-drained") {
+        return Ok((words.to_vec(), REPLY_TIMEOUT));
+    }
+    let mut out = Vec::new();
+    let mut timeout = super::drain::DEFAULT_TIMEOUT;
+    let mut it = words.iter();
+    while let Some(w) = it.next() {
+        let value = match w.as_str() {
+            "--timeout" | "timeout" => it
+                .next()
+                .cloned()
+                .ok_or("--timeout needs a duration, e.g. 30s")?,
+            other => match other.strip_prefix("--timeout=") {
+                Some(v) => v.to_string(),
+                None => {
+                    out.push(w.clone());
+                    continue;
+                }
+            },
+        };
+        timeout = crate::config::parse_duration(&value).map_err(|e| format!("--timeout: {e}"))?;
+        out.extend(["timeout".to_string(), value]);
+    }
+    Ok((out, timeout + REPLY_TIMEOUT))
 }
 
 fn render_help(v: &Value) -> String {

@@ -68,6 +68,14 @@ pub const ERROR_CODES: &[(&str, &str)] = &[
         "reload_failed",
         "the new config is invalid or changes what needs a restart; `key` names it",
     ),
+    (
+        "timeout",
+        "`wait-drained` reached its timeout with requests still in flight",
+    ),
+    (
+        "superseded",
+        "this daemon handed its sockets to a new process; talk to that one",
+    ),
     ("internal", "the daemon failed; the message says how"),
 ];
 
@@ -116,6 +124,14 @@ pub const VERBS: &[(&str, &str)] = &[
     (
         "watch",
         "turn this connection into a stream of JSON event lines",
+    ),
+    (
+        "wait-drained POOL [timeout D]",
+        "wait until POOL has nothing in flight (after `pool POOL drain`); error `timeout` after D (default 5m)",
+    ),
+    (
+        "handover",
+        "hand the listening sockets to a new process (`switchyard run --takeover` sends it)",
     ),
     ("help", "this list"),
 ];
@@ -196,10 +212,21 @@ pub enum AdminCommand {
     RolloutStatus,
     /// `gates`
     Gates,
+    /// `wait-drained POOL [timeout D]`: admin only, changes nothing.
+    WaitDrained { pool: PoolId, timeout: Duration },
+    /// `handover`: a new process takes over the listening sockets (`run --takeover`).
+    Handover,
 }
 
 /// Verbs that change state: they need admin rights and are audited even when refused.
-const MUTATING_VERBS: &[&str] = &["weight", "rollback", "pool", "backend", "reload", "rollout"];
+const MUTATING_VERBS: &[&str] = &[
+    "weight", "rollback", "pool", "backend", "reload", "rollout", "handover",
+];
+
+/// Whether the first word of `line` names a verb only admins may run.
+pub fn needs_admin_verb(line: &str) -> bool {
+    is_mutating_verb(line) || line.split_whitespace().next() == Some("wait-drained")
+}
 
 /// Whether the first word of `line` names a mutating verb (parsed or not); `rollout status`
 /// only reads.
@@ -289,6 +316,8 @@ impl AdminCommand {
             },
             "rollout" => parse_rollout(args, expect_gen),
             "gates" => no_args(AdminCommand::Gates),
+            "wait-drained" => parse_wait_drained(args, expect_gen),
+            "handover" => no_args(AdminCommand::Handover),
             other => Err(AdminError::new(
                 "unknown_command",
                 format!("unknown command `{other}`; try `help`"),
@@ -305,7 +334,14 @@ impl AdminCommand {
                 | AdminCommand::Watch
                 | AdminCommand::RolloutStatus
                 | AdminCommand::Gates
+                | AdminCommand::WaitDrained { .. }
         )
+    }
+
+    /// Whether only admins may run it: every mutation, and `wait-drained` (it holds a
+    /// connection for as long as the pool drains).
+    pub fn needs_admin(&self) -> bool {
+        self.is_mutation() || matches!(self, AdminCommand::WaitDrained { .. })
     }
 }
 
@@ -363,6 +399,35 @@ fn parse_steps(word: &str) -> Result<Vec<u16>, AdminError> {
 
 fn parse_time(what: &str, word: &str) -> Result<Duration, AdminError> {
     parse_duration(word).map_err(|e| AdminError::bad_argument(format!("rollout start {what}: {e}")))
+}
+
+/// `wait-drained POOL [timeout D]`.
+fn parse_wait_drained(args: &[&str], expect_gen: Option<u64>) -> Result<AdminCommand, AdminError> {
+    const USAGE: &str = "wait-drained POOL [timeout D]";
+    if expect_gen.is_some() {
+        return Err(AdminError::bad_argument(
+            "`wait-drained` changes nothing; it takes no expect-gen",
+        ));
+    }
+    let (pool, timeout) = match args {
+        [pool] => (pool, super::drain::DEFAULT_TIMEOUT),
+        [pool, "timeout", d] => {
+            let t =
+                parse_duration(d).map_err(|e| AdminError::bad_argument(format!("timeout: {e}")))?;
+            if t.is_zero() || t > super::drain::MAX_TIMEOUT {
+                return Err(AdminError::bad_argument(format!(
+                    "timeout {d} is out of range; give more than 0 and at most {:?}",
+                    super::drain::MAX_TIMEOUT
+                )));
+            }
+            (pool, t)
+        }
+        _ => return Err(usage(USAGE)),
+    };
+    Ok(AdminCommand::WaitDrained {
+        pool: parse_pool(pool)?,
+        timeout,
+    })
 }
 
 fn usage(text: &str) -> AdminError {

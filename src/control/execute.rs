@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use super::command::{is_mutating_verb, state_str, AdminCommand, AdminError, ERROR_CODES, VERBS};
+use super::command::{needs_admin_verb, state_str, AdminCommand, AdminError, ERROR_CODES, VERBS};
 use super::controller::{send_all_to, Controller};
 use super::state::BackendRef;
 use super::{percent, Actor, Applied, Control};
@@ -24,6 +24,10 @@ pub fn execute(
         AdminCommand::Watch => Err(AdminError::new(
             "internal",
             "watch is served by the socket loop",
+        )),
+        AdminCommand::WaitDrained { .. } | AdminCommand::Handover => Err(AdminError::new(
+            "internal",
+            "wait-drained and handover are served by the socket loop",
         )),
         AdminCommand::Weight {
             green_bp,
@@ -100,6 +104,7 @@ pub fn execute(
             let (applied, restart_required) = control.reload(actor, line, expect_gen)?;
             let mut v = reply(applied);
             v["restart_required"] = json!(restart_required);
+            v["tls"] = control.tls_status();
             Ok(v)
         }
     }
@@ -134,7 +139,7 @@ pub fn help() -> Value {
         "error_codes": ERROR_CODES.iter().map(|(c, w)| json!({ "code": c, "when": w })).collect::<Vec<_>>(),
         "read_only": VERBS
             .iter()
-            .filter(|(usage, _)| !is_mutating_verb(usage))
+            .filter(|(usage, _)| !needs_admin_verb(usage))
             .map(|(usage, _)| verb_words(usage))
             .collect::<Vec<_>>(),
     })

@@ -19,7 +19,9 @@ pub mod client;
 pub mod command;
 pub mod controller;
 mod draft;
+pub mod drain;
 pub mod execute;
+pub mod handover;
 pub mod follow;
 pub mod reload;
 pub mod rollout;
@@ -39,7 +41,8 @@ use tracing::{error, info, warn};
 
 use crate::config::{Config, PoolId};
 use crate::metrics::Metrics;
-use crate::proxy::route::{RouteHandle, RouteTable, FULL_BP};
+use crate::proxy::route::{PoolState, RouteHandle, RouteTable, FULL_BP};
+use crate::proxy::tls::TlsTerminator;
 pub use draft::Draft;
 
 use draft::diff;
@@ -117,6 +120,10 @@ pub struct Control {
     extra: Mutex<Extra>,
     restored_rollout: Value,
     rollout_active: AtomicBool,
+    /// The pid of the process this daemon handed its sockets to (0: none); see [`handover`].
+    superseded_by: std::sync::atomic::AtomicU32,
+    /// The TLS listeners' certificates, for `status` and `reload`.
+    tls: OnceLock<Vec<Arc<TlsTerminator>>>,
     controller: OnceLock<Arc<Controller>>,
 }
 
@@ -170,6 +177,8 @@ impl Control {
             extra: Mutex::new(extra),
             restored_rollout,
             rollout_active: AtomicBool::new(false),
+            superseded_by: std::sync::atomic::AtomicU32::new(0),
+            tls: OnceLock::new(),
             controller: OnceLock::new(),
         };
         let source = control.store.describe();
@@ -199,7 +208,9 @@ impl Control {
                 }
             }
         }
-        control.publish_gauges(&control.routes.load());
+        let t = control.routes.load();
+        control.publish_gauges(&t);
+        control.pool_states_changed(&t, &t);
         control
     }
 
@@ -298,7 +309,10 @@ impl Control {
             settings: current.settings.clone(),
         };
         let mut draft = before.clone();
-        let outcome = check_gen(&current, expect_gen).and_then(|()| change(&mut draft));
+        let outcome = self
+            .check_superseded()
+            .and_then(|()| check_gen(&current, expect_gen))
+            .and_then(|()| change(&mut draft));
         if let Err(e) = outcome {
             let key = e.key.as_deref().unwrap_or("-");
             warn!(actor = %json!(actor), command, code = e.code, key, "refused: {}", e.message);
@@ -331,6 +345,7 @@ impl Control {
             settings: draft.settings.clone(),
             ..t.derive()
         });
+        self.pool_states_changed(&current, &next);
         *extra = Extra {
             stable: draft.stable,
             rollout: draft.rollout,
@@ -360,6 +375,25 @@ impl Control {
             warning,
             table: next,
         })
+    }
+
+    /// What a pool state change does beyond routing: a pool that is not ready keeps no idle
+    /// upstream connections (they close now, busy ones when their response ends), and a pool
+    /// that leaves `ready` asks every open downstream connection to close gradually over
+    /// `proxy.drain_window`, so long-lived clients reconnect and rebalance.
+    fn pool_states_changed(&self, before: &RouteTable, after: &RouteTable) {
+        for id in PoolId::ALL {
+            let (was, now) = (before.states[id.index()], after.states[id.index()]);
+            for b in after.pool(id).backends.iter() {
+                b.conns.set_keep_idle(now == PoolState::Ready);
+            }
+            if was == PoolState::Ready && now != PoolState::Ready {
+                let window = self.config().proxy.drain_window;
+                self.routes.signal_drain(window);
+                info!(pool = %id, state = state_str(now), window_ms = window.as_millis() as u64,
+                    "pool out of rotation: idle upstream connections closed; downstream connections close over the drain window");
+            }
+        }
     }
 
     /// Audits a command refused before it reached [`Control::update`] (parse, permission).
@@ -425,7 +459,17 @@ impl Control {
                 let backends: Vec<Value> = p
                     .backends
                     .iter()
-                    .map(|b| json!({ "addr": b.addr, "enabled": b.is_enabled(), "inflight": b.inflight() }))
+                    .map(|b| {
+                        json!({
+                            "addr": b.addr,
+                            "enabled": b.is_enabled(),
+                            "healthy": b.is_healthy(),
+                            "ejected": b.is_ejected(),
+                            "in_rotation": b.in_rotation(),
+                            "inflight": b.inflight(),
+                            "last_connect_error": b.conns.last_error(),
+                        })
+                    })
                     .collect();
                 (id.as_str().to_string(), json!({ "state": t.states[id.index()], "backends": backends }))
             })
@@ -438,7 +482,50 @@ impl Control {
             "stable": stable,
             "pools": pools,
             "rollout": rollout,
+            "tls": self.tls_status(),
+            "superseded_by": self.superseded_by(),
         })
+    }
+
+    /// Gives the control plane the TLS listeners (once, at start): `status` shows their
+    /// certificates and `reload` re-reads them.
+    pub fn attach_tls(&self, terminators: Vec<Arc<TlsTerminator>>) {
+        let _ = self.tls.set(terminators);
+    }
+
+    pub fn tls_terminators(&self) -> &[Arc<TlsTerminator>] {
+        self.tls.get().map_or(&[], Vec::as_slice)
+    }
+
+    /// Each TLS listener with its certificates' names and expiry.
+    pub fn tls_status(&self) -> Value {
+        Value::Array(self.tls_terminators().iter().map(|t| t.status()).collect())
+    }
+
+    /// After `handover`: this daemon's route table is frozen (changes are refused with
+    /// `superseded` and nothing is saved) while its successor `pid` serves. `None` lifts it
+    /// (the successor went away before confirming).
+    pub fn set_superseded(&self, pid: Option<u32>) {
+        self.superseded_by.store(pid.unwrap_or(0), Ordering::Release);
+        match pid {
+            Some(p) => warn!(successor.pid = p, "handing over to a new process: route changes are refused from now on"),
+            None => info!("hand-over abandoned: this daemon takes route changes again"),
+        }
+    }
+
+    /// The successor's pid once this daemon handed over.
+    pub fn superseded_by(&self) -> Option<u32> {
+        Some(self.superseded_by.load(Ordering::Acquire)).filter(|&p| p != 0)
+    }
+
+    fn check_superseded(&self) -> Result<(), AdminError> {
+        match self.superseded_by() {
+            Some(pid) => Err(AdminError::new(
+                "superseded",
+                format!("this daemon handed its sockets to pid {pid} and is shutting down; send commands to the new daemon"),
+            )),
+            None => Ok(()),
+        }
     }
 }
 

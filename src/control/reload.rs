@@ -2,8 +2,10 @@
 //! started with, validate it completely, and swap in new pools and request settings in one
 //! route-table publish (weights, pool states and the rollout record stay; generation + 1).
 //!
-//! An invalid file changes nothing; the reply (`reload_failed`, with `key`) and the log
-//! name the key. Keys that name the daemon's own sockets and files (listener addresses,
+//! The TLS listeners' certificates are re-read too (the files the new config lists, or the
+//! same files again), without touching open connections. An invalid file changes nothing,
+//! a certificate or key that does not load included; the reply (`reload_failed`, with
+//! `key`) and the log name the key, and the file. Keys that name the daemon's own sockets and files (listener addresses,
 //! the admin socket and its mode, the state file, the audit log) cannot change without a
 //! restart: such a reload is refused and says so. Keys baked into running tasks (worker
 //! threads, connection limits, server timeouts, admin client slots) are accepted and listed
@@ -58,6 +60,23 @@ impl Control {
             for r in gone {
                 info!(pool = %r.pool, backend = %r.addr, "reload: a disabled backend left the config; forgotten");
                 d.disabled.remove(&r);
+            }
+            // Certificates last: loaded and checked now, in use only if all else was valid.
+            let mut certs = Vec::new();
+            for t in self.tls_terminators() {
+                let listed = new.proxy.tls.iter().find(|l| l.listen == t.listen).map(|l| l.certs.as_slice());
+                let changed = listed.filter(|&p| p != t.pairs().as_slice());
+                let store = t.prepare(changed).map_err(|e| {
+                    AdminError::new(
+                        "reload_failed",
+                        format!("TLS listener {}: {e}; the old certificates and the running config stay", t.listen),
+                    )
+                    .with_key(Some("proxy.tls"))
+                })?;
+                certs.push((t.clone(), store));
+            }
+            for (t, store) in certs {
+                t.install(store);
             }
             // Under the route writer, so the config and the table it built change together.
             self.config.store(Arc::new(new));
