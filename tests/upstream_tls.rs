@@ -1,6 +1,8 @@
 //! TLS to backends (`[pools.X] tls = true`, `tls_ca`, `tls_sni`): requests flow to an
 //! in-test TLS upstream whose certificate is signed by a test CA; with the wrong CA the
-//! client gets 502 and an error that says the certificate was not trusted.
+//! client gets 502 and an error that says the certificate was not trusted. And the
+//! downstream TLS listeners in `status` (names, expiry) and in `reload` (certificates are
+//! re-read with the config; a broken file keeps the old certificate and is named).
 
 #![allow(clippy::unwrap_used)]
 
@@ -226,4 +228,113 @@ async fn tls_pool_proxy(dir: &Path, sections: &str, green: SocketAddr) -> TestPr
         shutdown,
         task,
     }
+}
+
+/// Writes a self-signed certificate for `name` to `dir/stem.{crt,key}`.
+fn write_self_signed(dir: &Path, stem: &str, name: &str) {
+    let ck = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
+    std::fs::write(dir.join(format!("{stem}.crt")), ck.cert.pem()).unwrap();
+    std::fs::write(
+        dir.join(format!("{stem}.key")),
+        ck.signing_key.serialize_pem(),
+    )
+    .unwrap();
+}
+
+/// The listener's certificate names, as `status` shows them.
+fn cert_names(status: &serde_json::Value) -> Vec<String> {
+    status["tls"][0]["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|c| {
+            c["names"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n.as_str().unwrap().to_string())
+        })
+        .collect()
+}
+
+/// The downstream side: `status` shows each TLS listener's certificates (names, expiry)
+/// and each backend's health; `reload` re-reads the certificates with the config, all or
+/// nothing — a broken new file keeps the old certificate, and the error names the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_certificates_and_health_and_reload_swaps_certificates_all_or_nothing() {
+    let (blue, green) = (upstream("blue").await, upstream("green").await);
+    let certs = tempfile::tempdir().unwrap();
+    write_self_signed(certs.path(), "a", "a.test");
+    let listener = |stem: &str| {
+        let d = certs.path().display();
+        format!(
+            "[proxy]\nlisten = [\"127.0.0.1:0\"]\n[[proxy.tls]]\nlisten = \"127.0.0.1:0\"\n\
+             certs = [{{ cert = \"{d}/{stem}.crt\", key = \"{d}/{stem}.key\" }}]\n"
+        )
+    };
+    let (p, _control) = proxy_with(&[blue.addr], &[green.addr], &listener("a"), "", false).await;
+    let config = p.dir.path().join("switchyard.toml");
+    let status = p.admin("status").await;
+    assert_eq!(cert_names(&status), ["a.test"], "{status}");
+    let expiry = status["tls"][0]["certificates"][0]["not_after_unix"]
+        .as_i64()
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(expiry > now, "{status}");
+    let b = &status["pools"]["blue"]["backends"][0];
+    assert_eq!(
+        (
+            b["healthy"].clone(),
+            b["ejected"].clone(),
+            b["in_rotation"].clone()
+        ),
+        (true.into(), false.into(), true.into())
+    );
+
+    // A config naming a broken certificate: nothing changes, and the reply names the file.
+    std::fs::write(
+        certs.path().join("bad.crt"),
+        "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    std::fs::write(certs.path().join("bad.key"), "").unwrap();
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("/a.crt", "/bad.crt")
+            .replace("/a.key", "/bad.key"),
+    )
+    .unwrap();
+    let generation = status["generation"].as_u64().unwrap();
+    let reply = p.admin("reload").await;
+    assert_eq!(reply["error"]["code"], "reload_failed", "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("bad.crt"),
+        "{reply}"
+    );
+    let status = p.admin("status").await;
+    assert_eq!(cert_names(&status), ["a.test"]);
+    assert_eq!(status["generation"].as_u64().unwrap(), generation);
+
+    // A good new certificate file: swapped in by the reload, and the file watcher keeps it.
+    write_self_signed(certs.path(), "c", "c.test");
+    std::fs::write(
+        &config,
+        text.replace("/a.crt", "/c.crt").replace("/a.key", "/c.key"),
+    )
+    .unwrap();
+    let reply = p.admin("reload").await;
+    assert_eq!(reply["ok"], true, "{reply}");
+    assert_eq!(cert_names(&reply.clone()), ["c.test"], "{reply}");
+    tokio::time::sleep(
+        switchyard::proxy::tls::WATCH_INTERVAL + std::time::Duration::from_millis(500),
+    )
+    .await;
+    assert_eq!(cert_names(&p.admin("status").await), ["c.test"]);
 }
