@@ -118,3 +118,22 @@ async fn the_access_log_line_carries_the_id() {
     );
     assert!(ids.contains(&("/made".to_string(), made)), "{ids:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generated_id_does_not_count_against_the_header_limit() {
+    let (blue, green) = (upstream("blue").await, upstream("green").await);
+    let p = proxy(
+        &blue,
+        &green,
+        "[proxy]\nlisten = [\"127.0.0.1:0\"]\n[proxy.limits]\nmax_headers = 4\n",
+    )
+    .await;
+    // host, the hash and two more: exactly at the limit.
+    let mut req = get(&p.url("/"));
+    req.headers_mut().insert("a", "1".parse().unwrap());
+    req.headers_mut().insert("b", "2".parse().unwrap());
+    let (status, h, _) = send(&client(), req).await;
+    assert_eq!(status, 200);
+    assert!(is_generated(h["x-request-id"].to_str().unwrap()));
+    assert_eq!(upstream_id(&blue).len(), 1);
+}

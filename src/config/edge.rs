@@ -237,12 +237,14 @@ pub(super) fn access_log(raw: RawAccessLog) -> Result<AccessLogConfig, ConfigErr
     let target = match raw.path.as_deref() {
         None | Some("") => None,
         Some("-") => Some(AccessLogTarget::Stdout),
-        Some(p) if p.ends_with('/') => return Err(invalid(
-            "access_log.path",
-            format!(
+        Some(p) if p.ends_with('/') => {
+            return Err(invalid(
+                "access_log.path",
+                format!(
                 "\"{p}\" names a directory; give a file, e.g. \"/var/log/switchyard/access.log\""
             ),
-        )),
+            ))
+        }
         Some(p) => Some(AccessLogTarget::File(PathBuf::from(p))),
     };
     let queue = raw.queue.unwrap_or(16_384);

@@ -86,7 +86,7 @@ static ROOT: PathAndQuery = PathAndQuery::from_static("/");
 
 pub async fn handle(
     conn: Arc<Conn>,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
 ) -> Result<Response<TracedBody>, Infallible> {
     let start = Instant::now();
     let table = conn.shared.routes.load();
@@ -95,10 +95,11 @@ pub async fn handle(
     let version = req.version();
     let has_body = !req.body().is_end_stream();
     let metrics = &conn.shared.metrics;
+    // Written into the forwarded request only after validation, which counts headers.
     let request_id = edge
         .request_id
         .as_ref()
-        .map(|name| request_id::ensure(req.headers_mut(), name));
+        .map(|name| request_id::resolve(req.headers(), name));
     let client = client::client_addr(req.headers(), conn.peer, edge.trusted_hops);
     let mut trace = Trace::default();
     let pending = match &conn.shared.edge.access_log {
@@ -117,7 +118,11 @@ pub async fn handle(
             Pending::start(log, arrival)
         }
     };
-    let mut resp = match handle_inner(&conn, &table, req, start, client, &mut trace).await {
+    let fresh_id = request_id
+        .as_ref()
+        .and_then(|(id, fresh)| fresh.then_some(id));
+    let inner = handle_inner(&conn, &table, req, start, client, fresh_id, &mut trace);
+    let mut resp = match inner.await {
         Ok(resp) => resp,
         Err(err) => {
             debug!(error = %err, generation = table.generation, "answered by the proxy");
@@ -135,6 +140,7 @@ pub async fn handle(
     };
     let h = resp.headers_mut();
     h.insert(s.hash_header.clone(), s.hash_value.clone());
+    let request_id = request_id.map(|(id, _)| id);
     if let (Some(name), Some(id)) = (&edge.request_id, &request_id) {
         h.insert(name, id.clone());
     }
@@ -239,6 +245,7 @@ async fn handle_inner<'a>(
     req: Request<Incoming>,
     start: Instant,
     client: IpAddr,
+    fresh_id: Option<&HeaderValue>,
     trace: &mut Trace<'a>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let s = &*table.settings;
@@ -249,6 +256,9 @@ async fn handle_inner<'a>(
         return Err(ProxyError::Smuggling(headers::Smuggling::AmbiguousLength));
     }
     validate(&parts, s)?;
+    if let (Some(name), Some(id)) = (&s.edge.request_id, fresh_id) {
+        parts.headers.insert(name, id.clone());
+    }
 
     let edge = &conn.shared.edge;
     match edge.check_rate(

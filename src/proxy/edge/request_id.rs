@@ -26,16 +26,24 @@ pub fn is_valid(id: &[u8]) -> bool {
             .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
-/// The request's id: the client's if valid, else a new one written into `headers`.
-pub fn ensure(headers: &mut HeaderMap, name: &HeaderName) -> HeaderValue {
+/// The request's id: the client's if valid (`false`), else a new one (`true`: it must
+/// replace whatever the client sent in the forwarded request).
+pub fn resolve(headers: &HeaderMap, name: &HeaderName) -> (HeaderValue, bool) {
     let mut sent = headers.get_all(name).iter();
     if let (Some(id), None) = (sent.next(), sent.next()) {
         if is_valid(id.as_bytes()) {
-            return id.clone();
+            return (id.clone(), false);
         }
     }
-    let id = generate();
-    headers.insert(name, id.clone());
+    (generate(), true)
+}
+
+/// [`resolve`], writing a new id into `headers`.
+pub fn ensure(headers: &mut HeaderMap, name: &HeaderName) -> HeaderValue {
+    let (id, fresh) = resolve(headers, name);
+    if fresh {
+        headers.insert(name, id.clone());
+    }
     id
 }
 
