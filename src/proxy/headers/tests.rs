@@ -3,7 +3,10 @@ use super::*;
 fn map(pairs: &[(&str, &str)]) -> HeaderMap {
     let mut h = HeaderMap::new();
     for (k, v) in pairs {
-        h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        h.append(
+            HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            HeaderValue::from_str(v).unwrap(),
+        );
     }
     h
 }
@@ -11,20 +14,32 @@ fn map(pairs: &[(&str, &str)]) -> HeaderMap {
 #[test]
 fn framing_refuses_every_smuggling_shape() {
     assert_eq!(
-        check_framing(&map(&[("content-length", "5"), ("transfer-encoding", "chunked")])),
+        check_framing(&map(&[
+            ("content-length", "5"),
+            ("transfer-encoding", "chunked")
+        ])),
         Err(Smuggling::ContentLengthWithTransferEncoding)
     );
     assert_eq!(
         check_framing(&map(&[("content-length", "5"), ("content-length", "5")])),
         Err(Smuggling::DuplicateContentLength)
     );
-    assert_eq!(check_framing(&map(&[("content-length", "5, 5")])), Err(Smuggling::InvalidContentLength));
-    assert_eq!(check_framing(&map(&[("content-length", "+5")])), Err(Smuggling::InvalidContentLength));
+    assert_eq!(
+        check_framing(&map(&[("content-length", "5, 5")])),
+        Err(Smuggling::InvalidContentLength)
+    );
+    assert_eq!(
+        check_framing(&map(&[("content-length", "+5")])),
+        Err(Smuggling::InvalidContentLength)
+    );
     assert_eq!(
         check_framing(&map(&[("transfer-encoding", "chunked, gzip")])),
         Err(Smuggling::TransferEncodingNotChunked)
     );
-    assert_eq!(check_framing(&map(&[("transfer-encoding", "gzip, chunked")])), Ok(()));
+    assert_eq!(
+        check_framing(&map(&[("transfer-encoding", "gzip, chunked")])),
+        Ok(())
+    );
     assert_eq!(check_framing(&map(&[("content-length", "12")])), Ok(()));
 }
 
@@ -69,10 +84,26 @@ fn appends_to_x_forwarded_for() {
 fn hash_verdicts() {
     let name = HeaderName::from_static("x-constitutional-hash");
     let want = HeaderValue::from_static("cdd01ef066bc6cf2");
-    assert_eq!(check_hash(&map(&[("x-constitutional-hash", "cdd01ef066bc6cf2")]), &name, &want), Ok(()));
-    assert_eq!(check_hash(&HeaderMap::new(), &name, &want), Err(HashReason::Missing));
-    assert_eq!(check_hash(&map(&[("x-constitutional-hash", "nope")]), &name, &want), Err(HashReason::Mismatch));
-    let twice = map(&[("x-constitutional-hash", "cdd01ef066bc6cf2"), ("x-constitutional-hash", "cdd01ef066bc6cf2")]);
+    assert_eq!(
+        check_hash(
+            &map(&[("x-constitutional-hash", "cdd01ef066bc6cf2")]),
+            &name,
+            &want
+        ),
+        Ok(())
+    );
+    assert_eq!(
+        check_hash(&HeaderMap::new(), &name, &want),
+        Err(HashReason::Missing)
+    );
+    assert_eq!(
+        check_hash(&map(&[("x-constitutional-hash", "nope")]), &name, &want),
+        Err(HashReason::Mismatch)
+    );
+    let twice = map(&[
+        ("x-constitutional-hash", "cdd01ef066bc6cf2"),
+        ("x-constitutional-hash", "cdd01ef066bc6cf2"),
+    ]);
     assert_eq!(check_hash(&twice, &name, &want), Err(HashReason::Mismatch));
 }
 
