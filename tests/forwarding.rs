@@ -276,3 +276,43 @@ pub async fn read_head(s: &mut tokio::net::TcpStream) -> String {
     }
     String::from_utf8(head).unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgraded_connection_closes_after_the_grace_once_its_pool_takes_no_requests() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (blue, green) = (upstream("blue").await, upstream("green").await);
+    let p = proxy(
+        &blue,
+        &green,
+        "[split]\ngreen_percent = 100\n[proxy]\nlisten = [\"127.0.0.1:0\"]\ndrain_window = \"300ms\"\n",
+    )
+    .await;
+    let mut s = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(
+        format!(
+            "GET /ws HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n{HASH_HEADER}: {HASH}\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert!(read_head(&mut s).await.starts_with("HTTP/1.1 101"));
+    s.write_all(b"ping").await.unwrap();
+    let mut back = [0u8; 4];
+    s.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back, b"ping");
+    // Green leaves traffic (as a rollback would do): the tunnel to it is closed after the grace.
+    assert_eq!(p.admin("weight 0").await["ok"], true);
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let closed =
+        tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut rest)).await;
+    assert!(
+        closed.is_ok(),
+        "the tunnel to a pool without traffic stayed open"
+    );
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(250),
+        "closed before the grace"
+    );
+}

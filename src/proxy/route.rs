@@ -8,8 +8,8 @@
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use http::uri::Authority;
@@ -63,7 +63,9 @@ impl Backend {
     pub fn new(addr: &str, opts: UpstreamOptions) -> Result<Backend, http::uri::InvalidUri> {
         Ok(Backend {
             addr: addr.to_string(),
-            authority: Authority::from_maybe_shared(bytes::Bytes::copy_from_slice(addr.as_bytes()))?,
+            authority: Authority::from_maybe_shared(bytes::Bytes::copy_from_slice(
+                addr.as_bytes(),
+            ))?,
             socket_addr: addr.parse().ok(),
             conns: ConnPool::new(opts),
             inflight: AtomicUsize::new(0),
@@ -160,8 +162,6 @@ pub struct PassiveHealth {
     pub max_ejected_percent: u32,
 }
 
-
-
 impl Pool {
     /// Power of two choices on in-flight requests among enabled backends.
     pub fn pick_backend(&self) -> Option<&Arc<Backend>> {
@@ -171,7 +171,8 @@ impl Pool {
     /// As [`Pool::pick_backend`], avoiding `except` (a backend that just failed) when
     /// another is available.
     pub fn pick_backend_except(&self, except: Option<&Arc<Backend>>) -> Option<&Arc<Backend>> {
-        let usable = |b: &Arc<Backend>| b.in_rotation() && !except.is_some_and(|x| Arc::ptr_eq(x, b));
+        let usable =
+            |b: &Arc<Backend>| b.in_rotation() && !except.is_some_and(|x| Arc::ptr_eq(x, b));
         let n = self.backends.len();
         match n {
             0 => None,
@@ -188,7 +189,11 @@ impl Pool {
                     (true, false) => Some(a),
                     (false, true) => Some(b),
                     // Both samples out: fall back to a scan, which is rare and bounded.
-                    (false, false) => self.backends.iter().filter(|b| usable(b)).min_by_key(|b| b.inflight()),
+                    (false, false) => self
+                        .backends
+                        .iter()
+                        .filter(|b| usable(b))
+                        .min_by_key(|b| b.inflight()),
                 }
             }
         }
@@ -215,7 +220,10 @@ impl Pool {
             return false;
         }
         backend.fails.store(0, Ordering::Relaxed);
-        backend.ejected_until.store(clock_ms() + self.passive.ejection.as_millis() as u64, Ordering::Relaxed);
+        backend.ejected_until.store(
+            clock_ms() + self.passive.ejection.as_millis() as u64,
+            Ordering::Relaxed,
+        );
         true
     }
 
@@ -264,7 +272,10 @@ impl RetryBudget {
         let now = self.epoch.elapsed().as_millis() as u64;
         let start = self.period_start_ms.load(Ordering::Relaxed);
         if now.saturating_sub(start) > Self::PERIOD_MS
-            && self.period_start_ms.compare_exchange(start, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+            && self
+                .period_start_ms
+                .compare_exchange(start, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
         {
             self.requests.store(0, Ordering::Relaxed);
             self.retries.store(0, Ordering::Relaxed);
@@ -299,6 +310,15 @@ impl RouteTable {
             (true, false) => 0,
             (false, true) => FULL_BP,
             _ => self.green_bp,
+        }
+    }
+
+    /// Whether `pool` gets any share of new requests.
+    pub fn takes_requests(&self, pool: PoolId) -> bool {
+        let bp = self.effective_green_bp();
+        match pool {
+            PoolId::Green => bp > 0,
+            PoolId::Blue => bp < FULL_BP,
         }
     }
 
@@ -408,7 +428,10 @@ impl RouteHandle {
     pub fn writer(&self) -> RouteWriter<'_> {
         // A poisoned lock only means a writer panicked mid-build; the published table is intact.
         let guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
-        RouteWriter { handle: self, _guard: guard }
+        RouteWriter {
+            handle: self,
+            _guard: guard,
+        }
     }
 }
 

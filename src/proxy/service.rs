@@ -9,7 +9,7 @@ use std::error::Error as _;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
@@ -466,7 +466,14 @@ async fn handle_inner<'a>(
                 message: "101 Switching Protocols without an upgrade request".into(),
             });
         };
-        tokio::spawn(tunnel(down, up, guard));
+        tokio::spawn(tunnel(
+            down,
+            up,
+            guard,
+            pool_id,
+            conn.shared.routes.clone(),
+            s.tunnel_grace,
+        ));
         let (parts, _) = resp.into_parts();
         return Ok(Response::from_parts(parts, ProxyBody::empty()));
     }
@@ -480,17 +487,47 @@ async fn handle_inner<'a>(
 
 /// Copies bytes both ways once both sides have switched protocols. The connection stays
 /// on the backend (and so the pool) that accepted the upgrade.
-async fn tunnel(down: OnUpgrade, up: OnUpgrade, guard: InflightGuard) {
-    match tokio::try_join!(down, up) {
-        Ok((down, up)) => {
-            let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
-            if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
-                debug!(backend = %guard.backend().addr, error = %e, "upgraded connection ended");
+async fn tunnel(
+    down: OnUpgrade,
+    up: OnUpgrade,
+    guard: InflightGuard,
+    pool: PoolId,
+    routes: Arc<RouteHandle>,
+    grace: Duration,
+) {
+    let copy = async {
+        match tokio::try_join!(down, up) {
+            Ok((down, up)) => {
+                let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
+                if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+                    debug!(backend = %guard.backend().addr, error = %e, "upgraded connection ended");
+                }
+            }
+            Err(e) => debug!(backend = %guard.backend().addr, error = %e, "upgrade failed"),
+        }
+    };
+    // Once the pool takes no new requests (a rollback, a drain, weight 0), the tunnel
+    // gets `grace` to finish, then it is closed: a rolled-back candidate keeps no clients.
+    let evicted = async {
+        let mut tick = tokio::time::interval(TUNNEL_CHECK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if !routes.load().takes_requests(pool) {
+                break;
             }
         }
-        Err(e) => debug!(backend = %guard.backend().addr, error = %e, "upgrade failed"),
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        _ = copy => {}
+        _ = evicted => debug!(backend = %guard.backend().addr, %pool,
+            "closing an upgraded connection: its pool no longer takes requests"),
     }
 }
+
+/// How often an upgraded connection checks that its pool still takes requests.
+const TUNNEL_CHECK: Duration = Duration::from_millis(250);
 
 /// Sorts a send error into who is at fault.
 fn classify(pool: PoolId, backend: &str, e: hyper::Error) -> ProxyError {

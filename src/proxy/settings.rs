@@ -23,6 +23,9 @@ pub struct Settings {
     pub upstream_response_timeout: Duration,
     /// Tries per request after connect failures, the first included.
     pub attempts: u32,
+    /// How long an upgraded connection (WebSocket) may stay open once its pool takes no
+    /// new requests (rolled back, drained, weight 0): `proxy.drain_window`.
+    pub tunnel_grace: Duration,
     /// Rate limits, pool caps, security headers, request ids, access-log options.
     pub edge: EdgeSettings,
 }
@@ -48,6 +51,7 @@ impl Settings {
                 .and_then(|t| HeaderValue::from_str(t).ok()),
             max_header_bytes: cfg.proxy.limits.max_header_bytes,
             max_headers: cfg.proxy.limits.max_headers,
+            tunnel_grace: cfg.proxy.drain_window,
             max_body_bytes: cfg.proxy.limits.max_body_bytes,
             upstream_response_timeout: cfg.proxy.timeouts.upstream_response,
             attempts: cfg.proxy.retries.attempts,
