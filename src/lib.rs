@@ -40,16 +40,16 @@ use tracing::{info, warn};
 
 use config::Config;
 use control::admin::AdminServer;
-use control::state::{FileStateStore, StateStore};
 use control::handover::SocketKind;
+use control::state::{FileStateStore, StateStore};
 use control::Control;
-use metrics::Metrics;
-use proxy::listener::{server_builder, Acceptor};
-use proxy::route::RouteHandle;
 use metrics::window::LiveStats;
-use proxy::service::Shared;
+use metrics::Metrics;
 use proxy::edge::access_log::AccessLog;
 use proxy::edge::Edge;
+use proxy::listener::{server_builder, Acceptor};
+use proxy::route::RouteHandle;
+use proxy::service::Shared;
 use proxy::tls::TlsTerminator;
 
 /// Why the daemon could not start; each variant names the step that failed.
@@ -123,16 +123,22 @@ impl Switchyard {
     pub async fn bind_with(config: Config, options: BindOptions) -> Result<Switchyard, StartError> {
         let metrics = Metrics::new();
         // One-second buckets; the ring holds the longest window the config allows.
-        let stats = Arc::new(LiveStats::new(Duration::from_secs(1), config.rollout.window));
+        let stats = Arc::new(LiveStats::new(
+            Duration::from_secs(1),
+            config.rollout.window,
+        ));
         let table = proxy::initial_table(&config).map_err(StartError::Pools)?;
         let routes = Arc::new(RouteHandle::new(table));
         let edge = Arc::new(Edge::new(&config, &metrics).map_err(StartError::AccessLog)?);
         // First, with --takeover, the running daemon's sockets: it stops changing (and
         // saving) its state before this one binds anything or reads the state file.
         let mut takeover = if options.takeover {
-            let t = control::handover::Takeover::begin(&config.admin.socket).map_err(StartError::Takeover)?;
+            let t = control::handover::Takeover::begin(&config.admin.socket)
+                .map_err(StartError::Takeover)?;
             match &t {
-                Some(t) => info!(old.pid = ?t.old_pid, "taking over the listening sockets of the running daemon"),
+                Some(t) => {
+                    info!(old.pid = ?t.old_pid, "taking over the listening sockets of the running daemon")
+                }
                 None => info!("--takeover: no daemon answers on the admin socket; starting afresh"),
             }
             t
@@ -141,7 +147,13 @@ impl Switchyard {
         };
         let mut http = Vec::new();
         for &addr in &config.proxy.listen {
-            http.push(listen_tcp(&mut takeover, SocketKind::Http, addr, "proxy", config.proxy.reuse_port)?);
+            http.push(listen_tcp(
+                &mut takeover,
+                SocketKind::Http,
+                addr,
+                "proxy",
+                config.proxy.reuse_port,
+            )?);
         }
         let mut tls = Vec::new();
         for t in &config.proxy.tls {
@@ -152,11 +164,23 @@ impl Switchyard {
                         source,
                     }
                 })?;
-            let l = listen_tcp(&mut takeover, SocketKind::Tls, t.listen, "proxy tls", config.proxy.reuse_port)?;
+            let l = listen_tcp(
+                &mut takeover,
+                SocketKind::Tls,
+                t.listen,
+                "proxy tls",
+                config.proxy.reuse_port,
+            )?;
             tls.push((l, Arc::new(terminator)));
         }
         let metrics_listener = match config.metrics.listen {
-            Some(addr) => Some(listen_tcp(&mut takeover, SocketKind::Metrics, addr, "metrics", false)?),
+            Some(addr) => Some(listen_tcp(
+                &mut takeover,
+                SocketKind::Metrics,
+                addr,
+                "metrics",
+                false,
+            )?),
             None => None,
         };
         if let Some(t) = &takeover {
@@ -164,11 +188,17 @@ impl Switchyard {
                 warn!(kind = ?s.kind, addr = %s.local, "a socket handed over matches no listener of this config; closed here");
             }
         }
-        let bind_admin = if takeover.is_some() { control::admin::bind_replacing } else { control::admin::bind };
-        let admin = Some(bind_admin(&config.admin).map_err(|source| StartError::Admin {
-            path: config.admin.socket.clone(),
-            source,
-        })?);
+        let bind_admin = if takeover.is_some() {
+            control::admin::bind_replacing
+        } else {
+            control::admin::bind
+        };
+        let admin = Some(
+            bind_admin(&config.admin).map_err(|source| StartError::Admin {
+                path: config.admin.socket.clone(),
+                source,
+            })?,
+        );
         // Restore only once every socket is ours: a daemon that cannot bind must not
         // touch the state of the one that holds them.
         let store = options
@@ -315,13 +345,20 @@ impl Switchyard {
             }
             loops.push(tokio::spawn(acceptor.clone().run_tls(l, t, i + 1)));
         }
-        tokio::spawn(proxy::health::run(routes.clone(), metrics.clone(), shutdown.clone()));
+        tokio::spawn(proxy::health::run(
+            routes.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        ));
         tokio::spawn(control::controller::run(control.clone(), shutdown.clone()));
         if !terminators.is_empty() {
             tokio::spawn(proxy::tls::watch_files(terminators, shutdown.clone()));
         }
         if let Some(l) = admin {
-            let server = Arc::new(AdminServer::new(control.clone(), !strict_admin_lists).with_sockets(Arc::new(inheritable)));
+            let server = Arc::new(
+                AdminServer::new(control.clone(), !strict_admin_lists)
+                    .with_sockets(Arc::new(inheritable)),
+            );
             info!(path = %config.admin.socket.display(), "admin socket listening");
             tokio::spawn(server.run(l, shutdown.clone()));
         }
@@ -339,7 +376,9 @@ impl Switchyard {
                     old.pid = ?old,
                     "took over: serving on the handed-over sockets; stop the old process with SIGTERM (it drains and exits)"
                 ),
-                Ok(Err(e)) => warn!(old.pid = ?old, "took over, but the old process did not confirm: {e}"),
+                Ok(Err(e)) => {
+                    warn!(old.pid = ?old, "took over, but the old process did not confirm: {e}")
+                }
                 Err(e) => warn!(old.pid = ?old, "took over, but confirming failed: {e}"),
             }
         }
@@ -404,7 +443,11 @@ fn listen_tcp(
     }
 }
 
-fn bind_tcp(addr: SocketAddr, what: &'static str, reuse_port: bool) -> Result<TcpListener, StartError> {
+fn bind_tcp(
+    addr: SocketAddr,
+    what: &'static str,
+    reuse_port: bool,
+) -> Result<TcpListener, StartError> {
     let bind = || -> std::io::Result<TcpListener> {
         let socket = match addr {
             SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,

@@ -123,7 +123,9 @@ fn main() -> ExitCode {
             clap_complete::generate(shell, &mut cmd, "switchyard", &mut std::io::stdout());
             ExitCode::SUCCESS
         }
-        Command::Demo { fault, quick, json } => demo(switchyard::demo::Options { fault, quick, json }),
+        Command::Demo { fault, quick, json } => {
+            demo(switchyard::demo::Options { fault, quick, json })
+        }
         Command::Check { config } => match Config::load(&config) {
             Ok(_) => {
                 println!("{}: ok", config.display());
@@ -151,8 +153,14 @@ fn demo(opts: switchyard::demo::Options) -> ExitCode {
     // Warnings only: the demo's own display is the story.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");

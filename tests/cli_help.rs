@@ -6,8 +6,14 @@
 use std::process::Command;
 
 fn run(args: &[&str]) -> (Option<i32>, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_switchyard")).args(args).output().unwrap();
-    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }
 
 #[test]
@@ -16,8 +22,14 @@ fn every_subcommand_has_a_purpose_and_an_example() {
         let (code, text) = run(&[sub, "--help"]);
         assert_eq!(code, Some(0), "{sub} --help");
         let purpose = text.lines().next().unwrap_or_default();
-        assert!(!purpose.trim().is_empty() && purpose.len() <= 100, "{sub}: purpose line {purpose:?}");
-        assert!(text.contains("Example"), "{sub} --help has no example:\n{text}");
+        assert!(
+            !purpose.trim().is_empty() && purpose.len() <= 100,
+            "{sub}: purpose line {purpose:?}"
+        );
+        assert!(
+            text.contains("Example"),
+            "{sub} --help has no example:\n{text}"
+        );
     }
 }
 
@@ -26,6 +38,9 @@ fn completions_for_bash_zsh_and_fish() {
     for shell in ["bash", "zsh", "fish"] {
         let (code, text) = run(&["completions", shell]);
         assert_eq!(code, Some(0));
-        assert!(text.contains("switchyard") && text.contains("ctl") && text.contains("demo"), "{shell}");
+        assert!(
+            text.contains("switchyard") && text.contains("ctl") && text.contains("demo"),
+            "{shell}"
+        );
     }
 }

@@ -21,8 +21,8 @@ pub mod controller;
 mod draft;
 pub mod drain;
 pub mod execute;
-pub mod handover;
 pub mod follow;
+pub mod handover;
 pub mod reload;
 pub mod rollout;
 pub mod state;
@@ -471,7 +471,10 @@ impl Control {
                         })
                     })
                     .collect();
-                (id.as_str().to_string(), json!({ "state": t.states[id.index()], "backends": backends }))
+                (
+                    id.as_str().to_string(),
+                    json!({ "state": t.states[id.index()], "backends": backends }),
+                )
             })
             .collect();
         json!({
@@ -506,9 +509,13 @@ impl Control {
     /// `superseded` and nothing is saved) while its successor `pid` serves. `None` lifts it
     /// (the successor went away before confirming).
     pub fn set_superseded(&self, pid: Option<u32>) {
-        self.superseded_by.store(pid.unwrap_or(0), Ordering::Release);
+        self.superseded_by
+            .store(pid.unwrap_or(0), Ordering::Release);
         match pid {
-            Some(p) => warn!(successor.pid = p, "handing over to a new process: route changes are refused from now on"),
+            Some(p) => warn!(
+                successor.pid = p,
+                "handing over to a new process: route changes are refused from now on"
+            ),
             None => info!("hand-over abandoned: this daemon takes route changes again"),
         }
     }

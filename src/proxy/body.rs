@@ -45,12 +45,22 @@ pin_project! {
 
 impl LimitedBody {
     pub fn new(inner: Incoming, limit: u64) -> Self {
-        LimitedBody { inner, seen: 0, limit, counter: None }
+        LimitedBody {
+            inner,
+            seen: 0,
+            limit,
+            counter: None,
+        }
     }
 
     /// As [`LimitedBody::new`], also adding every data byte to `counter`.
     pub fn counted(inner: Incoming, limit: u64, counter: Arc<AtomicU64>) -> Self {
-        LimitedBody { inner, seen: 0, limit, counter: Some(counter) }
+        LimitedBody {
+            inner,
+            seen: 0,
+            limit,
+            counter: Some(counter),
+        }
     }
 }
 
@@ -58,7 +68,10 @@ impl Body for LimitedBody {
     type Data = Bytes;
     type Error = RequestBodyError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.project();
         match this.inner.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
@@ -108,12 +121,18 @@ pin_project! {
 
 impl ProxyBody {
     pub fn upstream(inner: Incoming, guard: InflightGuard, conn: Option<Sender>) -> Self {
-        ProxyBody::Upstream { inner, guard: Some(guard), conn }
+        ProxyBody::Upstream {
+            inner,
+            guard: Some(guard),
+            conn,
+        }
     }
 
     pub fn full(data: impl Into<Bytes>) -> Self {
         let data: Bytes = data.into();
-        ProxyBody::Full { data: (!data.is_empty()).then_some(data) }
+        ProxyBody::Full {
+            data: (!data.is_empty()).then_some(data),
+        }
     }
 
     pub fn empty() -> Self {
@@ -125,9 +144,16 @@ impl Body for ProxyBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.project() {
-            ProxyBodyProj::Upstream { mut inner, guard, conn } => {
+            ProxyBodyProj::Upstream {
+                mut inner,
+                guard,
+                conn,
+            } => {
                 let polled = inner.as_mut().poll_frame(cx);
                 match &polled {
                     Poll::Ready(None) => {
@@ -166,7 +192,9 @@ impl Body for ProxyBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             ProxyBody::Upstream { inner, .. } => inner.size_hint(),
-            ProxyBody::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            ProxyBody::Full { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
         }
     }
 }

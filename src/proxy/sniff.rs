@@ -26,7 +26,9 @@ pub struct FramingVerdict {
 
 impl FramingVerdict {
     pub fn new() -> Arc<Self> {
-        Arc::new(FramingVerdict { first_bad: AtomicU64::new(u64::MAX) })
+        Arc::new(FramingVerdict {
+            first_bad: AtomicU64::new(u64::MAX),
+        })
     }
 
     /// Whether request number `index` (0-based, on this connection) or an earlier one was
@@ -118,12 +120,20 @@ impl Scanner {
                 State::Fixed(n) => {
                     let take = n.min(data.len() as u64);
                     data = &data[take as usize..];
-                    self.state = if take == n { State::Head } else { State::Fixed(n - take) };
+                    self.state = if take == n {
+                        State::Head
+                    } else {
+                        State::Fixed(n - take)
+                    };
                 }
                 State::ChunkData(n) => {
                     let take = n.min(data.len() as u64);
                     data = &data[take as usize..];
-                    self.state = if take == n { State::ChunkDataEnd } else { State::ChunkData(n - take) };
+                    self.state = if take == n {
+                        State::ChunkDataEnd
+                    } else {
+                        State::ChunkData(n - take)
+                    };
                 }
                 _ => {
                     let b = data[0];
@@ -274,7 +284,9 @@ impl Scanner {
             }
             Some(Field::ContentLength) => {
                 if b.is_ascii_digit() {
-                    self.cl_value = self.cl_value.map(|v| v.saturating_mul(10).saturating_add(u64::from(b - b'0')));
+                    self.cl_value = self
+                        .cl_value
+                        .map(|v| v.saturating_mul(10).saturating_add(u64::from(b - b'0')));
                 }
             }
             Some(Field::TransferEncoding) => {
@@ -329,12 +341,20 @@ pub struct SniffIo<I> {
 
 impl<I> SniffIo<I> {
     pub fn new(inner: I, verdict: Arc<FramingVerdict>) -> Self {
-        SniffIo { inner, scanner: Scanner::default(), verdict }
+        SniffIo {
+            inner,
+            scanner: Scanner::default(),
+            verdict,
+        }
     }
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for SniffIo<I> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = polled {
@@ -348,7 +368,11 @@ impl<I: AsyncRead + Unpin> AsyncRead for SniffIo<I> {
 }
 
 impl<I: AsyncWrite + Unpin> AsyncWrite for SniffIo<I> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -380,13 +404,22 @@ mod tests {
 
     #[test]
     fn flags_content_length_with_transfer_encoding_either_order() {
-        assert_eq!(scan(&[b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"]), Some(0));
-        assert_eq!(scan(&[b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n"]), Some(0));
+        assert_eq!(
+            scan(&[b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"]),
+            Some(0)
+        );
+        assert_eq!(
+            scan(&[b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n"]),
+            Some(0)
+        );
     }
 
     #[test]
     fn flags_duplicate_content_length() {
-        assert_eq!(scan(&[b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello"]), Some(0));
+        assert_eq!(
+            scan(&[b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello"]),
+            Some(0)
+        );
     }
 
     #[test]
@@ -399,13 +432,22 @@ GET /d HTTP/1.1\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n";
         // Whole, and split at every position: the body of /a looks like a bad head but is skipped.
         assert_eq!(scan(&[stream]), Some(3));
         for cut in 1..stream.len() {
-            assert_eq!(scan(&[&stream[..cut], &stream[cut..]]), Some(3), "cut at {cut}");
+            assert_eq!(
+                scan(&[&stream[..cut], &stream[cut..]]),
+                Some(3),
+                "cut at {cut}"
+            );
         }
     }
 
     #[test]
     fn stops_at_http2_preface_and_upgrades() {
-        assert_eq!(scan(&[b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"]), None);
+        assert_eq!(
+            scan(&[
+                b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"
+            ]),
+            None
+        );
         assert_eq!(
             scan(&[b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"]),
             None
