@@ -103,7 +103,53 @@ impl Controller {
             rollbacks: Mutex::new(HashMap::new()),
         };
         c.set_phase_gauge("idle");
+        c.register_series();
         c
+    }
+
+    /// Every rollback reason and gate series exists from the start (at 0), so alert
+    /// rules and dashboards see them before the first rollout, and `increase()` works
+    /// on the first rollback.
+    fn register_series(&self) {
+        const ALL: [Gate; 9] = [
+            Gate::HashViolation,
+            Gate::ConsecutiveErrors,
+            Gate::ErrorRateTripwire,
+            Gate::P99Absolute,
+            Gate::P99Relative,
+            Gate::ErrorRate,
+            Gate::ErrorRateRelative,
+            Gate::NoHealthyBackend,
+            Gate::Operator,
+        ];
+        let mut rollbacks = self.rollbacks.lock().unwrap_or_else(|e| e.into_inner());
+        let mut gauges = self.gate_gauges.lock().unwrap_or_else(|e| e.into_inner());
+        for gate in ALL {
+            rollbacks.entry(gate).or_insert_with(|| {
+                let c = self.metrics.counter(
+                    names::ROLLBACKS_TOTAL,
+                    vec![Label::new("reason", gate.as_str())],
+                );
+                c.increment(0);
+                c
+            });
+            if gate == Gate::Operator {
+                continue;
+            }
+            for pool in PoolId::ALL {
+                gauges.entry((gate, pool)).or_insert_with(|| {
+                    let g = self.metrics.gauge(
+                        names::GATE_VALUE,
+                        vec![
+                            Label::new("gate", gate.as_str()),
+                            Label::new("pool", pool.as_str()),
+                        ],
+                    );
+                    g.set(0.0);
+                    g
+                });
+            }
+        }
     }
 
     /// The machine's clock: [`LiveStats::now_ms`], so windows and holds agree.
