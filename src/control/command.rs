@@ -1,6 +1,6 @@
 //! CONTROL PLANE: admin commands — one enum variant per verb, parsed from a line of words.
 //!
-//! To add a verb (the rollout verbs, `gates`): a variant here, a [`VERBS`] line, a match
+//! To add a verb: a variant here, a [`VERBS`] line, a match
 //! arm in [`AdminCommand::parse`], [`AdminCommand::is_mutation`] if it changes state, and
 //! its `apply` arm in `control::execute`.
 
