@@ -137,7 +137,7 @@ fn check_fixed(old: &Config, new: &Config) -> Result<(), AdminError> {
 /// Changed keys that running tasks read once at start.
 fn restart_required(old: &Config, new: &Config) -> Vec<&'static str> {
     let (a, b) = (&old.proxy, &new.proxy);
-    let checks: [(&'static str, bool); 6] = [
+    let checks: [(&'static str, bool); 10] = [
         ("proxy.workers", a.workers != b.workers),
         (
             "proxy.max_connections",
@@ -156,10 +156,58 @@ fn restart_required(old: &Config, new: &Config) -> Vec<&'static str> {
             "admin.max_clients",
             old.admin.max_clients != new.admin.max_clients,
         ),
+        ("proxy.reuse_port", a.reuse_port != b.reuse_port),
+        (
+            "proxy.rate_limit.max_keys",
+            a.rate_limit_max_keys != b.rate_limit_max_keys,
+        ),
+        (
+            "access_log.path",
+            old.access_log.target != new.access_log.target,
+        ),
+        (
+            "access_log.queue",
+            old.access_log.queue != new.access_log.queue,
+        ),
     ];
     checks
         .iter()
         .filter(|(_, changed)| *changed)
         .map(|(k, _)| *k)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(extra: &str) -> Config {
+        let text = format!(
+            "[proxy]\nlisten = [\"127.0.0.1:0\"]\n{extra}\n[pools.blue]\nbackends = [\"127.0.0.1:9001\"]\n[pools.green]\nbackends = [\"127.0.0.1:9011\"]\n"
+        );
+        Config::from_toml_str(&text).unwrap()
+    }
+
+    #[test]
+    fn start_only_keys_are_named_when_they_change() {
+        let base = cfg("");
+        assert!(restart_required(&base, &cfg("")).is_empty());
+        assert_eq!(
+            restart_required(&base, &cfg("workers = 3")),
+            ["proxy.workers"]
+        );
+        assert_eq!(
+            restart_required(&base, &cfg("reuse_port = false")),
+            ["proxy.reuse_port"]
+        );
+        assert_eq!(
+            restart_required(
+                &base,
+                &cfg("[proxy.rate_limit]\nrequests = 10\nperiod = \"1s\"\nmax_keys = 1000")
+            ),
+            ["proxy.rate_limit.max_keys"]
+        );
+        let logged = cfg("[access_log]\npath = \"-\"");
+        assert_eq!(restart_required(&base, &logged), ["access_log.path"]);
+    }
 }
