@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use super::command::{state_str, AdminError};
 use super::{percent, Control};
 use crate::config::PoolId;
-use crate::proxy::route::{PoolState, FULL_BP};
+use crate::proxy::route::PoolState;
 
 /// `wait-drained` without `timeout`.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -36,10 +36,7 @@ pub async fn wait_drained(
         idle_reads = if inflight == 0 { idle_reads + 1 } else { 0 };
         if idle_reads >= 2 {
             let state = t.states[pool.index()];
-            let share = match pool {
-                PoolId::Green => t.effective_green_bp(),
-                PoolId::Blue => FULL_BP - t.effective_green_bp(),
-            };
+            let share = t.share_bp(pool);
             let mut v = json!({
                 "pool": pool.as_str(),
                 "drained": true,

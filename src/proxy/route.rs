@@ -315,10 +315,15 @@ impl RouteTable {
 
     /// Whether `pool` gets any share of new requests.
     pub fn takes_requests(&self, pool: PoolId) -> bool {
-        let bp = self.effective_green_bp();
+        self.share_bp(pool) > 0
+    }
+
+    /// `pool`'s effective share of new requests, in basis points.
+    pub fn share_bp(&self, pool: PoolId) -> u16 {
+        let green = self.effective_green_bp();
         match pool {
-            PoolId::Green => bp > 0,
-            PoolId::Blue => bp < FULL_BP,
+            PoolId::Green => green,
+            PoolId::Blue => FULL_BP - green,
         }
     }
 

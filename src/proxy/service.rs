@@ -29,7 +29,7 @@ use crate::proxy::edge::concurrency::PoolPermit;
 use crate::proxy::edge::record::{Arrival, Pending, Trace, TracedBody};
 use crate::proxy::edge::{client, request_id, Edge, ListenerIndex};
 use crate::proxy::headers;
-use crate::proxy::route::{Backend, InflightGuard, RouteHandle, RouteTable, FULL_BP};
+use crate::proxy::route::{Backend, InflightGuard, RouteHandle, RouteTable};
 use crate::proxy::settings::{Settings, OVERRIDE_TOKEN_HEADER};
 use crate::proxy::sniff::FramingVerdict;
 
@@ -294,11 +294,7 @@ async fn handle_inner<'a>(
         parts.headers.remove(&OVERRIDE_TOKEN_HEADER);
     }
     trace.pool = Some(pool_id);
-    let share = match pool_id {
-        PoolId::Green => table.effective_green_bp(),
-        PoolId::Blue => FULL_BP - table.effective_green_bp(),
-    };
-    if let Some(limit) = s.edge.caps[pool_id.index()].limit(share) {
+    if let Some(limit) = s.edge.caps[pool_id.index()].limit(table.share_bp(pool_id)) {
         match edge.inflight.try_acquire(pool_id, limit) {
             Some(permit) => trace.permit = Some(permit),
             None => {
