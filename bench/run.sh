@@ -624,7 +624,7 @@ run_idle() {
         na "$round" idle "$p" "idle client did not finish opening: $(tail -n 2 "$out.client" | tr '\n' ' ')"
         return
     fi
-    sleep 1
+    sleep 4
     held=$(py rss "${PID[$p]}")
     local extra=()
     proc_alive "${PID[$p]}" || extra+=(--note "$p exited while holding connections")

@@ -47,7 +47,7 @@ use metrics::window::LiveStats;
 use metrics::Metrics;
 use proxy::edge::access_log::AccessLog;
 use proxy::edge::Edge;
-use proxy::listener::{server_builder, Acceptor};
+use proxy::listener::{h1_builder, server_builder, Acceptor};
 use proxy::route::RouteHandle;
 use proxy::service::Shared;
 use proxy::tls::TlsTerminator;
@@ -330,6 +330,9 @@ impl Switchyard {
         let acceptor = Arc::new(Acceptor {
             shared,
             builder: server_builder(&config),
+            h1: h1_builder(&config),
+            header_read: config.proxy.timeouts.header_read,
+            idle: config.proxy.timeouts.idle,
             limit: Arc::new(Semaphore::new(config.proxy.max_connections)),
             tracker: tracker.clone(),
             shutdown: shutdown.clone(),

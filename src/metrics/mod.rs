@@ -139,6 +139,7 @@ pub struct Metrics {
     pub green_weight: Gauge,
     pub generation: Gauge,
     pub connections_active: Gauge,
+    pub connections_parked: Gauge,
     pub accept_errors: Counter,
     retries: [Counter; 2],
     rate_limited: Counter,
@@ -240,6 +241,7 @@ impl Metrics {
             green_weight: gauge(names::GREEN_WEIGHT_RATIO),
             generation: gauge(names::GENERATION),
             connections_active: gauge(names::CONNECTIONS_ACTIVE),
+            connections_parked: gauge(names::CONNECTIONS_PARKED),
             accept_errors: counter(names::ACCEPT_ERRORS_TOTAL, vec![]),
             retries: PoolId::ALL
                 .map(|p| counter(names::RETRIES_TOTAL, vec![Label::new("pool", p.as_str())])),

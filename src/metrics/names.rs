@@ -13,6 +13,7 @@ pub const ROLLBACKS_TOTAL: &str = "switchyard_rollbacks_total";
 pub const BACKEND_HEALTHY: &str = "switchyard_backend_healthy";
 pub const UPSTREAM_ERRORS_TOTAL: &str = "switchyard_upstream_errors_total";
 pub const CONNECTIONS_ACTIVE: &str = "switchyard_connections_active";
+pub const CONNECTIONS_PARKED: &str = "switchyard_connections_parked";
 pub const REJECTED_REQUESTS_TOTAL: &str = "switchyard_rejected_requests_total";
 pub const ACCEPT_ERRORS_TOTAL: &str = "switchyard_accept_errors_total";
 pub const RETRIES_TOTAL: &str = "switchyard_retries_total";
@@ -36,6 +37,7 @@ pub const HELP: &[(&str, &str)] = &[
     (BACKEND_HEALTHY, "1 when the backend is in rotation, 0 when it is not."),
     (UPSTREAM_ERRORS_TOTAL, "Upstream failures charged to a pool, by kind (connect, timeout, reset, status_5xx, hash)."),
     (CONNECTIONS_ACTIVE, "Open downstream connections."),
+    (CONNECTIONS_PARKED, "Idle HTTP/1.1 keep-alive connections parked between requests (held without codec buffers); part of connections_active."),
     (REJECTED_REQUESTS_TOTAL, "Requests the proxy refused itself, by reason (smuggling, header_too_large, body_too_large, header_timeout, hash_missing, hash_mismatch, no_backend, bad_request, rate_limited, pool_concurrency)."),
     (RETRIES_TOTAL, "Requests retried on another backend after a connect failure (nothing had been sent)."),
     (ACCEPT_ERRORS_TOTAL, "Errors returned by accept(); the listener backs off after each."),

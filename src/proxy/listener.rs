@@ -2,19 +2,26 @@
 //! limit, gets its own task, and is served HTTP/1.1 or HTTP/2 (prior knowledge) by hyper.
 //! On shutdown the loop stops accepting and every connection is asked to finish gracefully;
 //! when a pool drains, open connections are closed gradually (see [`Acceptor::serve_io`]).
+//!
+//! A plain HTTP/1.1 connection that stays idle is parked ([`Acceptor::serve_plain`]): the
+//! codec, with its read and write buffers, is dropped and the task keeps only the socket
+//! until the client sends again. Ten thousand idle keep-alive clients then cost little
+//! more than their sockets.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::{header, HeaderValue, Request, StatusCode, Version};
+use http::{header, HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
+use hyper::server::conn::http1;
+use hyper::service::{service_fn, Service};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -24,8 +31,10 @@ use tracing::{debug, warn};
 
 use crate::config::Config;
 use crate::metrics::Rejection;
+use crate::proxy::edge::record::TracedBody;
 use crate::proxy::edge::ListenerIndex;
-use crate::proxy::service::{handle, Conn, Shared};
+use crate::proxy::rewind::Rewind;
+use crate::proxy::service::{handle, Conn, PlainIo, Shared, Upgrades};
 use crate::proxy::sniff::{FramingVerdict, SniffIo};
 use crate::proxy::tls::TlsTerminator;
 
@@ -33,6 +42,12 @@ use crate::proxy::tls::TlsTerminator;
 pub struct Acceptor {
     pub shared: Arc<Shared>,
     pub builder: auto::Builder<TokioExecutor>,
+    /// HTTP/1.1 on plain TCP, where idle connections are parked.
+    pub h1: http1::Builder,
+    /// `proxy.timeouts.header_read`: the first request head of a connection.
+    pub header_read: Duration,
+    /// `proxy.timeouts.idle`: an HTTP/1.1 keep-alive connection between requests.
+    pub idle: Duration,
     pub limit: Arc<Semaphore>,
     pub tracker: TaskTracker,
     pub shutdown: CancellationToken,
@@ -58,6 +73,20 @@ pub fn server_builder(cfg: &Config) -> auto::Builder<TokioExecutor> {
         .keep_alive_timeout(Duration::from_secs(20))
         .max_header_list_size(u32::try_from(limits.max_header_bytes * 2).unwrap_or(u32::MAX))
         .max_concurrent_streams(256);
+    builder
+}
+
+/// The hyper HTTP/1.1 settings for plain-TCP connections (the same as the HTTP/1.1 half
+/// of [`server_builder`]; upgrades are handed over by the connection task).
+pub fn h1_builder(cfg: &Config) -> http1::Builder {
+    let limits = &cfg.proxy.limits;
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(cfg.proxy.timeouts.header_read)
+        .max_buf_size((limits.max_header_bytes * 2).max(16 * 1024))
+        .max_headers(limits.max_headers * 2)
+        .keep_alive(true);
     builder
 }
 
@@ -87,6 +116,7 @@ impl Acceptor {
                 match handshake {
                     Ok(Ok(stream)) => {
                         let framing = FramingVerdict::new();
+                        let _active = ActiveConn::new(&this.shared.metrics);
                         this.serve_io(
                             SniffIo::new(stream, framing.clone()),
                             framing,
@@ -143,17 +173,201 @@ impl Acceptor {
         }
     }
 
+    /// Serves a plain-TCP connection: waits for its first bytes without any buffer, then
+    /// hands a prior-knowledge HTTP/2 preface to [`Acceptor::serve_io`] and anything else
+    /// to [`Acceptor::serve_plain`].
     async fn serve(&self, stream: TcpStream, peer: SocketAddr, proto: &'static str) {
         let _ = stream.set_nodelay(true);
+        let _active = ActiveConn::new(&self.shared.metrics);
+        let accepted = Instant::now();
+        let mut deadline = accepted + self.header_read;
+        let mut stopping = false;
+        let mut first = [0u8; H2_PREFACE.len()];
+        let n = loop {
+            tokio::select! {
+                r = stream.peek(&mut first) => match r {
+                    Ok(n) if n > 0 => break n,
+                    _ => return, // closed before a request
+                },
+                _ = tokio::time::sleep_until(deadline) => return,
+                _ = self.shutdown.cancelled(), if !stopping => {
+                    stopping = true;
+                    deadline = deadline.min(Instant::now() + LINGER);
+                }
+            }
+        };
         let framing = FramingVerdict::new();
-        self.serve_io(
-            SniffIo::new(stream, framing.clone()),
-            framing,
+        if H2_PREFACE.starts_with(&first[..n]) {
+            // Boxed: the HTTP/2 connection state is large, and a parked HTTP/1.1
+            // connection's task should not carry room for it.
+            let io = SniffIo::new(stream, framing.clone());
+            Box::pin(self.serve_io(io, framing, peer, proto, 0)).await;
+        } else {
+            self.serve_plain(stream, framing, accepted, peer, proto)
+                .await;
+        }
+    }
+
+    /// Serves a plain HTTP/1.1 connection to its end, parking it whenever it is idle.
+    ///
+    /// A check runs every [`PARK_AFTER`] (or a quarter of `header_read`, if shorter). When
+    /// nothing was read since the previous check and the connection is idle (between
+    /// requests, every response finished, nothing left to write: [`FramingVerdict::is_idle`]),
+    /// the codec's next read reports end of stream; an idle codec takes that as a quiet
+    /// close and returns the socket (`without_shutdown`) with any bytes it read but did not
+    /// use. The task then holds just the socket until it is readable, and starts a new codec
+    /// on it. A connection idle for `proxy.timeouts.idle` in all is closed. Nothing is
+    /// written while parking, so a client never sees the difference. (The codec's own
+    /// `header_read` timer never sees an idle connection: it is parked well before.)
+    ///
+    /// The codec runs without upgrade support: a switched-protocol response leaves a
+    /// channel in the connection ([`Upgrades::Manual`]), and the stream goes down it to
+    /// the tunnel when the codec hands it back.
+    async fn serve_plain(
+        &self,
+        stream: TcpStream,
+        framing: Arc<FramingVerdict>,
+        accepted: Instant,
+        peer: SocketAddr,
+        proto: &'static str,
+    ) {
+        let metrics = &self.shared.metrics;
+        let conn = Arc::new(Conn::new(
+            self.shared.clone(),
+            framing.clone(),
             peer,
             proto,
             0,
-        )
-        .await;
+            Upgrades::Manual(Mutex::new(None)),
+        ));
+        let flags = Arc::new(CloseFlags::default());
+        let service = request_service(conn.clone(), flags.clone());
+        let check_every = (self.header_read.min(self.idle) / 4).min(PARK_AFTER);
+        let start = |io: PlainIo| {
+            Box::pin(
+                self.h1
+                    .serve_connection(TokioIo::new(io), service.clone())
+                    .without_shutdown(),
+            )
+        };
+        let mut parked: Option<PlainIo> = None;
+        let mut served = Some(start(Rewind::new(SniffIo::new(stream, framing.clone()))));
+        let mut drains = self.shared.routes.drain_signals();
+        let mut drains_open = true;
+        let cancelled = self.shutdown.cancelled();
+        tokio::pin!(cancelled);
+        let mut stopping = false;
+        let mut phase = Phase::Serving;
+        let mut reads = framing.reads();
+        let mut active_at = accepted;
+        let tick = tokio::time::sleep(check_every);
+        tokio::pin!(tick);
+        loop {
+            let event = if let Some(codec) = served.as_mut() {
+                tokio::select! {
+                    r = codec.as_mut() => PlainEvent::Ended(r),
+                    _ = tick.as_mut() => PlainEvent::Check,
+                    _ = cancelled.as_mut(), if !stopping => PlainEvent::Stop,
+                }
+            } else if let Some(io) = parked.as_ref().filter(|io| !io.has_prefix()) {
+                tokio::select! {
+                    r = io.get_ref().get_ref().readable() => PlainEvent::Readable(r),
+                    _ = tick.as_mut() => PlainEvent::Check,
+                    _ = cancelled.as_mut(), if !stopping => PlainEvent::Stop,
+                    changed = drains.changed(), if drains_open && matches!(phase, Phase::Serving) => {
+                        drains_open = changed.is_ok();
+                        PlainEvent::Check
+                    }
+                }
+            } else {
+                // Parked with bytes the codec read but did not use: serve them now.
+                PlainEvent::Readable(Ok(()))
+            };
+            let now = Instant::now();
+            match event {
+                PlainEvent::Ended(Ok(parts)) => {
+                    served = None;
+                    let mut io = parts.io.into_inner();
+                    io.rewind(parts.read_buf);
+                    if let Some(tunnel) = conn.upgrades.take_pending() {
+                        let _ = tunnel.send(io);
+                        break;
+                    }
+                    if !framing.take_eof() {
+                        // The client closed, or the last response closed the connection.
+                        let _ = io.shutdown().await;
+                        break;
+                    }
+                    if matches!(phase, Phase::Graceful) {
+                        break;
+                    }
+                    metrics.connections_parked.increment(1.0);
+                    parked = Some(io);
+                    continue;
+                }
+                PlainEvent::Ended(Err(e)) => {
+                    end_with_error(metrics, peer, e.into());
+                    break;
+                }
+                PlainEvent::Readable(Ok(())) => {
+                    if let Some(io) = parked.take() {
+                        metrics.connections_parked.decrement(1.0);
+                        served = Some(start(io));
+                    }
+                    continue;
+                }
+                PlainEvent::Readable(Err(_)) => break,
+                PlainEvent::Stop => {
+                    stopping = true;
+                    phase = Phase::Waiting(now);
+                }
+                PlainEvent::Check => {}
+            }
+            // A check: activity, drains, the closing phases, parking and the idle limit.
+            let seen = framing.reads();
+            if seen != reads {
+                reads = seen;
+                active_at = now;
+            }
+            if matches!(phase, Phase::Serving) && drains_open {
+                match drains.has_changed() {
+                    Ok(true) => {
+                        let window = drains.borrow_and_update().window;
+                        phase = Phase::Waiting(now + window.mul_f64(fastrand::f64()));
+                    }
+                    Ok(false) => {}
+                    Err(_) => drains_open = false,
+                }
+            }
+            match phase {
+                Phase::Waiting(t) if now >= t => {
+                    flags.closing.store(true, Ordering::Relaxed);
+                    phase = Phase::Lingering(now + LINGER);
+                }
+                Phase::Lingering(t) if now >= t => phase = Phase::Graceful,
+                _ => {}
+            }
+            let graceful = matches!(phase, Phase::Graceful);
+            let idle_until = active_at + self.idle;
+            if served.is_none() {
+                if graceful || now >= idle_until {
+                    break;
+                }
+            } else if framing.is_idle() && (graceful || now >= active_at + check_every) {
+                framing.set_eof(true); // the codec's next read ends it; see above
+            }
+            let mut next = now + check_every;
+            if served.is_none() {
+                next = idle_until;
+            }
+            if let Phase::Waiting(t) | Phase::Lingering(t) = phase {
+                next = next.min(t);
+            }
+            tick.as_mut().reset(next.max(now));
+        }
+        if parked.is_some() {
+            metrics.connections_parked.decrement(1.0);
+        }
     }
 
     /// Serves one connection (plain or already TLS-terminated) to its end.
@@ -176,34 +390,16 @@ impl Acceptor {
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let metrics = &self.shared.metrics;
-        metrics.connections_active.increment(1.0);
         let conn = Arc::new(Conn::new(
             self.shared.clone(),
             framing,
             peer,
             proto,
             listener,
+            Upgrades::Hyper,
         ));
         let flags = Arc::new(CloseFlags::default());
-        let service_flags = flags.clone();
-        let service = service_fn(move |req: Request<Incoming>| {
-            let (conn, flags) = (conn.clone(), service_flags.clone());
-            async move {
-                let version = req.version();
-                if version == Version::HTTP_2 {
-                    flags.h2.store(true, Ordering::Relaxed);
-                }
-                let mut resp = handle(conn, req).await?;
-                if version <= Version::HTTP_11
-                    && flags.closing.load(Ordering::Relaxed)
-                    && resp.status() != StatusCode::SWITCHING_PROTOCOLS
-                {
-                    resp.headers_mut()
-                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                }
-                Ok::<_, Infallible>(resp)
-            }
-        });
+        let service = request_service(conn, flags.clone());
         let served = self
             .builder
             .serve_connection_with_upgrades(TokioIo::new(io), service);
@@ -255,18 +451,95 @@ impl Acceptor {
             }
         };
         if let Err(e) = result {
-            let timed_out = e
-                .downcast_ref::<hyper::Error>()
-                .is_some_and(hyper::Error::is_timeout);
-            if timed_out {
-                // The codec closes a connection whose request head is not complete in
-                // time (`proxy.timeouts.header_read`); it sends no 408 itself.
-                metrics.rejected(Rejection::HeaderTimeout);
-            }
-            debug!(client.addr = %peer, error = %e, timed_out, "connection ended with an error");
+            end_with_error(metrics, peer, e);
         }
-        metrics.connections_active.decrement(1.0);
     }
+}
+
+/// The request service of one connection: [`handle`], plus `Connection: close` on
+/// HTTP/1.1 responses once the connection is closing.
+fn request_service(
+    conn: Arc<Conn>,
+    flags: Arc<CloseFlags>,
+) -> impl Service<
+    Request<Incoming>,
+    Response = Response<TracedBody>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<TracedBody>, Infallible>> + Send + 'static,
+> + Clone
+       + Send
+       + 'static {
+    service_fn(move |req: Request<Incoming>| {
+        let (conn, flags) = (conn.clone(), flags.clone());
+        async move {
+            let version = req.version();
+            if version == Version::HTTP_2 {
+                flags.h2.store(true, Ordering::Relaxed);
+            }
+            let mut resp = handle(conn, req).await?;
+            if version <= Version::HTTP_11
+                && flags.closing.load(Ordering::Relaxed)
+                && resp.status() != StatusCode::SWITCHING_PROTOCOLS
+            {
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            Ok::<_, Infallible>(resp)
+        }
+    })
+}
+
+/// Records how a connection ended with an error.
+fn end_with_error(
+    metrics: &crate::metrics::Metrics,
+    peer: SocketAddr,
+    e: Box<dyn std::error::Error + Send + Sync>,
+) {
+    let timed_out = e
+        .downcast_ref::<hyper::Error>()
+        .is_some_and(hyper::Error::is_timeout);
+    if timed_out {
+        // The codec closes a connection whose request head is not complete in
+        // time (`proxy.timeouts.header_read`); it sends no 408 itself.
+        metrics.rejected(Rejection::HeaderTimeout);
+    }
+    debug!(client.addr = %peer, error = %e, timed_out, "connection ended with an error");
+}
+
+/// Counts an open client connection in `switchyard_connections_active` while it lives.
+struct ActiveConn<'a>(&'a crate::metrics::Metrics);
+
+impl<'a> ActiveConn<'a> {
+    fn new(metrics: &'a crate::metrics::Metrics) -> Self {
+        metrics.connections_active.increment(1.0);
+        ActiveConn(metrics)
+    }
+}
+
+impl Drop for ActiveConn<'_> {
+    fn drop(&mut self) {
+        self.0.connections_active.decrement(1.0);
+    }
+}
+
+/// The first bytes of a prior-knowledge HTTP/2 connection.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Longest time between idle checks of a plain HTTP/1.1 connection: it is parked after
+/// one to two of these without a read.
+pub const PARK_AFTER: Duration = Duration::from_secs(1);
+
+/// What woke a plain HTTP/1.1 connection's task.
+enum PlainEvent<T> {
+    /// The codec finished: the client closed, the connection closed after a response,
+    /// it was parked, or it switched protocols.
+    Ended(hyper::Result<T>),
+    /// A parked connection's socket has something to read.
+    Readable(std::io::Result<()>),
+    /// The periodic check, or a drain signal.
+    Check,
+    /// The proxy is shutting down.
+    Stop,
 }
 
 /// How long an HTTP/1.1 connection that is being closed may stay idle waiting for one more

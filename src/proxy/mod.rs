@@ -11,6 +11,7 @@ pub mod edge;
 pub mod headers;
 pub mod health;
 pub mod listener;
+pub mod rewind;
 pub mod route;
 pub mod service;
 pub mod settings;

@@ -17,6 +17,8 @@ use http::{Request, Response, StatusCode, Version};
 use hyper::body::{Body as _, Incoming};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
 use crate::config::{Affinity, HashMode, PoolId};
@@ -29,9 +31,10 @@ use crate::proxy::edge::concurrency::PoolPermit;
 use crate::proxy::edge::record::{Arrival, Pending, Trace, TracedBody};
 use crate::proxy::edge::{client, request_id, Edge, ListenerIndex};
 use crate::proxy::headers;
+use crate::proxy::rewind::Rewind;
 use crate::proxy::route::{Backend, InflightGuard, RouteHandle, RouteTable};
 use crate::proxy::settings::{Settings, OVERRIDE_TOKEN_HEADER};
-use crate::proxy::sniff::FramingVerdict;
+use crate::proxy::sniff::{FramingVerdict, SniffIo};
 
 /// What every connection shares.
 pub struct Shared {
@@ -57,6 +60,30 @@ pub struct Conn {
     pub listener: ListenerIndex,
     /// Accepted on a TLS listener (`proto` is "https").
     pub tls: bool,
+    /// How a protocol switch (WebSocket) reaches the client side of the tunnel.
+    pub upgrades: Upgrades,
+}
+
+/// The client stream of a plain HTTP/1.1 connection, as its task serves it.
+pub type PlainIo = Rewind<SniffIo<TcpStream>>;
+
+/// How the client side of an upgraded connection is obtained.
+pub enum Upgrades {
+    /// From hyper (`OnUpgrade`), for connections served with upgrade support.
+    Hyper,
+    /// From the connection's task: after the codec hands the stream back, the task sends
+    /// it down the channel the service left here (see `listener::serve_plain`).
+    Manual(std::sync::Mutex<Option<tokio::sync::oneshot::Sender<PlainIo>>>),
+}
+
+impl Upgrades {
+    /// The channel a switched-protocol response left for the task, if any.
+    pub fn take_pending(&self) -> Option<tokio::sync::oneshot::Sender<PlainIo>> {
+        match self {
+            Upgrades::Hyper => None,
+            Upgrades::Manual(slot) => slot.lock().ok().and_then(|mut s| s.take()),
+        }
+    }
 }
 
 impl Conn {
@@ -66,6 +93,7 @@ impl Conn {
         peer: SocketAddr,
         proto: &'static str,
         listener: ListenerIndex,
+        upgrades: Upgrades,
     ) -> Conn {
         let client_ip = HeaderValue::from_str(&peer.ip().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
@@ -78,6 +106,7 @@ impl Conn {
             peer: peer.ip(),
             listener,
             tls: proto == "https",
+            upgrades,
         }
     }
 }
@@ -452,10 +481,18 @@ async fn handle_inner<'a>(
     let switching = status == StatusCode::SWITCHING_PROTOCOLS;
     headers::strip_hop_by_hop(resp.headers_mut(), switching && upgrade);
     if switching {
-        let (Some(down), Some(up)) = (
-            downstream_upgrade,
-            resp.extensions_mut().remove::<OnUpgrade>(),
-        ) else {
+        let down = match (&conn.upgrades, downstream_upgrade) {
+            (Upgrades::Manual(slot), Some(_)) => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                if let Ok(mut slot) = slot.lock() {
+                    *slot = Some(tx);
+                }
+                Some(Downstream::Manual(rx))
+            }
+            (Upgrades::Hyper, Some(on)) => Some(Downstream::Hyper(on)),
+            (_, None) => None,
+        };
+        let (Some(down), Some(up)) = (down, resp.extensions_mut().remove::<OnUpgrade>()) else {
             return Err(ProxyError::Upstream {
                 pool: pool_id,
                 backend: backend.addr.clone(),
@@ -481,25 +518,48 @@ async fn handle_inner<'a>(
     Ok(resp.map(|b| ProxyBody::upstream(b, guard, Some(tx))))
 }
 
+/// The client side of a tunnel, once the response has switched protocols.
+enum Downstream {
+    Hyper(OnUpgrade),
+    Manual(tokio::sync::oneshot::Receiver<PlainIo>),
+}
+
+/// Copies bytes both ways until either side ends.
+async fn pump<D, U>(mut down: D, mut up: U, backend: &str)
+where
+    D: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+        debug!(%backend, error = %e, "upgraded connection ended");
+    }
+}
+
 /// Copies bytes both ways once both sides have switched protocols. The connection stays
 /// on the backend (and so the pool) that accepted the upgrade.
 async fn tunnel(
-    down: OnUpgrade,
+    down: Downstream,
     up: OnUpgrade,
     guard: InflightGuard,
     pool: PoolId,
     routes: Arc<RouteHandle>,
     grace: Duration,
 ) {
+    let backend = &guard.backend().addr;
     let copy = async {
-        match tokio::try_join!(down, up) {
-            Ok((down, up)) => {
-                let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
-                if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
-                    debug!(backend = %guard.backend().addr, error = %e, "upgraded connection ended");
-                }
-            }
-            Err(e) => debug!(backend = %guard.backend().addr, error = %e, "upgrade failed"),
+        let up = match up.await {
+            Ok(up) => TokioIo::new(up),
+            Err(e) => return debug!(%backend, error = %e, "upgrade failed"),
+        };
+        match down {
+            Downstream::Hyper(down) => match down.await {
+                Ok(down) => pump(TokioIo::new(down), up, backend).await,
+                Err(e) => debug!(%backend, error = %e, "upgrade failed"),
+            },
+            Downstream::Manual(down) => match down.await {
+                Ok(down) => pump(down, up, backend).await,
+                Err(_) => debug!(%backend, "the client connection ended before the upgrade"),
+            },
         }
     };
     // Once the pool takes no new requests (a rollback, a drain, weight 0), the tunnel

@@ -12,22 +12,47 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Shared between a connection's [`SniffIo`] and its service.
+/// Shared between a connection's [`SniffIo`], its service and its task.
+///
+/// Besides the framing verdict it carries what the task needs to tell an idle HTTP/1.1
+/// connection from a busy one without asking the codec (see `listener::serve_plain`): the
+/// bytes read so far end at a request boundary, every request head read has had its
+/// response finished, and no write is waiting on the socket. All plain counters and flags,
+/// written by the connection's own task.
 #[derive(Debug)]
 pub struct FramingVerdict {
     first_bad: AtomicU64,
+    /// Reads that returned data: the task compares it between checks to see activity.
+    reads: AtomicU64,
+    /// Complete request heads read.
+    heads: AtomicU64,
+    /// The bytes read so far end between two requests (no partial head or body).
+    at_boundary: AtomicBool,
+    /// The last write returned `Pending`: the codec still holds bytes for the client.
+    write_blocked: AtomicBool,
+    /// Responses whose body has ended or been dropped (counted by the response body).
+    responses_done: AtomicU64,
+    /// Set by the task to park the connection: reads report end of stream, which an idle
+    /// codec takes as a quiet close and hands the socket back.
+    eof: AtomicBool,
 }
 
 impl FramingVerdict {
     pub fn new() -> Arc<Self> {
         Arc::new(FramingVerdict {
             first_bad: AtomicU64::new(u64::MAX),
+            reads: AtomicU64::new(0),
+            heads: AtomicU64::new(0),
+            at_boundary: AtomicBool::new(true),
+            write_blocked: AtomicBool::new(false),
+            responses_done: AtomicU64::new(0),
+            eof: AtomicBool::new(false),
         })
     }
 
@@ -35,6 +60,34 @@ impl FramingVerdict {
     /// refused by the scan.
     pub fn is_bad(&self, index: u64) -> bool {
         index >= self.first_bad.load(Ordering::Acquire)
+    }
+
+    /// A response on this connection has ended (or was abandoned).
+    pub fn response_done(&self) {
+        self.responses_done.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reads that returned data so far.
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
+
+    /// No request is being read or answered and nothing waits to be written: the codec
+    /// sits between requests. HTTP/1.1 only (the scan stops on HTTP/2 and upgrades).
+    pub fn is_idle(&self) -> bool {
+        self.at_boundary.load(Ordering::Relaxed)
+            && !self.write_blocked.load(Ordering::Relaxed)
+            && self.heads.load(Ordering::Relaxed) == self.responses_done.load(Ordering::Relaxed)
+    }
+
+    /// From now on reads report end of stream, until [`FramingVerdict::take_eof`].
+    pub fn set_eof(&self, eof: bool) {
+        self.eof.store(eof, Ordering::Relaxed);
+    }
+
+    /// Whether reads were reporting end of stream; they read the socket again from now on.
+    pub fn take_eof(&self) -> bool {
+        self.eof.swap(false, Ordering::Relaxed)
     }
 }
 
@@ -111,6 +164,16 @@ pub enum HeadVerdict {
 }
 
 impl Scanner {
+    /// The bytes fed so far end between two requests: no partial head, no body left.
+    pub fn at_boundary(&self) -> bool {
+        self.state == State::Head && self.first_line && self.line_len == 0 && self.name_len == 0
+    }
+
+    /// Complete request heads fed so far.
+    pub fn heads(&self) -> u64 {
+        self.request
+    }
+
     /// Feeds bytes read from the client; returns the index of a refused request, if the
     /// chunk completed one.
     pub fn feed(&mut self, mut data: &[u8]) -> Option<u64> {
@@ -347,6 +410,11 @@ impl<I> SniffIo<I> {
             verdict,
         }
     }
+
+    /// The stream underneath.
+    pub fn get_ref(&self) -> &I {
+        &self.inner
+    }
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for SniffIo<I> {
@@ -355,16 +423,34 @@ impl<I: AsyncRead + Unpin> AsyncRead for SniffIo<I> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if self.verdict.eof.load(Ordering::Relaxed) {
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = polled {
             let this = &mut *self;
-            if let Some(bad) = this.scanner.feed(&buf.filled()[before..]) {
-                this.verdict.first_bad.fetch_min(bad, Ordering::AcqRel);
+            let data = &buf.filled()[before..];
+            if !data.is_empty() {
+                if let Some(bad) = this.scanner.feed(data) {
+                    this.verdict.first_bad.fetch_min(bad, Ordering::AcqRel);
+                }
+                let v = &this.verdict;
+                v.reads.fetch_add(1, Ordering::Relaxed);
+                v.heads.store(this.scanner.heads(), Ordering::Relaxed);
+                v.at_boundary
+                    .store(this.scanner.at_boundary(), Ordering::Relaxed);
             }
         }
         polled
     }
+}
+
+/// Notes whether a write left bytes waiting (`Pending`) for the idle check.
+fn note_write<T>(verdict: &FramingVerdict, polled: &Poll<io::Result<T>>) {
+    verdict
+        .write_blocked
+        .store(polled.is_pending(), Ordering::Relaxed);
 }
 
 impl<I: AsyncWrite + Unpin> AsyncWrite for SniffIo<I> {
@@ -373,7 +459,9 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for SniffIo<I> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        note_write(&self.verdict, &polled);
+        polled
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
@@ -386,7 +474,9 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for SniffIo<I> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        note_write(&self.verdict, &polled);
+        polled
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()

@@ -127,7 +127,8 @@ pin_project! {
     pub struct TracedBody {
         #[pin]
         inner: ProxyBody,
-        // Set when there is a permit to give back or a line to send.
+        // Until the body ends: the connection counts finished responses (idle check),
+        // and there may be a permit to give back or a line to send.
         conn: Option<Arc<Conn>>,
         permit: Option<HeldPermit>,
         record: Option<Box<Entry>>,
@@ -144,7 +145,6 @@ pin_project! {
 }
 
 impl TracedBody {
-    /// `conn` is kept only when a permit or a line needs it.
     pub fn new(
         inner: ProxyBody,
         conn: Arc<Conn>,
@@ -152,10 +152,9 @@ impl TracedBody {
         record: Option<Box<Entry>>,
         bytes_in: Option<Arc<AtomicU64>>,
     ) -> TracedBody {
-        let conn = (permit.is_some() || record.is_some()).then_some(conn);
         TracedBody {
             inner,
-            conn,
+            conn: Some(conn),
             permit,
             record,
             bytes_in,
@@ -171,6 +170,10 @@ fn finish(
     complete: bool,
 ) {
     let Some(conn) = conn.take() else { return };
+    conn.framing.response_done();
+    if permit.is_none() && record.is_none() {
+        return;
+    }
     let edge = &conn.shared.edge;
     if let Some(p) = permit.take() {
         edge.inflight.release(p);
