@@ -612,7 +612,7 @@ run_idle() {
     rm -f "$out.ready"
     start_bg "$out.client" timeout -k 5 $((120 + IDLE_CONNS / 100)) \
         python3 "$LIB/idle_conns.py" --port "${HTTP_PORT[$p]}" -n "$IDLE_CONNS" \
-        --hold 60 --ready-file "$out.ready"
+        --hold 60 --concurrency 64 --ready-file "$out.ready"
     cpid=$LAST_PID
     for ((i = 0; i < 900; i++)); do
         [[ -s $out.ready ]] && break

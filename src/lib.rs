@@ -20,6 +20,8 @@
 //! [`Switchyard::bind_with`] adds the config file's path (for `reload` and SIGHUP), another
 //! state store, or exhaustive admin lists. The saved state is restored during `bind`.
 
+#![forbid(unsafe_code)]
+
 pub mod config;
 pub mod control;
 pub mod demo;

@@ -21,6 +21,7 @@ use hyper::server::conn::http1;
 use hyper::service::{service_fn, Service};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -173,39 +174,11 @@ impl Acceptor {
         }
     }
 
-    /// Serves a plain-TCP connection: waits for its first bytes without any buffer, then
-    /// hands a prior-knowledge HTTP/2 preface to [`Acceptor::serve_io`] and anything else
-    /// to [`Acceptor::serve_plain`].
+    /// Serves a plain-TCP connection (see [`Acceptor::serve_plain`]).
     async fn serve(&self, stream: TcpStream, peer: SocketAddr, proto: &'static str) {
         let _ = stream.set_nodelay(true);
         let _active = ActiveConn::new(&self.shared.metrics);
-        let accepted = Instant::now();
-        let mut deadline = accepted + self.header_read;
-        let mut stopping = false;
-        let mut first = [0u8; H2_PREFACE.len()];
-        let n = loop {
-            tokio::select! {
-                r = stream.peek(&mut first) => match r {
-                    Ok(n) if n > 0 => break n,
-                    _ => return, // closed before a request
-                },
-                _ = tokio::time::sleep_until(deadline) => return,
-                _ = self.shutdown.cancelled(), if !stopping => {
-                    stopping = true;
-                    deadline = deadline.min(Instant::now() + LINGER);
-                }
-            }
-        };
-        let framing = FramingVerdict::new();
-        if H2_PREFACE.starts_with(&first[..n]) {
-            // Boxed: the HTTP/2 connection state is large, and a parked HTTP/1.1
-            // connection's task should not carry room for it.
-            let io = SniffIo::new(stream, framing.clone());
-            Box::pin(self.serve_io(io, framing, peer, proto, 0)).await;
-        } else {
-            self.serve_plain(stream, framing, accepted, peer, proto)
-                .await;
-        }
+        self.serve_plain(stream, peer, proto).await;
     }
 
     /// Serves a plain HTTP/1.1 connection to its end, parking it whenever it is idle.
@@ -220,18 +193,17 @@ impl Acceptor {
     /// written while parking, so a client never sees the difference. (The codec's own
     /// `header_read` timer never sees an idle connection: it is parked well before.)
     ///
+    /// A new connection starts parked: no buffer until its first bytes, which must come
+    /// within `header_read`. If they begin a prior-knowledge HTTP/2 preface, the connection
+    /// goes to [`Acceptor::serve_io`] instead.
+    ///
     /// The codec runs without upgrade support: a switched-protocol response leaves a
     /// channel in the connection ([`Upgrades::Manual`]), and the stream goes down it to
     /// the tunnel when the codec hands it back.
-    async fn serve_plain(
-        &self,
-        stream: TcpStream,
-        framing: Arc<FramingVerdict>,
-        accepted: Instant,
-        peer: SocketAddr,
-        proto: &'static str,
-    ) {
+    async fn serve_plain(&self, stream: TcpStream, peer: SocketAddr, proto: &'static str) {
         let metrics = &self.shared.metrics;
+        let accepted = Instant::now();
+        let framing = FramingVerdict::new();
         let conn = Arc::new(Conn::new(
             self.shared.clone(),
             framing.clone(),
@@ -250,8 +222,12 @@ impl Acceptor {
                     .without_shutdown(),
             )
         };
-        let mut parked: Option<PlainIo> = None;
-        let mut served = Some(start(Rewind::new(SniffIo::new(stream, framing.clone()))));
+        let mut parked = Some(Rewind::new(SniffIo::new(stream, framing.clone())));
+        let mut closing: Option<PlainIo> = None;
+        let mut served = nothing_from(&start);
+        // No request has started yet: the first bytes are due within `header_read`, and
+        // they may be an HTTP/2 preface.
+        let mut fresh = true;
         let mut drains = self.shared.routes.drain_signals();
         let mut drains_open = true;
         let cancelled = self.shutdown.cancelled();
@@ -295,7 +271,7 @@ impl Acceptor {
                     }
                     if !framing.take_eof() {
                         // The client closed, or the last response closed the connection.
-                        let _ = io.shutdown().await;
+                        closing = Some(io);
                         break;
                     }
                     if matches!(phase, Phase::Graceful) {
@@ -308,6 +284,28 @@ impl Acceptor {
                 PlainEvent::Ended(Err(e)) => {
                     end_with_error(metrics, peer, e.into());
                     break;
+                }
+                PlainEvent::Readable(Ok(())) if fresh => {
+                    let Some(io) = parked.take() else { break };
+                    let mut first = [0u8; H2_PREFACE.len()];
+                    // Readable, so the peek does not wait; if it would (a spurious wake),
+                    // the connection goes back to waiting.
+                    match io.get_ref().get_ref().peek(&mut first).now_or_never() {
+                        None => parked = Some(io),
+                        Some(Ok(0)) | Some(Err(_)) => break, // closed before a request
+                        Some(Ok(n)) if H2_PREFACE.starts_with(&first[..n]) => {
+                            let io = io.into_inner();
+                            // Boxed: the HTTP/2 state is large, and an HTTP/1.1
+                            // connection's task should not carry room for it.
+                            Box::pin(self.serve_io(io, framing.clone(), peer, proto, 0)).await;
+                            return;
+                        }
+                        Some(Ok(_)) => {
+                            fresh = false;
+                            served = Some(start(io));
+                        }
+                    }
+                    continue;
                 }
                 PlainEvent::Readable(Ok(())) => {
                     if let Some(io) = parked.take() {
@@ -348,7 +346,11 @@ impl Acceptor {
                 _ => {}
             }
             let graceful = matches!(phase, Phase::Graceful);
-            let idle_until = active_at + self.idle;
+            let idle_until = if fresh {
+                accepted + self.header_read
+            } else {
+                active_at + self.idle
+            };
             if served.is_none() {
                 if graceful || now >= idle_until {
                     break;
@@ -365,8 +367,11 @@ impl Acceptor {
             }
             tick.as_mut().reset(next.max(now));
         }
-        if parked.is_some() {
+        if parked.is_some() && !fresh {
             metrics.connections_parked.decrement(1.0);
+        }
+        if let Some(mut io) = closing {
+            let _ = io.shutdown().await;
         }
     }
 
@@ -489,6 +494,11 @@ fn request_service(
     })
 }
 
+/// `None` of the type `start` returns (a type that cannot be written out).
+fn nothing_from<A, F>(_: &impl Fn(A) -> F) -> Option<F> {
+    None
+}
+
 /// Records how a connection ended with an error.
 fn end_with_error(
     metrics: &crate::metrics::Metrics,
@@ -527,7 +537,7 @@ const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Longest time between idle checks of a plain HTTP/1.1 connection: it is parked after
 /// one to two of these without a read.
-pub const PARK_AFTER: Duration = Duration::from_secs(1);
+pub const PARK_AFTER: Duration = Duration::from_millis(250);
 
 /// What woke a plain HTTP/1.1 connection's task.
 enum PlainEvent<T> {

@@ -49,6 +49,11 @@ impl<I> Rewind<I> {
     pub fn get_ref(&self) -> &I {
         &self.inner
     }
+
+    /// The stream; bytes put back and not yet read are dropped.
+    pub fn into_inner(self) -> I {
+        self.inner
+    }
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
