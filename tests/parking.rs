@@ -102,13 +102,21 @@ async fn an_idle_connection_is_parked_and_its_next_requests_are_served() {
     }
     // Idle again: parked again, and served again.
     wait_parked(&p, 1.0).await;
+    // A second connection parks one check interval after its request, so by then the
+    // first has been through a check while parked (its timer then waits for the idle
+    // limit); a request must still bring back its parking checks.
+    let mut t = TcpStream::connect(p.addr).await.unwrap();
+    t.write_all(request("/other").as_bytes()).await.unwrap();
+    read_response(&mut t).await;
+    wait_parked(&p, 2.0).await;
     s.write_all(request("/third").as_bytes()).await.unwrap();
     let (status, _) = read_response(&mut s).await;
     assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    wait_parked(&p, 2.0).await;
     assert_eq!(
         blue.hits.load(std::sync::atomic::Ordering::SeqCst)
             + green.hits.load(std::sync::atomic::Ordering::SeqCst),
-        4
+        5
     );
 }
 

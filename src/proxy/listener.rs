@@ -15,13 +15,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use http::{header, HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::{service_fn, Service};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -77,14 +77,14 @@ pub fn server_builder(cfg: &Config) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-/// The hyper HTTP/1.1 settings for plain-TCP connections (the same as the HTTP/1.1 half
-/// of [`server_builder`]; upgrades are handed over by the connection task).
+/// The hyper HTTP/1.1 settings for plain-TCP connections: the HTTP/1.1 half of
+/// [`server_builder`], except that the connection task keeps the header deadline (hyper's
+/// would arm a timer per request) and hands upgrades over.
 pub fn h1_builder(cfg: &Config) -> http1::Builder {
     let limits = &cfg.proxy.limits;
     let mut builder = http1::Builder::new();
     builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(cfg.proxy.timeouts.header_read)
+        .header_read_timeout(None)
         .max_buf_size((limits.max_header_bytes * 2).max(16 * 1024))
         .max_headers(limits.max_headers * 2)
         .keep_alive(true);
@@ -183,7 +183,9 @@ impl Acceptor {
 
     /// Serves a plain HTTP/1.1 connection to its end, parking it whenever it is idle.
     ///
-    /// A check runs every [`PARK_AFTER`] (or a quarter of `header_read`, if shorter). When
+    /// A check runs every [`PARK_AFTER`] (or a quarter of `header_read` or `idle`, if
+    /// shorter); it also closes a connection whose request head stays incomplete for
+    /// `header_read` (counted as `header_timeout`, like the codec's own timer). When
     /// nothing was read since the previous check and the connection is idle (between
     /// requests, every response finished, nothing left to write: [`FramingVerdict::is_idle`]),
     /// the codec's next read reports end of stream; an idle codec takes that as a quiet
@@ -228,6 +230,8 @@ impl Acceptor {
         // No request has started yet: the first bytes are due within `header_read`, and
         // they may be an HTTP/2 preface.
         let mut fresh = true;
+        // The partial request head the checks are timing: (complete heads before it, seen at).
+        let mut head_since: Option<(u64, Instant)> = None;
         let mut drains = self.shared.routes.drain_signals();
         let mut drains_open = true;
         let cancelled = self.shutdown.cancelled();
@@ -303,6 +307,7 @@ impl Acceptor {
                         Some(Ok(_)) => {
                             fresh = false;
                             served = Some(start(io));
+                            tick.as_mut().reset(now + check_every);
                         }
                     }
                     continue;
@@ -311,6 +316,7 @@ impl Acceptor {
                     if let Some(io) = parked.take() {
                         metrics.connections_parked.decrement(1.0);
                         served = Some(start(io));
+                        tick.as_mut().reset(now + check_every);
                     }
                     continue;
                 }
@@ -344,6 +350,19 @@ impl Acceptor {
                 }
                 Phase::Lingering(t) if now >= t => phase = Phase::Graceful,
                 _ => {}
+            }
+            // The header deadline: a head that has begun is complete within `header_read`
+            // of the check that first saw it (so up to two checks late).
+            match (framing.head_pending(), head_since) {
+                (Some(heads), Some((seen, since))) if heads == seen => {
+                    if served.is_some() && now >= since + self.header_read {
+                        metrics.rejected(Rejection::HeaderTimeout);
+                        debug!(client.addr = %peer, "request head not complete in time");
+                        break;
+                    }
+                }
+                (Some(heads), _) => head_since = Some((heads, now)),
+                (None, _) => head_since = None,
             }
             let graceful = matches!(phase, Phase::Graceful);
             let idle_until = if fresh {

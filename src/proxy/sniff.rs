@@ -34,6 +34,8 @@ pub struct FramingVerdict {
     heads: AtomicU64,
     /// The bytes read so far end between two requests (no partial head or body).
     at_boundary: AtomicBool,
+    /// The bytes read so far end inside a request head.
+    in_head: AtomicBool,
     /// The last write returned `Pending`: the codec still holds bytes for the client.
     write_blocked: AtomicBool,
     /// Responses whose body has ended or been dropped (counted by the response body).
@@ -50,6 +52,7 @@ impl FramingVerdict {
             reads: AtomicU64::new(0),
             heads: AtomicU64::new(0),
             at_boundary: AtomicBool::new(true),
+            in_head: AtomicBool::new(false),
             write_blocked: AtomicBool::new(false),
             responses_done: AtomicU64::new(0),
             eof: AtomicBool::new(false),
@@ -78,6 +81,16 @@ impl FramingVerdict {
         self.at_boundary.load(Ordering::Relaxed)
             && !self.write_blocked.load(Ordering::Relaxed)
             && self.heads.load(Ordering::Relaxed) == self.responses_done.load(Ordering::Relaxed)
+    }
+
+    /// A request head has begun to arrive and is not complete, and every earlier request
+    /// has been answered: the client owes the rest of a head (`proxy.timeouts.header_read`).
+    /// Returns the number of complete heads before it, to tell one head from the next.
+    pub fn head_pending(&self) -> Option<u64> {
+        let heads = self.heads.load(Ordering::Relaxed);
+        (self.in_head.load(Ordering::Relaxed)
+            && heads == self.responses_done.load(Ordering::Relaxed))
+        .then_some(heads)
     }
 
     /// From now on reads report end of stream, until [`FramingVerdict::take_eof`].
@@ -167,6 +180,11 @@ impl Scanner {
     /// The bytes fed so far end between two requests: no partial head, no body left.
     pub fn at_boundary(&self) -> bool {
         self.state == State::Head && self.first_line && self.line_len == 0 && self.name_len == 0
+    }
+
+    /// The bytes fed so far end inside a request head.
+    pub fn in_head(&self) -> bool {
+        self.state == State::Head && !self.at_boundary()
     }
 
     /// Complete request heads fed so far.
@@ -440,6 +458,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for SniffIo<I> {
                 v.heads.store(this.scanner.heads(), Ordering::Relaxed);
                 v.at_boundary
                     .store(this.scanner.at_boundary(), Ordering::Relaxed);
+                v.in_head.store(this.scanner.in_head(), Ordering::Relaxed);
             }
         }
         polled
