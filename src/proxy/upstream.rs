@@ -302,7 +302,10 @@ impl ConnPool {
                 return Ok(Checkout { tx, reused: true });
             }
         }
-        self.connect(host, addr)
+        // Boxed: dialling and the TLS handshake make a large future, and inline it would
+        // enlarge every request's future (moved into place per request) for a path that
+        // pooled connections rarely take.
+        Box::pin(self.connect(host, addr))
             .await
             .map(|tx| Checkout { tx, reused: false })
     }
