@@ -231,20 +231,8 @@ async fn websocket_tunnels_and_stays_on_its_pool() {
     );
     // Move all new traffic to green: the tunnel stays where it is.
     assert_eq!(p.admin("weight 100").await["ok"], true);
-    // A masked WebSocket text frame "hello" (RFC 6455 §5.2); the echo returns the same bytes.
-    let frame = [
-        0x81u8,
-        0x85,
-        1,
-        2,
-        3,
-        4,
-        b'h' ^ 1,
-        b'e' ^ 2,
-        b'l' ^ 3,
-        b'l' ^ 4,
-        b'o' ^ 1,
-    ];
+    // The upstream echoes the frame back byte for byte.
+    let frame = WS_HELLO_FRAME;
     for _ in 0..3 {
         s.write_all(&frame).await.unwrap();
         let mut back = [0u8; 11];

@@ -181,19 +181,7 @@ async fn an_upgrade_after_parking_tunnels_and_keeps_its_early_bytes() {
     wait_parked(&p, 1.0).await;
     // The upgrade request and a first WebSocket frame in one write: the frame is read
     // by the codec before the switch and must still reach the upstream.
-    let frame = [
-        0x81u8,
-        0x85,
-        1,
-        2,
-        3,
-        4,
-        b'h' ^ 1,
-        b'e' ^ 2,
-        b'l' ^ 3,
-        b'l' ^ 4,
-        b'o' ^ 1,
-    ];
+    let frame = WS_HELLO_FRAME;
     let mut bytes = format!(
         "GET /ws HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{HASH_HEADER}: {HASH}\r\n\r\n"

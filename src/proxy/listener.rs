@@ -11,7 +11,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -214,8 +214,7 @@ impl Acceptor {
             0,
             Upgrades::Manual(Mutex::new(None)),
         ));
-        let flags = Arc::new(CloseFlags::default());
-        let service = request_service(conn.clone(), flags.clone());
+        let service = request_service(conn.clone());
         let check_every = (self.header_read.min(self.idle) / 4).min(PARK_AFTER);
         let start = |io: PlainIo| {
             Box::pin(
@@ -345,7 +344,7 @@ impl Acceptor {
             }
             match phase {
                 Phase::Waiting(t) if now >= t => {
-                    flags.closing.store(true, Ordering::Relaxed);
+                    conn.close.closing.store(true, Ordering::Relaxed);
                     phase = Phase::Lingering(now + LINGER);
                 }
                 Phase::Lingering(t) if now >= t => phase = Phase::Graceful,
@@ -422,8 +421,7 @@ impl Acceptor {
             listener,
             Upgrades::Hyper,
         ));
-        let flags = Arc::new(CloseFlags::default());
-        let service = request_service(conn, flags.clone());
+        let service = request_service(conn.clone());
         let served = self
             .builder
             .serve_connection_with_upgrades(TokioIo::new(io), service);
@@ -457,8 +455,8 @@ impl Acceptor {
                     let now = Instant::now();
                     phase = match phase {
                         Phase::Waiting(_) => {
-                            flags.closing.store(true, Ordering::Relaxed);
-                            if flags.h2.load(Ordering::Relaxed) {
+                            conn.close.closing.store(true, Ordering::Relaxed);
+                            if conn.close.h2.load(Ordering::Relaxed) {
                                 served.as_mut().graceful_shutdown();
                                 Phase::Graceful
                             } else {
@@ -484,7 +482,6 @@ impl Acceptor {
 /// HTTP/1.1 responses once the connection is closing.
 fn request_service(
     conn: Arc<Conn>,
-    flags: Arc<CloseFlags>,
 ) -> impl Service<
     Request<Incoming>,
     Response = Response<TracedBody>,
@@ -494,15 +491,15 @@ fn request_service(
        + Send
        + 'static {
     service_fn(move |req: Request<Incoming>| {
-        let (conn, flags) = (conn.clone(), flags.clone());
+        let conn = conn.clone();
         async move {
             let version = req.version();
             if version == Version::HTTP_2 {
-                flags.h2.store(true, Ordering::Relaxed);
+                conn.close.h2.store(true, Ordering::Relaxed);
             }
-            let mut resp = handle(conn, req).await?;
+            let mut resp = handle(conn.clone(), req).await?;
             if version <= Version::HTTP_11
-                && flags.closing.load(Ordering::Relaxed)
+                && conn.close.closing.load(Ordering::Relaxed)
                 && resp.status() != StatusCode::SWITCHING_PROTOCOLS
             {
                 resp.headers_mut()
@@ -585,13 +582,4 @@ enum Phase {
     Lingering(Instant),
     /// hyper's graceful shutdown is under way.
     Graceful,
-}
-
-/// Shared between a connection's task and its request service.
-#[derive(Default)]
-struct CloseFlags {
-    /// Responses from now on carry `Connection: close` (HTTP/1.1).
-    closing: AtomicBool,
-    /// The client speaks HTTP/2 (seen on its first request).
-    h2: AtomicBool,
 }

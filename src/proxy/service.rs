@@ -62,6 +62,17 @@ pub struct Conn {
     pub tls: bool,
     /// How a protocol switch (WebSocket) reaches the client side of the tunnel.
     pub upgrades: Upgrades,
+    /// Set by the connection's task, read by its requests.
+    pub close: CloseFlags,
+}
+
+/// How a connection is being closed; shared between its task and its request service.
+#[derive(Default)]
+pub struct CloseFlags {
+    /// Responses from now on carry `Connection: close` (HTTP/1.1).
+    pub closing: std::sync::atomic::AtomicBool,
+    /// The client speaks HTTP/2 (seen on its first request).
+    pub h2: std::sync::atomic::AtomicBool,
 }
 
 /// The client stream of a plain HTTP/1.1 connection, as its task serves it.
@@ -107,6 +118,7 @@ impl Conn {
             listener,
             tls: proto == "https",
             upgrades,
+            close: CloseFlags::default(),
         }
     }
 }

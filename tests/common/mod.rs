@@ -22,7 +22,6 @@ use hyper::body::{Body, Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use switchyard::config::Config;
@@ -31,6 +30,22 @@ use switchyard::Switchyard;
 
 pub const HASH: &str = "cdd01ef066bc6cf2";
 pub const HASH_HEADER: &str = "x-constitutional-hash";
+
+/// A masked WebSocket text frame "hello" (RFC 6455 §5.2); the test upstream's `/ws` echoes
+/// it back byte for byte.
+pub const WS_HELLO_FRAME: [u8; 11] = [
+    0x81,
+    0x85,
+    1,
+    2,
+    3,
+    4,
+    b'h' ^ 1,
+    b'e' ^ 2,
+    b'l' ^ 3,
+    b'l' ^ 4,
+    b'o' ^ 1,
+];
 
 /// How a fake upstream behaves; tests flip these while traffic flows.
 #[derive(Default)]
@@ -210,7 +225,18 @@ pub async fn upstream(name: &'static str) -> Upstream {
 /// Starts a fake upstream on `addr` (e.g. to bring a stopped one back on its port).
 /// Dropping it closes the listener and every connection it holds.
 pub async fn upstream_at(name: &'static str, addr: SocketAddr) -> Upstream {
-    let listener = TcpListener::bind(addr).await.unwrap();
+    // A backend's accept queue, not the 128 that `TcpListener::bind` asks for: bursts of
+    // a few hundred new upstream connections (tests/concurrency.rs) must not lose SYNs
+    // (a lost SYN is retried after 1 s, the proxy's connect timeout).
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .unwrap();
+    socket.set_reuseaddr(true).unwrap();
+    socket.bind(addr).unwrap();
+    let listener = socket.listen(1024).unwrap();
     let addr = listener.local_addr().unwrap();
     let behavior = Arc::new(Behavior::default());
     let hits = Arc::new(AtomicUsize::new(0));
