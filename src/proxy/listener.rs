@@ -216,15 +216,23 @@ impl Acceptor {
         ));
         let service = request_service(conn.clone());
         let check_every = (self.header_read.min(self.idle) / 4).min(PARK_AFTER);
+        // The codec, boxed (dropped while parked); it ends with the stream, the bytes it
+        // read but did not use put back in front.
         let start = |io: PlainIo| {
             Box::pin(
                 self.h1
                     .serve_connection(TokioIo::new(io), service.clone())
-                    .without_shutdown(),
+                    .without_shutdown()
+                    .map(|ended| {
+                        ended.map(|parts| {
+                            let mut io = parts.io.into_inner();
+                            io.rewind(parts.read_buf);
+                            io
+                        })
+                    }),
             )
         };
         let mut parked = Some(Rewind::new(SniffIo::new(stream, framing.clone())));
-        let mut closing: Option<PlainIo> = None;
         let mut served = nothing_from(&start);
         // No request has started yet: the first bytes are due within `header_read`, and
         // they may be an HTTP/2 preface.
@@ -241,7 +249,9 @@ impl Acceptor {
         let mut active_at = accepted;
         let tick = tokio::time::sleep(check_every);
         tokio::pin!(tick);
-        loop {
+        // The loop's value says what is left to do with the stream (a FIN, the HTTP/2
+        // path); that is awaited after it, so the loop's own values need no room meanwhile.
+        let end = loop {
             let event = if let Some(codec) = served.as_mut() {
                 tokio::select! {
                     r = codec.as_mut() => PlainEvent::Ended(r),
@@ -264,21 +274,18 @@ impl Acceptor {
             };
             let now = Instant::now();
             match event {
-                PlainEvent::Ended(Ok(parts)) => {
+                PlainEvent::Ended(Ok(io)) => {
                     served = None;
-                    let mut io = parts.io.into_inner();
-                    io.rewind(parts.read_buf);
                     if let Some(tunnel) = conn.upgrades.take_pending() {
                         let _ = tunnel.send(io);
-                        break;
+                        break PlainEnd::Close;
                     }
                     if !framing.take_eof() {
                         // The client closed, or the last response closed the connection.
-                        closing = Some(io);
-                        break;
+                        break PlainEnd::Shutdown(io);
                     }
                     if matches!(phase, Phase::Graceful) {
-                        break;
+                        break PlainEnd::Close;
                     }
                     metrics.connections_parked.increment(1.0);
                     parked = Some(io);
@@ -286,22 +293,20 @@ impl Acceptor {
                 }
                 PlainEvent::Ended(Err(e)) => {
                     end_with_error(metrics, peer, e.into());
-                    break;
+                    break PlainEnd::Close;
                 }
                 PlainEvent::Readable(Ok(())) if fresh => {
-                    let Some(io) = parked.take() else { break };
+                    let Some(io) = parked.take() else {
+                        break PlainEnd::Close;
+                    };
                     let mut first = [0u8; H2_PREFACE.len()];
                     // Readable, so the peek does not wait; if it would (a spurious wake),
                     // the connection goes back to waiting.
                     match io.get_ref().get_ref().peek(&mut first).now_or_never() {
                         None => parked = Some(io),
-                        Some(Ok(0)) | Some(Err(_)) => break, // closed before a request
+                        Some(Ok(0)) | Some(Err(_)) => break PlainEnd::Close, // closed before a request
                         Some(Ok(n)) if H2_PREFACE.starts_with(&first[..n]) => {
-                            let io = io.into_inner();
-                            // Boxed: the HTTP/2 state is large, and an HTTP/1.1
-                            // connection's task should not carry room for it.
-                            Box::pin(self.serve_io(io, framing.clone(), peer, proto, 0)).await;
-                            return;
+                            break PlainEnd::Http2(io);
                         }
                         Some(Ok(_)) => {
                             fresh = false;
@@ -319,7 +324,7 @@ impl Acceptor {
                     }
                     continue;
                 }
-                PlainEvent::Readable(Err(_)) => break,
+                PlainEvent::Readable(Err(_)) => break PlainEnd::Close,
                 PlainEvent::Stop => {
                     stopping = true;
                     phase = Phase::Waiting(now);
@@ -357,7 +362,7 @@ impl Acceptor {
                     if served.is_some() && now >= since + self.header_read {
                         metrics.rejected(Rejection::HeaderTimeout);
                         debug!(client.addr = %peer, "request head not complete in time");
-                        break;
+                        break PlainEnd::Close;
                     }
                 }
                 (Some(heads), _) => head_since = Some((heads, now)),
@@ -371,7 +376,7 @@ impl Acceptor {
             };
             if served.is_none() {
                 if graceful || now >= idle_until {
-                    break;
+                    break PlainEnd::Close;
                 }
             } else if framing.is_idle() && (graceful || now >= active_at + check_every) {
                 framing.set_eof(true); // the codec's next read ends it; see above
@@ -384,12 +389,21 @@ impl Acceptor {
                 next = next.min(t);
             }
             tick.as_mut().reset(next.max(now));
-        }
+        };
         if parked.is_some() && !fresh {
             metrics.connections_parked.decrement(1.0);
         }
-        if let Some(mut io) = closing {
-            let _ = io.shutdown().await;
+        match end {
+            PlainEnd::Close => {}
+            PlainEnd::Shutdown(mut io) => {
+                let _ = io.shutdown().await;
+            }
+            PlainEnd::Http2(io) => {
+                // Boxed: the HTTP/2 state is large, and an HTTP/1.1 connection's task
+                // should not carry room for it.
+                let io = io.into_inner();
+                Box::pin(self.serve_io(io, framing, peer, proto, 0)).await;
+            }
         }
     }
 
@@ -554,6 +568,16 @@ const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Longest time between idle checks of a plain HTTP/1.1 connection: it is parked after
 /// one to two of these without a read.
 pub const PARK_AFTER: Duration = Duration::from_millis(250);
+
+/// What is left to do with a plain connection's stream once its loop has ended.
+enum PlainEnd {
+    /// Nothing: dropping it closes it.
+    Close,
+    /// Send a FIN (the last response said `Connection: close`, or the client closed).
+    Shutdown(PlainIo),
+    /// It starts with an HTTP/2 preface.
+    Http2(PlainIo),
+}
 
 /// What woke a plain HTTP/1.1 connection's task.
 enum PlainEvent<T> {
