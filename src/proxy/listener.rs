@@ -34,7 +34,6 @@ use crate::config::Config;
 use crate::metrics::Rejection;
 use crate::proxy::edge::record::TracedBody;
 use crate::proxy::edge::ListenerIndex;
-use crate::proxy::rewind::Rewind;
 use crate::proxy::service::{handle, Conn, PlainIo, Shared, Upgrades};
 use crate::proxy::sniff::{FramingVerdict, SniffIo};
 use crate::proxy::tls::TlsTerminator;
@@ -226,13 +225,13 @@ impl Acceptor {
                     .map(|ended| {
                         ended.map(|parts| {
                             let mut io = parts.io.into_inner();
-                            io.rewind(parts.read_buf);
+                            io.put_back(parts.read_buf);
                             io
                         })
                     }),
             )
         };
-        let mut parked = Some(Rewind::new(SniffIo::new(stream, framing.clone())));
+        let mut parked = Some(SniffIo::new(stream, framing.clone()));
         let mut served = nothing_from(&start);
         // No request has started yet: the first bytes are due within `header_read`, and
         // they may be an HTTP/2 preface.
@@ -258,9 +257,9 @@ impl Acceptor {
                     _ = tick.as_mut() => PlainEvent::Check,
                     _ = cancelled.as_mut(), if !stopping => PlainEvent::Stop,
                 }
-            } else if let Some(io) = parked.as_ref().filter(|io| !io.has_prefix()) {
+            } else if let Some(io) = parked.as_ref().filter(|io| !io.has_unread()) {
                 tokio::select! {
-                    r = io.get_ref().get_ref().readable() => PlainEvent::Readable(r),
+                    r = io.get_ref().readable() => PlainEvent::Readable(r),
                     _ = tick.as_mut() => PlainEvent::Check,
                     _ = cancelled.as_mut(), if !stopping => PlainEvent::Stop,
                     changed = drains.changed(), if drains_open && matches!(phase, Phase::Serving) => {
@@ -302,7 +301,7 @@ impl Acceptor {
                     let mut first = [0u8; H2_PREFACE.len()];
                     // Readable, so the peek does not wait; if it would (a spurious wake),
                     // the connection goes back to waiting.
-                    match io.get_ref().get_ref().peek(&mut first).now_or_never() {
+                    match io.get_ref().peek(&mut first).now_or_never() {
                         None => parked = Some(io),
                         Some(Ok(0)) | Some(Err(_)) => break PlainEnd::Close, // closed before a request
                         Some(Ok(n)) if H2_PREFACE.starts_with(&first[..n]) => {
@@ -385,7 +384,7 @@ impl Acceptor {
             if served.is_none() {
                 next = idle_until;
             }
-            if let Phase::Waiting(t) | Phase::Lingering(t) = phase {
+            if let Some(t) = phase.deadline() {
                 next = next.min(t);
             }
             tick.as_mut().reset(next.max(now));
@@ -401,7 +400,6 @@ impl Acceptor {
             PlainEnd::Http2(io) => {
                 // Boxed: the HTTP/2 state is large, and an HTTP/1.1 connection's task
                 // should not carry room for it.
-                let io = io.into_inner();
                 Box::pin(self.serve_io(io, framing, peer, proto, 0)).await;
             }
         }
@@ -445,10 +443,7 @@ impl Acceptor {
         let mut stopping = false;
         let mut phase = Phase::Serving;
         let result = loop {
-            let deadline = match phase {
-                Phase::Waiting(t) | Phase::Lingering(t) => Some(t),
-                Phase::Serving | Phase::Graceful => None,
-            };
+            let deadline = phase.deadline();
             let closing = matches!(phase, Phase::Lingering(_) | Phase::Graceful);
             let now = Instant::now();
             tokio::select! {
@@ -606,4 +601,14 @@ enum Phase {
     Lingering(Instant),
     /// hyper's graceful shutdown is under way.
     Graceful,
+}
+
+impl Phase {
+    /// When the phase moves on by itself.
+    fn deadline(self) -> Option<Instant> {
+        match self {
+            Phase::Waiting(t) | Phase::Lingering(t) => Some(t),
+            Phase::Serving | Phase::Graceful => None,
+        }
+    }
 }

@@ -11,7 +11,6 @@ pub mod edge;
 pub mod headers;
 pub mod health;
 pub mod listener;
-pub mod rewind;
 pub mod route;
 pub mod service;
 pub mod settings;

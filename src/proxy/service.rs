@@ -31,7 +31,6 @@ use crate::proxy::edge::concurrency::PoolPermit;
 use crate::proxy::edge::record::{Arrival, Pending, Trace, TracedBody};
 use crate::proxy::edge::{client, request_id, Edge, ListenerIndex};
 use crate::proxy::headers;
-use crate::proxy::rewind::Rewind;
 use crate::proxy::route::{Backend, InflightGuard, RouteHandle, RouteTable};
 use crate::proxy::settings::{Settings, OVERRIDE_TOKEN_HEADER};
 use crate::proxy::sniff::{FramingVerdict, SniffIo};
@@ -76,7 +75,7 @@ pub struct CloseFlags {
 }
 
 /// The client stream of a plain HTTP/1.1 connection, as its task serves it.
-pub type PlainIo = Rewind<SniffIo<TcpStream>>;
+pub type PlainIo = SniffIo<TcpStream>;
 
 /// How the client side of an upgraded connection is obtained.
 pub enum Upgrades {

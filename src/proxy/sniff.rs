@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Shared between a connection's [`SniffIo`], its service and its task.
@@ -414,10 +415,16 @@ impl Scanner {
 }
 
 /// An I/O stream whose reads are fed to a [`Scanner`].
+///
+/// When the HTTP/1.1 codec hands the stream back (a parked idle connection, an upgrade),
+/// it also returns the bytes it read but did not use; [`SniffIo::put_back`] puts them in
+/// front of the stream, to be read first. They were scanned when first read, so they are
+/// not scanned again.
 pub struct SniffIo<I> {
     inner: I,
     scanner: Scanner,
     verdict: Arc<FramingVerdict>,
+    unread: Bytes,
 }
 
 impl<I> SniffIo<I> {
@@ -426,12 +433,33 @@ impl<I> SniffIo<I> {
             inner,
             scanner: Scanner::default(),
             verdict,
+            unread: Bytes::new(),
         }
     }
 
     /// The stream underneath.
     pub fn get_ref(&self) -> &I {
         &self.inner
+    }
+
+    /// Puts `bytes` in front of whatever is still unread.
+    pub fn put_back(&mut self, bytes: Bytes) {
+        if bytes.is_empty() {
+            return;
+        }
+        if self.unread.is_empty() {
+            self.unread = bytes;
+        } else {
+            let mut joined = Vec::with_capacity(bytes.len() + self.unread.len());
+            joined.extend_from_slice(&bytes);
+            joined.extend_from_slice(&self.unread);
+            self.unread = Bytes::from(joined);
+        }
+    }
+
+    /// Whether bytes put back are still unread.
+    pub fn has_unread(&self) -> bool {
+        !self.unread.is_empty()
     }
 }
 
@@ -442,6 +470,12 @@ impl<I: AsyncRead + Unpin> AsyncRead for SniffIo<I> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         if self.verdict.eof.load(Ordering::Relaxed) {
+            return Poll::Ready(Ok(()));
+        }
+        if !self.unread.is_empty() {
+            let n = self.unread.len().min(buf.remaining());
+            buf.put_slice(&self.unread[..n]);
+            self.unread.advance(n);
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
@@ -505,6 +539,23 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for SniffIo<I> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
+
+    #[tokio::test]
+    async fn bytes_put_back_are_read_first_and_not_scanned_again() {
+        let verdict = FramingVerdict::new();
+        let mut io = SniffIo::new(&b" world"[..], verdict.clone());
+        io.put_back(Bytes::from_static(b"lo"));
+        io.put_back(Bytes::from_static(b"hel"));
+        let mut small = [0u8; 4];
+        assert_eq!(io.read(&mut small).await.unwrap(), 4);
+        assert_eq!(&small, b"hell");
+        let mut rest = String::new();
+        io.read_to_string(&mut rest).await.unwrap();
+        assert_eq!(rest, "o world");
+        // Only the stream's own read (" world") went through the scanner.
+        assert_eq!(verdict.reads(), 1);
+    }
 
     fn scan(chunks: &[&[u8]]) -> Option<u64> {
         let mut s = Scanner::default();
