@@ -556,10 +556,10 @@ na() { # na ROUND SCENARIO PROXY NOTE
 measure() {
     local round=$1 scen=$2 p=$3 tool=$4 outf=$5
     shift 5
-    local pid=${PID[$p]} c0 c1 rc=0 notes=""
-    c0=$(py cpu "$pid")
+    local pid=${PID[$p]} u0 s0 u1 s1 rc=0 notes=""
+    read -r u0 s0 < <(py cpu "$pid")
     timeout -k 5 $((DURATION + TIMEOUT_SLACK)) "$@" >"$outf" 2>&1 || rc=$?
-    c1=$(py cpu "$pid")
+    read -r u1 s1 < <(py cpu "$pid")
     local extra=()
     if [[ -n ${FLIP_PID:-} ]]; then
         wait "$FLIP_PID" 2>/dev/null || true
@@ -569,7 +569,7 @@ measure() {
         notes+="$tool exit $rc: $(grep -v '^WRKJSON' "$outf" | tail -n 2 | tr '\n' ' ' | cut -c1-160) "
     fi
     if proc_alive "$pid"; then
-        extra+=(--cpu-ticks $((c1 - c0)))
+        extra+=(--cpu-ticks $((u1 + s1 - u0 - s0)) --cpu-sys-ticks $((s1 - s0)))
     else
         notes+="$p exited during the run (no CPU figure)"
     fi

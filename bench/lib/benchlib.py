@@ -5,7 +5,7 @@ Subcommands:
   ports N                       print N free loopback TCP ports, one per line
   probe URL [--header H]        one GET (http or https, certificate not checked);
                                 exit 0 on a 200 that carries header H (if given)
-  cpu PID                       utime+stime clock ticks of PID and its descendants
+  cpu PID                       user and system clock ticks of PID and its descendants
   rss PID                       VmRSS KiB of PID and its descendants, summed
   threads PID                   how many processes and threads PID's tree has
   record ...                    parse one load-generator output, append a JSON line
@@ -72,7 +72,8 @@ def tree(pid):
 
 
 def cpu_ticks(pid):
-    total = 0
+    """(user, system) clock ticks of PID and its descendants."""
+    user = system = 0
     for p in tree(pid):
         try:
             with open(f"/proc/{p}/stat") as f:
@@ -81,8 +82,9 @@ def cpu_ticks(pid):
             continue
         rest = data[data.rindex(")") + 2:].split()
         # fields after "(comm)": state=0 ppid=1 ... utime=11 stime=12
-        total += int(rest[11]) + int(rest[12])
-    return total
+        user += int(rest[11])
+        system += int(rest[12])
+    return user, system
 
 
 def rss_kib(pid):
@@ -302,6 +304,8 @@ def cmd_record(args):
             cpu_s = args.cpu_ticks / args.clk_tck
             rec["cpu_s"] = cpu_s
             rec["cpu_us_per_req"] = cpu_s * 1e6 / rec["requests"]
+            if args.cpu_sys_ticks is not None:
+                rec["cpu_sys_us_per_req"] = args.cpu_sys_ticks / args.clk_tck * 1e6 / rec["requests"]
         if args.flip:
             try:
                 with open(args.flip) as f:
@@ -412,7 +416,7 @@ def cmd_report(args):
             good = [r for r in rs if r.get("ok")]
             if not good:
                 note = rs[0].get("note", "n/a")
-                rows.append([s, p] + ["n/a"] * 8 + [note])
+                rows.append([s, p] + ["n/a"] * 9 + [note])
                 continue
             errs = sum(r.get("errors") or 0 for r in good)
             details = {}
@@ -429,6 +433,7 @@ def cmd_report(args):
             rows.append([s, p,
                          fmt(med(r.get("rps") for r in good), "int"), spread,
                          fmt(med(r.get("cpu_us_per_req") for r in good), "us"),
+                         fmt(med(r.get("cpu_sys_us_per_req") for r in good), "us"),
                          fmt(med(r.get("mean_ms") for r in good), "ms"),
                          fmt(med(r.get("p50_ms") for r in good), "ms"),
                          fmt(med(r.get("p99_ms") for r in good), "ms"),
@@ -436,12 +441,13 @@ def cmd_report(args):
                          f"{errs:,}", note])
     out.append("## Throughput, CPU and latency (medians over rounds)")
     out.append("")
-    out.append(table(["scenario", "proxy", "req/s", "spread", "CPU µs/req", "mean ms", "P50 ms",
-                      "P99 ms", "P99.9 ms", "errors", "error detail"], rows,
-                     ["l", "l", "r", "r", "r", "r", "r", "r", "r", "r", "l"]))
+    out.append(table(["scenario", "proxy", "req/s", "spread", "CPU µs/req", "of it kernel",
+                      "mean ms", "P50 ms", "P99 ms", "P99.9 ms", "errors", "error detail"], rows,
+                     ["l", "l", "r", "r", "r", "r", "r", "r", "r", "r", "r", "l"]))
     out.append("")
     out.append("CPU µs/req = proxy CPU time (user + system, all its threads and processes) "
-               "during the run ÷ requests completed. Spread = half the range of req/s over "
+               "during the run ÷ requests completed; of it kernel = the system-time part "
+               "(socket calls, waking peers, TLS is user time). Spread = half the range of req/s over "
                "the rounds, relative to the median. Errors are summed over all rounds.")
     out.append("")
 
@@ -604,6 +610,7 @@ def main():
     p.add_argument("--tool", required=True, choices=list(PARSERS) + ["idle", "na"])
     p.add_argument("--output")
     p.add_argument("--cpu-ticks", type=int)
+    p.add_argument("--cpu-sys-ticks", type=int)
     p.add_argument("--clk-tck", type=int, default=100)
     p.add_argument("--rss-base", type=int)
     p.add_argument("--rss", type=int)
@@ -619,7 +626,7 @@ def main():
     if args.cmd == "probe":
         return cmd_probe(args)
     if args.cmd == "cpu":
-        print(cpu_ticks(args.pid))
+        print(*cpu_ticks(args.pid))
         return 0
     if args.cmd == "rss":
         print(rss_kib(args.pid))
