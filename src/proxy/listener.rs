@@ -93,8 +93,11 @@ pub fn h1_builder(cfg: &Config) -> http1::Builder {
 impl Acceptor {
     /// Accepts plain-TCP connections until shutdown.
     pub async fn run_plain(self: Arc<Self>, listener: TcpListener) {
-        self.accept_loop(listener, |this, stream, peer| async move {
-            this.serve(stream, peer, "http").await
+        // The connection's future is `serve_plain`'s own, with no wrapper around it: every
+        // async layer keeps its own copy of the arguments, and this future is held by
+        // every idle connection.
+        self.accept_loop(listener, |this, stream, peer| {
+            this.serve_plain(stream, peer)
         })
         .await;
     }
@@ -156,11 +159,11 @@ impl Acceptor {
             match accepted {
                 Ok((stream, peer)) => {
                     backoff = Duration::from_millis(5);
-                    let work = per_conn(self.clone(), stream, peer);
-                    self.tracker.spawn(async move {
-                        work.await;
-                        drop(permit);
-                    });
+                    // `map`, not `async move { work.await; .. }`: an async block keeps the
+                    // future it captured and the one it awaits in separate slots, which
+                    // would double every connection task (2.9 KiB instead of 1.5 KiB).
+                    let work = per_conn(self.clone(), stream, peer).map(move |()| drop(permit));
+                    self.tracker.spawn(work);
                 }
                 Err(e) => {
                     // EMFILE and friends: wait rather than spin; the backlog holds the clients.
@@ -171,13 +174,6 @@ impl Acceptor {
                 }
             }
         }
-    }
-
-    /// Serves a plain-TCP connection (see [`Acceptor::serve_plain`]).
-    async fn serve(&self, stream: TcpStream, peer: SocketAddr, proto: &'static str) {
-        let _ = stream.set_nodelay(true);
-        let _active = ActiveConn::new(&self.shared.metrics);
-        self.serve_plain(stream, peer, proto).await;
     }
 
     /// Serves a plain HTTP/1.1 connection to its end, parking it whenever it is idle.
@@ -201,7 +197,10 @@ impl Acceptor {
     /// The codec runs without upgrade support: a switched-protocol response leaves a
     /// channel in the connection ([`Upgrades::Manual`]), and the stream goes down it to
     /// the tunnel when the codec hands it back.
-    async fn serve_plain(&self, stream: TcpStream, peer: SocketAddr, proto: &'static str) {
+    async fn serve_plain(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        let proto = "http";
+        let _ = stream.set_nodelay(true);
+        let _active = ActiveConn::new(&self.shared.metrics);
         let metrics = &self.shared.metrics;
         let accepted = Instant::now();
         let framing = FramingVerdict::new();
@@ -259,7 +258,11 @@ impl Acceptor {
                 }
             } else if let Some(io) = parked.as_ref().filter(|io| !io.has_unread()) {
                 tokio::select! {
-                    r = io.get_ref().readable() => PlainEvent::Readable(r),
+                    // `poll_read_ready` keeps its waker in the socket's registration;
+                    // `readable()` would hold a waiter node in this (long-lived) future.
+                    r = std::future::poll_fn(|cx| io.get_ref().poll_read_ready(cx)) => {
+                        PlainEvent::Readable(r)
+                    }
                     _ = tick.as_mut() => PlainEvent::Check,
                     _ = cancelled.as_mut(), if !stopping => PlainEvent::Stop,
                     changed = drains.changed(), if drains_open && matches!(phase, Phase::Serving) => {

@@ -19,6 +19,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use crossbeam_queue::ArrayQueue;
+use futures_util::FutureExt;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
@@ -339,11 +340,13 @@ impl ConnPool {
         let (tx, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
+        // `map` rather than an async block that awaits it: the block would hold the
+        // connection twice (captured, and as the awaited future).
+        tokio::spawn(conn.with_upgrades().map(|ended| {
+            if let Err(e) = ended {
                 debug!(error = %e, "upstream connection ended with an error");
             }
-        });
+        }));
         Ok(tx)
     }
 
