@@ -179,7 +179,8 @@ impl Acceptor {
     /// Serves a plain HTTP/1.1 connection to its end, parking it whenever it is idle.
     ///
     /// A check runs every [`PARK_AFTER`] (or a quarter of `header_read` or `idle`, if
-    /// shorter); it also closes a connection whose request head stays incomplete for
+    /// shorter); it notices shutdown while the codec runs (a parked connection is woken by
+    /// it), and it closes a connection whose request head stays incomplete for
     /// `header_read` (counted as `header_timeout`, like the codec's own timer). When
     /// nothing was read since the previous check and the connection is idle (between
     /// requests, every response finished, nothing left to write: [`FramingVerdict::is_idle`]),
@@ -251,10 +252,13 @@ impl Acceptor {
         // path); that is awaited after it, so the loop's own values need no room meanwhile.
         let end = loop {
             let event = if let Some(codec) = served.as_mut() {
+                // No shutdown arm here: this select is polled on every wake of a busy
+                // connection, and each poll of `cancelled` takes two mutexes shared by
+                // all connections (the token's and its `Notify`'s). The check below
+                // reads the token instead, at most `check_every` late.
                 tokio::select! {
                     r = codec.as_mut() => PlainEvent::Ended(r),
                     _ = tick.as_mut() => PlainEvent::Check,
-                    _ = cancelled.as_mut(), if !stopping => PlainEvent::Stop,
                 }
             } else if let Some(io) = parked.as_ref().filter(|io| !io.has_unread()) {
                 tokio::select! {
@@ -333,7 +337,12 @@ impl Acceptor {
                 }
                 PlainEvent::Check => {}
             }
-            // A check: activity, drains, the closing phases, parking and the idle limit.
+            // A check: shutdown, activity, drains, the closing phases, parking and the
+            // idle limit.
+            if !stopping && self.shutdown.is_cancelled() {
+                stopping = true;
+                phase = Phase::Waiting(now);
+            }
             let seen = framing.reads();
             if seen != reads {
                 reads = seen;
