@@ -338,6 +338,7 @@ impl Switchyard {
             limit: Arc::new(Semaphore::new(config.proxy.max_connections)),
             tracker: tracker.clone(),
             shutdown: shutdown.clone(),
+            stopping: proxy::listener::stop_signal(&shutdown),
         });
         let mut loops = Vec::new();
         for l in http {

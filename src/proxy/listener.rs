@@ -11,8 +11,10 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -22,9 +24,10 @@ use hyper::server::conn::http1;
 use hyper::service::{service_fn, Service};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -51,6 +54,68 @@ pub struct Acceptor {
     pub limit: Arc<Semaphore>,
     pub tracker: TaskTracker,
     pub shutdown: CancellationToken,
+    /// `shutdown` as a watch (true once cancelled; see [`stop_signal`]): connections that
+    /// wait on it check it with an atomic load instead of the token's mutexes.
+    pub stopping: watch::Receiver<bool>,
+}
+
+/// A watch that turns true once `shutdown` is cancelled. Its sender lives in a task that
+/// waits on the token once, for all connections.
+pub fn stop_signal(shutdown: &CancellationToken) -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    let token = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = token.cancelled() => {
+                tx.send_replace(true);
+                // Kept open until the proxy is gone, so that receivers see the change
+                // and not a closed channel.
+                tx.closed().await;
+            }
+            _ = tx.closed() => {}
+        }
+    });
+    rx
+}
+
+pin_project! {
+    /// A wake-up signal that a busy connection's task polls only when it may have fired.
+    ///
+    /// Polling a registered `Notified` (what `watch::Receiver::changed` and
+    /// `CancellationToken::cancelled` wait on) takes the mutex of a `Notify` that every
+    /// connection shares, and a busy connection's task is woken several times per request.
+    /// The first poll registers the task's waker; after that the inner future is polled only
+    /// when `fired()` (an atomic load) says so. The task's waker does not change between
+    /// polls, so the registration stays valid.
+    struct Gated<F, C> {
+        #[pin]
+        inner: F,
+        fired: C,
+        registered: bool,
+    }
+}
+
+impl<F, C> Gated<F, C> {
+    fn new(inner: F, fired: C) -> Self {
+        Gated {
+            inner,
+            fired,
+            registered: false,
+        }
+    }
+}
+
+impl<F: Future, C: Fn() -> bool> Future for Gated<F, C> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        if *this.registered && !(this.fired)() {
+            return Poll::Pending;
+        }
+        *this.registered = true;
+        this.inner.poll(cx)
+    }
 }
 
 /// The hyper server settings from the config: limits, header timeout, HTTP/2 keep-alive.
@@ -451,6 +516,10 @@ impl Acceptor {
             .serve_connection_with_upgrades(TokioIo::new(io), service);
         tokio::pin!(served);
         let mut drains = self.shared.routes.drain_signals();
+        // Clones that are only asked whether a change is pending (see `Gated`).
+        let drains_probe = drains.clone();
+        let mut stop = self.stopping.clone();
+        let stop_probe = self.stopping.clone();
         let mut drains_open = true;
         let mut stopping = false;
         let mut phase = Phase::Serving;
@@ -460,12 +529,14 @@ impl Acceptor {
             let now = Instant::now();
             tokio::select! {
                 r = served.as_mut() => break r,
-                _ = self.shutdown.cancelled(), if !closing && !stopping => {
-                    // Once: a cancelled token stays ready, and the loop must reach the timer.
+                _ = Gated::new(stop.changed(), || stop_probe.has_changed().unwrap_or(true)),
+                    if !closing && !stopping => {
+                    // Once: the signal stays set, and the loop must reach the timer.
                     stopping = true;
                     phase = Phase::Waiting(now);
                 }
-                changed = drains.changed(), if drains_open && matches!(phase, Phase::Serving) => match changed {
+                changed = Gated::new(drains.changed(), || drains_probe.has_changed().unwrap_or(true)),
+                    if drains_open && matches!(phase, Phase::Serving) => match changed {
                     Ok(()) => {
                         let window = drains.borrow_and_update().window;
                         phase = Phase::Waiting(now + window.mul_f64(fastrand::f64()));
