@@ -25,7 +25,7 @@ use hyper::service::{service_fn, Service};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use pin_project_lite::pin_project;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
@@ -352,8 +352,11 @@ impl Acceptor {
                         break PlainEnd::Close;
                     }
                     if !framing.take_eof() {
-                        // The client closed, or the last response closed the connection.
-                        break PlainEnd::Shutdown(io);
+                        // The client closed, or the last response closed the connection:
+                        // the codec has flushed it, and closing the socket sends the FIN
+                        // after it (a `shutdown` first would be one more system call for
+                        // the same FIN).
+                        break PlainEnd::Close;
                     }
                     if matches!(phase, Phase::Graceful) {
                         break PlainEnd::Close;
@@ -471,9 +474,6 @@ impl Acceptor {
         }
         match end {
             PlainEnd::Close => {}
-            PlainEnd::Shutdown(mut io) => {
-                let _ = io.shutdown().await;
-            }
             PlainEnd::Http2(io) => {
                 // Boxed: the HTTP/2 state is large, and an HTTP/1.1 connection's task
                 // should not carry room for it.
@@ -651,8 +651,6 @@ pub const PARK_AFTER: Duration = Duration::from_millis(250);
 enum PlainEnd {
     /// Nothing: dropping it closes it.
     Close,
-    /// Send a FIN (the last response said `Connection: close`, or the client closed).
-    Shutdown(PlainIo),
     /// It starts with an HTTP/2 preface.
     Http2(PlainIo),
 }
