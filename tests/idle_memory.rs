@@ -6,7 +6,7 @@
 //!
 //! The bound catches the task growing back: a wrapper around the connection's future, or a
 //! long-lived waiter node inside it, each doubled or grew the task once (2.9 KiB then,
-//! 1.3 KiB now, in a release build; debug builds lay futures out larger).
+//! 1.2 KiB now, in a release build; debug builds lay futures out larger).
 
 // The counting allocator is the one piece of unsafe code here: it forwards to the system
 // allocator and only adds to a counter.
@@ -52,7 +52,7 @@ static ALLOCATOR: Counting = Counting;
 
 const CONNECTIONS: usize = 500;
 
-/// Heap per parked connection, debug build (the test profile). Measured 1.8 KiB; it was
+/// Heap per parked connection, debug build (the test profile). Measured 1.7 KiB; it was
 /// 3.6 KiB before the connection task was flattened.
 const MAX_BYTES_PER_CONNECTION: i64 = 2_600;
 

@@ -54,8 +54,8 @@ pub struct Acceptor {
     pub limit: Arc<Semaphore>,
     pub tracker: TaskTracker,
     pub shutdown: CancellationToken,
-    /// `shutdown` as a watch (true once cancelled; see [`stop_signal`]): connections that
-    /// wait on it check it with an atomic load instead of the token's mutexes.
+    /// `shutdown` as a watch (true once cancelled; see [`stop_signal`]): what connections
+    /// wait on, since it can be checked with an atomic load (the token takes a mutex).
     pub stopping: watch::Receiver<bool>,
 }
 
@@ -305,8 +305,7 @@ impl Acceptor {
         let mut head_since: Option<(u64, Instant)> = None;
         let mut drains = self.shared.routes.drain_signals();
         let mut drains_open = true;
-        let cancelled = self.shutdown.cancelled();
-        tokio::pin!(cancelled);
+        let mut stop = self.stopping.clone();
         let mut stopping = false;
         let mut phase = Phase::Serving;
         let mut reads = framing.reads();
@@ -318,9 +317,9 @@ impl Acceptor {
         let end = loop {
             let event = if let Some(codec) = served.as_mut() {
                 // No shutdown arm here: this select is polled on every wake of a busy
-                // connection, and each poll of `cancelled` takes two mutexes shared by
-                // all connections (the token's and its `Notify`'s). The check below
-                // reads the token instead, at most `check_every` late.
+                // connection, and each poll of a registered signal takes a mutex shared
+                // by all connections (see `Gated`). The check below reads the signal
+                // instead, at most `check_every` late.
                 tokio::select! {
                     r = codec.as_mut() => PlainEvent::Ended(r),
                     _ = tick.as_mut() => PlainEvent::Check,
@@ -333,7 +332,7 @@ impl Acceptor {
                         PlainEvent::Readable(r)
                     }
                     _ = tick.as_mut() => PlainEvent::Check,
-                    _ = cancelled.as_mut(), if !stopping => PlainEvent::Stop,
+                    _ = stop.changed(), if !stopping => PlainEvent::Stop,
                     changed = drains.changed(), if drains_open && matches!(phase, Phase::Serving) => {
                         drains_open = changed.is_ok();
                         PlainEvent::Check
@@ -407,7 +406,7 @@ impl Acceptor {
             }
             // A check: shutdown, activity, drains, the closing phases, parking and the
             // idle limit.
-            if !stopping && self.shutdown.is_cancelled() {
+            if !stopping && stop.has_changed().unwrap_or(true) {
                 stopping = true;
                 phase = Phase::Waiting(now);
             }
