@@ -51,6 +51,7 @@ unsafe impl GlobalAlloc for Counting {
 static ALLOCATOR: Counting = Counting;
 
 const CONNECTIONS: usize = 500;
+const PARKED: &str = "switchyard_connections_parked";
 
 /// Heap per parked connection, debug build (the test profile). Measured 1.7 KiB; it was
 /// 3.6 KiB before the connection task was flattened.
@@ -104,7 +105,7 @@ async fn a_parked_connection_keeps_little_heap() {
     wait_for(
         "the warm-up connection parked",
         Duration::from_secs(10),
-        || gauge_at_least(&p, 1.0),
+        || async { p.gauge(PARKED).await >= 1.0 },
     )
     .await;
 
@@ -116,9 +117,11 @@ async fn a_parked_connection_keeps_little_heap() {
     })
     .await
     .unwrap();
-    wait_for("every connection parked", Duration::from_secs(20), || {
-        gauge_at_least(&p, (CONNECTIONS + 1) as f64)
-    })
+    wait_for(
+        "every connection parked",
+        Duration::from_secs(20),
+        || async { p.gauge(PARKED).await >= (CONNECTIONS + 1) as f64 },
+    )
     .await;
     let per_connection = (LIVE.load(Ordering::Relaxed) - before) / CONNECTIONS as i64;
     eprintln!("heap per parked connection: {per_connection} bytes");
@@ -128,8 +131,4 @@ async fn a_parked_connection_keeps_little_heap() {
     );
     drop(held);
     drop(warm);
-}
-
-async fn gauge_at_least(p: &TestProxy, n: f64) -> bool {
-    metric(&p.metrics().await, "switchyard_connections_parked") >= n
 }

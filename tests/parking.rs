@@ -56,15 +56,11 @@ async fn read_response(s: &mut TcpStream) -> (String, String) {
     (status, String::from_utf8(body).unwrap())
 }
 
-async fn gauge(p: &TestProxy, name: &str) -> f64 {
-    metric(&p.metrics().await, name)
-}
-
 async fn wait_parked(p: &TestProxy, n: f64) {
     wait_for(
         &format!("{n} parked connection(s)"),
         Duration::from_secs(10),
-        || async move { gauge(p, "switchyard_connections_parked").await == n },
+        || async move { p.gauge("switchyard_connections_parked").await == n },
     )
     .await;
 }
@@ -90,7 +86,7 @@ async fn an_idle_connection_is_parked_and_its_next_requests_are_served() {
     let (status, _) = read_response(&mut s).await;
     assert!(status.starts_with("HTTP/1.1 200"), "{status}");
     wait_parked(&p, 1.0).await;
-    assert_eq!(gauge(&p, "switchyard_connections_active").await, 1.0);
+    assert_eq!(p.gauge("switchyard_connections_active").await, 1.0);
 
     // Two pipelined requests in one write wake it; both are answered, in order.
     let both = format!("{}{}", request("/first"), request("/second"));
@@ -143,7 +139,7 @@ async fn a_request_that_is_still_arriving_is_never_parked() {
         early.is_err(),
         "the proxy answered or closed a request whose body was still arriving"
     );
-    assert_eq!(gauge(&p, "switchyard_connections_parked").await, 0.0);
+    assert_eq!(p.gauge("switchyard_connections_parked").await, 0.0);
     s.write_all(b"def").await.unwrap();
     let (status, body) = read_response(&mut s).await;
     assert!(status.starts_with("HTTP/1.1 200"), "{status}");
@@ -166,7 +162,7 @@ async fn a_parked_connection_is_closed_after_the_idle_limit() {
     closed_within(&mut s, Duration::from_secs(10)).await;
     wait_parked(&p, 0.0).await;
     wait_for("no open connections", Duration::from_secs(5), || async {
-        gauge(&p, "switchyard_connections_active").await == 0.0
+        p.gauge("switchyard_connections_active").await == 0.0
     })
     .await;
 }

@@ -392,6 +392,10 @@ impl TestProxy {
         )
         .unwrap()
     }
+    /// One unlabelled series from /metrics (0 when absent).
+    pub async fn gauge(&self, name: &str) -> f64 {
+        metric(&self.metrics().await, name)
+    }
 }
 
 /// A keep-alive client pool (HTTP/1.1).
