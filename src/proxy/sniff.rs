@@ -8,7 +8,9 @@
 //! framing — and records the index of the first request whose head had such a shape; the
 //! service answers that request (and so the connection) with 400.
 //!
-//! The scan is a byte loop over heads only; body bytes are skipped by count.
+//! The scan is a byte loop over field names and the two framing values only: the rest of
+//! a request line or of another field's value is skipped with `memchr` to its newline, and
+//! body bytes are skipped by count.
 
 use std::io;
 use std::pin::Pin;
@@ -127,9 +129,11 @@ enum State {
 pub struct Scanner {
     state: State,
     request: u64,
-    /// Bytes of the current line so far (lowercased, capped at NAME_MAX) and its length.
+    /// The current name so far (lowercased, capped at NAME_MAX) and its length.
     name: [u8; NAME_MAX],
     name_len: usize,
+    /// Bytes of the current line so far, carriage returns aside (only zero or not matters:
+    /// an empty line ends a head).
     line_len: usize,
     first_line: bool,
     in_value: Option<Field>,
@@ -217,6 +221,20 @@ impl Scanner {
                         State::ChunkData(n - take)
                     };
                 }
+                State::Head if self.skips_to_line_end() => {
+                    // The rest of this line cannot change a verdict: jump to its end (the
+                    // byte loop below then takes the newline).
+                    let Some(at) = memchr::memchr(b'\n', data) else {
+                        self.line_len += data.len();
+                        return None;
+                    };
+                    self.line_len += at;
+                    data = &data[at..];
+                    if let Some(bad) = self.byte(b'\n') {
+                        return Some(bad);
+                    }
+                    data = &data[1..];
+                }
                 _ => {
                     let b = data[0];
                     data = &data[1..];
@@ -227,6 +245,18 @@ impl Scanner {
             }
         }
         None
+    }
+
+    /// Inside a head line whose remaining bytes are not looked at: the request line once
+    /// its first bytes are known (only `PRI` matters there), or the value of a field other
+    /// than Content-Length and Transfer-Encoding. `line_len` is already non-zero then, and
+    /// only whether it is zero is read.
+    fn skips_to_line_end(&self) -> bool {
+        if self.first_line {
+            self.name_len >= 3
+        } else {
+            self.in_value == Some(Field::Other)
+        }
     }
 
     fn byte(&mut self, b: u8) -> Option<u64> {
@@ -598,6 +628,27 @@ GET /d HTTP/1.1\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n";
                 "cut at {cut}"
             );
         }
+    }
+
+    #[test]
+    fn skipped_lines_leave_the_same_state_as_byte_by_byte() {
+        let stream: &[u8] = b"\r\nGET /a-rather-long-path?with=query HTTP/1.1\r\nHost: example\r\n\
+User-Agent: a value long enough to be skipped: with colons\r\n\
+X-Empty:\r\n\r\n\
+POST /b HTTP/1.1\r\nContent-Length: 3\r\nAccept: */*\r\n\r\nabc\
+GET /c HTTP/1.1\r\nX-A: 1\r\nContent-Length: 1\r\nX-B: 2\r\nContent-Length: 1\r\n\r\n";
+        let mut bytewise = Scanner::default();
+        let mut verdict = None;
+        for end in 1..=stream.len() {
+            verdict = verdict.or(bytewise.feed(&stream[end - 1..end]));
+            let mut whole = Scanner::default();
+            let whole_verdict = whole.feed(&stream[..end]);
+            let state = |s: &Scanner| (s.heads(), s.at_boundary(), s.in_head());
+            assert_eq!(state(&whole), state(&bytewise), "after {end} bytes");
+            assert_eq!(whole_verdict, verdict, "after {end} bytes");
+        }
+        assert_eq!(verdict, Some(2));
+        assert_eq!(bytewise.heads(), 3);
     }
 
     #[test]
