@@ -77,37 +77,73 @@ pub fn header_bytes(headers: &HeaderMap) -> usize {
 /// Connection, Keep-Alive, Proxy-Connection, TE, Transfer-Encoding and Upgrade.
 /// With `keep_upgrade`, `Connection: upgrade` and `Upgrade` survive for a protocol switch.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Take the Connection values out first (no allocation for the usual single value),
-    // then remove the fields they name.
-    if let header::Entry::Occupied(entry) = headers.entry(header::CONNECTION) {
-        let (_, mut values) = entry.remove_entry_mult();
-        let first = values.next();
-        let rest: Vec<HeaderValue> = values.collect();
-        for value in first.iter().chain(&rest) {
-            for token in value.as_bytes().split(|&b| b == b',') {
-                let token = token.trim_ascii();
-                // `close` and `keep-alive` name no field we would forward (Keep-Alive goes below).
-                if token.is_empty()
-                    || token.eq_ignore_ascii_case(b"close")
-                    || token.eq_ignore_ascii_case(b"keep-alive")
-                    || (keep_upgrade && token.eq_ignore_ascii_case(b"upgrade"))
-                {
-                    continue;
-                }
-                if let Ok(name) = HeaderName::from_bytes(token) {
-                    headers.remove(&name);
-                }
-            }
+    // One pass over the names says which of the fixed fields are there: most messages
+    // carry none of them, or only Connection, and comparing each name (an enum compare for
+    // the standard ones) is cheaper than a hashed lookup per field that is not there.
+    let mut connection = false;
+    let mut present = [false; FIXED_HOP_BY_HOP];
+    for name in headers.keys() {
+        if name == header::CONNECTION {
+            connection = true;
+        } else if let Some(i) = fixed_hop_by_hop(name) {
+            present[i] = true;
         }
     }
-    headers.remove(&KEEP_ALIVE);
-    headers.remove(&PROXY_CONNECTION);
-    headers.remove(header::TE);
-    headers.remove(header::TRANSFER_ENCODING);
+    if connection {
+        strip_connection_named(headers, keep_upgrade);
+    }
+    for (i, there) in present.into_iter().enumerate() {
+        if there && !(keep_upgrade && i == UPGRADE_INDEX) {
+            headers.remove(hop_by_hop_name(i));
+        }
+    }
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(header::UPGRADE);
+    }
+}
+
+/// Keep-Alive, Proxy-Connection, TE, Transfer-Encoding, Upgrade: removed by name.
+const FIXED_HOP_BY_HOP: usize = 5;
+const UPGRADE_INDEX: usize = 4;
+
+fn hop_by_hop_name(i: usize) -> &'static HeaderName {
+    match i {
+        0 => &KEEP_ALIVE,
+        1 => &PROXY_CONNECTION,
+        2 => &header::TE,
+        3 => &header::TRANSFER_ENCODING,
+        _ => &header::UPGRADE,
+    }
+}
+
+fn fixed_hop_by_hop(name: &HeaderName) -> Option<usize> {
+    (0..FIXED_HOP_BY_HOP).find(|&i| name == hop_by_hop_name(i))
+}
+
+/// Takes the Connection field out and removes the fields its tokens name (no allocation
+/// for the usual single value).
+fn strip_connection_named(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let header::Entry::Occupied(entry) = headers.entry(header::CONNECTION) else {
+        return;
+    };
+    let (_, mut values) = entry.remove_entry_mult();
+    let first = values.next();
+    let rest: Vec<HeaderValue> = values.collect();
+    for value in first.iter().chain(&rest) {
+        for token in value.as_bytes().split(|&b| b == b',') {
+            let token = token.trim_ascii();
+            // `close` and `keep-alive` name no field we would forward (Keep-Alive goes anyway).
+            if token.is_empty()
+                || token.eq_ignore_ascii_case(b"close")
+                || token.eq_ignore_ascii_case(b"keep-alive")
+                || (keep_upgrade && token.eq_ignore_ascii_case(b"upgrade"))
+            {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token) {
+                headers.remove(&name);
+            }
+        }
     }
 }
 

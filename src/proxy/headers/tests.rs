@@ -60,6 +60,26 @@ fn strips_hop_by_hop_and_what_connection_names() {
 }
 
 #[test]
+fn strips_each_hop_by_hop_field_alone_and_repeated() {
+    for name in [
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "transfer-encoding",
+        "upgrade",
+        "connection",
+    ] {
+        let mut h = map(&[(name, "a"), ("x-bar", "kept"), (name, "b")]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{name}: {h:?}");
+        assert_eq!(h["x-bar"], "kept");
+    }
+    let mut h = map(&[("x-bar", "kept"), ("host", "a.example")]);
+    strip_hop_by_hop(&mut h, false);
+    assert_eq!(h.len(), 2, "{h:?}");
+}
+
+#[test]
 fn keeps_upgrade_for_a_protocol_switch() {
     let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
     assert!(wants_upgrade(&h));
