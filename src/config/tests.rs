@@ -567,6 +567,16 @@ fn split_is_checked() {
             "constitution.header",
         ),
         ("override_token = \"\"", "split.override_token", "non-empty"),
+        (
+            "affinity = \"header:X-Switchyard-Pool\"",
+            "split.affinity",
+            "removes from requests",
+        ),
+        (
+            "affinity = \"header:x-switchyard-token\"",
+            "split.affinity",
+            "removes from requests",
+        ),
     ];
     for (line, key, hint) in cases {
         assert_refused(&with(&format!("[split]\n{line}")), key, hint);

@@ -297,6 +297,15 @@ fn split(raw: RawSplit) -> Result<SplitConfig, ConfigError> {
         }
         token => token,
     };
+    if let Affinity::Header(name) = &affinity {
+        // Both are taken out of a request before the affinity key is read.
+        if Some(name) == override_header.as_ref() || name.as_str() == "x-switchyard-token" {
+            return Err(invalid(
+                "split.affinity",
+                format!("header:{name} names a header the proxy removes from requests (split.override_header or x-switchyard-token); key the affinity on another header, e.g. \"header:x-user-id\""),
+            ));
+        }
+    }
     Ok(SplitConfig {
         green_bp,
         affinity,

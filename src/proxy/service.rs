@@ -253,17 +253,17 @@ fn validate(req: &http::request::Parts, s: &Settings) -> Result<(), ProxyError> 
     Ok(())
 }
 
-/// The pool for this request: a trusted override first, then the weighted split.
-fn choose_pool(req: &http::request::Parts, table: &RouteTable) -> PoolId {
+/// The pool for this request: a trusted override first, then the weighted split. The
+/// override field and its token are taken out of the request here: they are never
+/// forwarded (one lookup each, whether or not they are there).
+fn choose_pool(req: &mut http::request::Parts, table: &RouteTable) -> PoolId {
     let s = &table.settings;
     if let Some(name) = &s.override_header {
-        if let Some(pool) = req
-            .headers
-            .get(name)
-            .and_then(|v| PoolId::parse(v.to_str().ok()?))
-        {
+        let asked = req.headers.remove(name);
+        let token = req.headers.remove(&OVERRIDE_TOKEN_HEADER);
+        if let Some(pool) = asked.and_then(|v| PoolId::parse(v.to_str().ok()?)) {
             let trusted = match &s.override_token {
-                Some(token) => req.headers.get(&OVERRIDE_TOKEN_HEADER) == Some(token),
+                Some(expected) => token.as_ref() == Some(expected),
                 None => false,
             };
             if trusted {
@@ -271,6 +271,7 @@ fn choose_pool(req: &http::request::Parts, table: &RouteTable) -> PoolId {
             }
         }
     }
+    // The affinity header is never the override header or the token (config validation).
     let key = match &s.affinity {
         Affinity::None => None,
         Affinity::Cookie(name) => headers::cookie(&req.headers, name),
@@ -328,11 +329,7 @@ async fn handle_inner<'a>(
         }
     }
 
-    let pool_id = choose_pool(&parts, table);
-    if let Some(name) = &s.override_header {
-        parts.headers.remove(name);
-        parts.headers.remove(&OVERRIDE_TOKEN_HEADER);
-    }
+    let pool_id = choose_pool(&mut parts, table);
     trace.pool = Some(pool_id);
     if let Some(limit) = s.edge.caps[pool_id.index()].limit(table.share_bp(pool_id)) {
         match edge.inflight.try_acquire(pool_id, limit) {
