@@ -343,6 +343,7 @@ impl Acceptor {
                 PlainEvent::Readable(Ok(()))
             };
             let now = Instant::now();
+            let woken_by_stop = matches!(event, PlainEvent::Stop);
             match event {
                 PlainEvent::Ended(Ok(io)) => {
                     served = None;
@@ -398,15 +399,12 @@ impl Acceptor {
                     continue;
                 }
                 PlainEvent::Readable(Err(_)) => break PlainEnd::Close,
-                PlainEvent::Stop => {
-                    stopping = true;
-                    phase = Phase::Waiting(now);
-                }
-                PlainEvent::Check => {}
+                PlainEvent::Stop | PlainEvent::Check => {}
             }
             // A check: shutdown, activity, drains, the closing phases, parking and the
-            // idle limit.
-            if !stopping && stop.has_changed().unwrap_or(true) {
+            // idle limit. Shutdown woke a parked connection (`changed` then marked it
+            // seen), or a busy one finds it pending here.
+            if !stopping && (woken_by_stop || stop.has_changed().unwrap_or(true)) {
                 stopping = true;
                 phase = Phase::Waiting(now);
             }
