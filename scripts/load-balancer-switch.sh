@@ -60,4 +60,4 @@ if [[ ! -x "$bin" ]]; then
     echo "load-balancer-switch.sh: $bin is not an executable switchyard binary" >&2
     exit 1
 fi
-exec "$bin" ctl --socket "$socket" ${flags[@]+"${flags[@]}"} weight "$percentage" ${extra[@]+"${extra[@]}"}
+exec "$bin" ctl --socket "$socket" ${flags[@]+"${flags[@]}"} weight green "$percentage" ${extra[@]+"${extra[@]}"}
