@@ -244,8 +244,9 @@ async fn a_second_daemon_on_a_taken_port_exits_1_naming_the_address_and_the_runn
 
 /// Runs `switchyard args...` with stdout a pipe whose reader is already gone.
 async fn with_closed_stdout(args: &[&std::ffi::OsStr]) -> Output {
-    let (reader, writer) = std::io::pipe().unwrap();
+    let (writer, reader) = tokio::net::unix::pipe::pipe().unwrap();
     drop(reader);
+    let writer = writer.into_blocking_fd().unwrap();
     // Not `Command::output`, which would replace stdout with a pipe of its own.
     let child = Command::new(BIN)
         .args(args)
