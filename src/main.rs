@@ -138,10 +138,11 @@ enum Command {
         #[arg(long)]
         takeover: bool,
     },
-    /// Validate a config file; errors name the key and the fix. Also loads every TLS
-    /// certificate and key (and checks that each pair matches) and the pools' CA files, as
-    /// `run` would; warns on stderr when a certificate expires within 14 days.
-    /// Exit 0 valid, 1 invalid.
+    /// Validate a config file and the certificates, keys and CA files it names.
+    ///
+    /// Errors name the key (or the file) and the fix. Every TLS certificate and key is
+    /// loaded as `run` loads it (each pair must match) and the pools' CA files too; a
+    /// certificate expiring within 14 days is a warning on stderr. Exit 0 valid, 1 invalid.
     ///
     /// Example: switchyard check --config config/switchyard.toml
     Check {

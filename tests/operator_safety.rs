@@ -330,3 +330,22 @@ async fn watch_ends_when_its_reader_goes_away_even_with_no_event() {
         .unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_on_a_rollout_that_already_ended_says_it_is_old() {
+    let (blue, green) = (upstream("blue").await, upstream("green").await);
+    let (p, _control) = proxy_with(&[blue.addr], &[green.addr], "", "", false).await;
+    assert_eq!(p.admin("rollout start to green").await["ok"], true);
+    assert_eq!(p.admin("rollout promote").await["ok"], true);
+    let (code, summary, stderr) = ctl(&p.socket, &["rollout", "status", "--wait"]).await;
+    assert_eq!(code, 0, "{summary} {stderr}");
+    assert_eq!(
+        (
+            summary["phase"].as_str(),
+            summary["already_ended"].as_bool()
+        ),
+        (Some("promoted"), Some(true)),
+        "{summary}"
+    );
+    assert!(stderr.contains("already ended"), "{stderr}");
+}

@@ -3,7 +3,7 @@
 //! (`reload_failed` adds `"key"`). `echo status | socat - UNIX-CONNECT:/run/switchyard/admin.sock`
 //! works.
 //!
-//! Verbs ([`super::command::VERBS`]): `status`, `weight PERCENT`, `rollback [to POOL]`,
+//! Verbs ([`super::command::VERBS`]): `status`, `weight [POOL] PERCENT`, `rollback [to POOL]`,
 //! `pool POOL ready|drain|maint`, `backend POOL ADDR enable|disable`, `reload`,
 //! `rollout start|pause|resume|promote|abort|status` and `gates` ([`super::controller`]),
 //! `watch`,
@@ -15,7 +15,8 @@
 //!
 //! Error codes ([`super::command::ERROR_CODES`]): `unknown_command`, `bad_argument`,
 //! `conflict`, `rollout_active`, `permission_denied`, `invalid_transition`, `busy`,
-//! `idle_timeout`, `reload_failed`, `timeout`, `superseded`, `internal`.
+//! `idle_timeout`, `ambiguous_pool`, `state_unwritable`, `reload_failed`, `timeout`,
+//! `superseded`, `internal`.
 //!
 //! Peers are identified by SO_PEERCRED when they connect and checked by
 //! [`super::access::decide`]: a peer in no access list is answered `permission_denied` and
