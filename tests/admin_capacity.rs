@@ -226,3 +226,29 @@ async fn a_full_admin_level_closes_its_oldest_idle_connection_for_a_new_admin() 
         "the watcher still streams: {event}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_exits_9_when_every_admin_connection_is_streaming() {
+    let (blue, green) = (upstream("blue").await, upstream("green").await);
+    let (p, _control) = proxy_with(
+        &[blue.addr],
+        &[green.addr],
+        "",
+        "max_admin_clients = 1",
+        false,
+    )
+    .await;
+    let (r, mut w) = UnixStream::connect(&p.socket).await.unwrap().into_split();
+    w.write_all(b"watch\n").await.unwrap();
+    let mut first = String::new();
+    BufReader::new(r).read_line(&mut first).await.unwrap();
+    assert!(first.contains("watching"), "{first}");
+    // The daemon answers `busy` and closes, maybe before reading the command: ctl still
+    // reports the reply, not a broken pipe.
+    let (code, v) = ctl(&p.socket, &["status"]).await;
+    assert_eq!(
+        (code, v["error"]["code"].as_str()),
+        (9, Some("busy")),
+        "{v}"
+    );
+}
