@@ -21,7 +21,7 @@
 //! Peers are identified by SO_PEERCRED when they connect and checked by
 //! [`super::access::decide`]: a peer in no access list is answered `permission_denied` and
 //! disconnected at once, holding nothing. Input is bounded: a line longer than [`MAX_LINE`]
-//! or not UTF-8 gets `bad_argument` and the connection goes on. Capacity ([`slots`]):
+//! or not UTF-8 gets `bad_argument` and the connection goes on. Capacity (`admin::slots`):
 //! read-only peers hold at most `admin.max_clients` connections and admin peers at most
 //! `admin.max_admin_clients`, separately (then `busy`); when the admin limit is reached the
 //! oldest idle admin connection that is not a `watch` is closed to make room, so an

@@ -10,7 +10,9 @@
 //! Modules: [`command`] parses a line, [`access`] decides who may run it, [`execute`] runs
 //! it, [`admin`] is the socket, [`reload`] re-reads the config, [`client`] is `switchyard ctl`
 //! ([`follow`] its `--wait`), [`rollout`] is the pure rollout machine and [`controller`]
-//! drives it.
+//! drives it. [`failover`] moves a dead pool's share to the other pool outside a rollout
+//! (through the same [`Control::update`]); [`occupant`] names who holds an address the
+//! daemon could not bind.
 
 pub mod access;
 pub mod admin;
