@@ -60,6 +60,9 @@ pub async fn run(control: Arc<Control>, shutdown: CancellationToken) {
             _ = tick.tick() => {}
             _ = shutdown.cancelled() => return,
         }
+        if control.superseded_by().is_some() {
+            continue; // handed over: the successor decides, and changes would be refused
+        }
         let t = control.routes.load();
         let enabled = control.config().split.failover && !control.rollout_active();
         let want = wanted(&t, enabled);
