@@ -64,6 +64,7 @@ fn hold_connections() {
 struct Holder {
     child: tokio::process::Child,
     _out: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    _copy: Option<tempfile::TempDir>,
 }
 
 impl Holder {
@@ -76,7 +77,8 @@ impl Holder {
 /// Starts [`hold_connections`] as `uid` against `socket`; returns it with (held, busy,
 /// refused).
 async fn hold(uid: u32, socket: &std::path::Path, count: usize) -> (Holder, [u32; 3]) {
-    let mut child = Command::new(std::env::current_exe().unwrap())
+    let (exe, _copy) = executable_by_others();
+    let mut child = Command::new(exe)
         .args(["--exact", "hold_connections", "--ignored", "--nocapture"])
         .args(["--test-threads", "1"])
         .env("HOLD_SOCKET", socket)
@@ -105,8 +107,30 @@ async fn hold(uid: u32, socket: &std::path::Path, count: usize) -> (Holder, [u32
     })
     .await
     .expect("the holder reports within 30 s");
-    let holder = Holder { child, _out: lines };
+    let holder = Holder {
+        child,
+        _out: lines,
+        _copy,
+    };
     (holder, counts)
+}
+
+/// This test binary, or a copy of it in a world-readable temporary directory when another
+/// uid could not reach it where it is (a checkout under a 0700 home directory).
+fn executable_by_others() -> (std::path::PathBuf, Option<tempfile::TempDir>) {
+    let exe = std::env::current_exe().unwrap();
+    let open = |p: &std::path::Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.permissions().mode() & 0o001 != 0)
+    };
+    if exe.ancestors().all(open) {
+        return (exe, None);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let copy = dir.path().join("holder");
+    std::fs::copy(&exe, &copy).unwrap();
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (copy, Some(dir))
 }
 
 /// A proxy whose socket anyone may open; uid 65534 is read-only with `max_clients = 4`.
