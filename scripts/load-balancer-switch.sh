@@ -4,6 +4,7 @@
 # Usage: load-balancer-switch.sh --green-percentage N [--socket PATH] [--expect-gen G] [--json]
 #
 #   --green-percentage N  green's share of new requests, 0..100 with up to two decimals
+#                         (sent as `weight green N`: green's share whichever pool is stable)
 #   --socket PATH         admin socket (default: $SWITCHYARD_SOCKET, else /run/switchyard/admin.sock)
 #   --expect-gen G        only apply if the route table is still at generation G
 #   --json                print the daemon's JSON reply even on a terminal
@@ -11,10 +12,11 @@
 # The switchyard binary is $SWITCHYARD_BIN, else `switchyard` on PATH, else this
 # repository's target/release or target/debug build.
 # Exit codes are switchyard ctl's: 0 ok, 1 usage or internal error, 2 socket unreachable or
-# permission denied, 7 conflict (stale --expect-gen, or a rollout is progressing).
+# permission denied, 7 conflict (stale --expect-gen, or a rollout is progressing), 9 busy
+# (retry), 10 state_unwritable (refused: the state file cannot be written).
 set -euo pipefail
 
-usage() { sed -n '2,15s/^# \{0,1\}//p' "$0"; }
+usage() { sed -n '2,17s/^# \{0,1\}//p' "$0"; }
 
 find_bin() {
     if [[ -n "${SWITCHYARD_BIN:-}" ]]; then
@@ -60,4 +62,4 @@ if [[ ! -x "$bin" ]]; then
     echo "load-balancer-switch.sh: $bin is not an executable switchyard binary" >&2
     exit 1
 fi
-exec "$bin" ctl --socket "$socket" ${flags[@]+"${flags[@]}"} weight "$percentage" ${extra[@]+"${extra[@]}"}
+exec "$bin" ctl --socket "$socket" ${flags[@]+"${flags[@]}"} weight green "$percentage" ${extra[@]+"${extra[@]}"}

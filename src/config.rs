@@ -348,6 +348,9 @@ pub struct SplitConfig {
     pub affinity: Affinity,
     pub override_header: Option<http::HeaderName>,
     pub override_token: Option<String>,
+    /// Outside a rollout, a pool with a share but no backend in rotation hands its share to
+    /// the other pool until a backend comes back.
+    pub failover: bool,
 }
 
 /// `[constitution]`: the hash every request and response must carry.
@@ -369,7 +372,11 @@ pub struct AdminConfig {
     pub readonly_uids: Vec<u32>,
     pub readonly_gids: Vec<u32>,
     pub audit_log: Option<PathBuf>,
+    /// Connections of read-only peers at once (admin peers have their own limit).
     pub max_clients: usize,
+    /// Connections of admin peers at once; past it the oldest idle one is closed.
+    pub max_admin_clients: usize,
+    /// A connection with no command for this long is closed (`watch` excepted).
     pub idle_timeout: Duration,
 }
 

@@ -63,6 +63,17 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(
+        "cannot listen on {addr} ({what}): the address is already taken{holder}. Stop that \
+         process, or give this daemon another address; to replace a running daemon without \
+         downtime use `switchyard run --takeover` (docs/upgrade.md)"
+    )]
+    AddrTaken {
+        what: &'static str,
+        addr: SocketAddr,
+        /// Who holds it, when known (` by pid N (name); the switchyard daemon on ...`).
+        holder: String,
+    },
     #[error("cannot create the admin socket {path}: {source}")]
     Admin {
         path: PathBuf,
@@ -155,6 +166,7 @@ impl Switchyard {
                 addr,
                 "proxy",
                 config.proxy.reuse_port,
+                &config.admin.socket,
             )?);
         }
         let mut tls = Vec::new();
@@ -172,6 +184,7 @@ impl Switchyard {
                 t.listen,
                 "proxy tls",
                 config.proxy.reuse_port,
+                &config.admin.socket,
             )?;
             tls.push((l, Arc::new(terminator)));
         }
@@ -182,6 +195,7 @@ impl Switchyard {
                 addr,
                 "metrics",
                 false,
+                &config.admin.socket,
             )?),
             None => None,
         };
@@ -357,6 +371,7 @@ impl Switchyard {
             shutdown.clone(),
         ));
         tokio::spawn(control::controller::run(control.clone(), shutdown.clone()));
+        tokio::spawn(control::failover::run(control.clone(), shutdown.clone()));
         if !terminators.is_empty() {
             tokio::spawn(proxy::tls::watch_files(terminators, shutdown.clone()));
         }
@@ -439,13 +454,30 @@ fn listen_tcp(
     addr: SocketAddr,
     what: &'static str,
     reuse_port: bool,
+    admin_socket: &std::path::Path,
 ) -> Result<TcpListener, StartError> {
     match takeover.as_mut().and_then(|t| t.take(kind, addr)) {
         Some(l) => l
             .set_nonblocking(true)
             .and_then(|()| TcpListener::from_std(l))
             .map_err(|source| StartError::Bind { what, addr, source }),
-        None => bind_tcp(addr, what, reuse_port),
+        None => bind_tcp(addr, what, reuse_port).map_err(|e| name_holder(e, admin_socket)),
+    }
+}
+
+/// An address in use becomes [`StartError::AddrTaken`], naming who holds it.
+fn name_holder(e: StartError, admin_socket: &std::path::Path) -> StartError {
+    match e {
+        StartError::Bind { what, addr, source }
+            if source.kind() == std::io::ErrorKind::AddrInUse =>
+        {
+            StartError::AddrTaken {
+                what,
+                addr,
+                holder: control::occupant::describe(addr, admin_socket),
+            }
+        }
+        e => e,
     }
 }
 

@@ -6,6 +6,7 @@
 //! 4 aborted, 5 timeout, 6 paused, 7 conflict, 8 invalid transition), see
 //! `switchyard::control::client` and `switchyard::control::follow`.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -137,22 +138,32 @@ enum Command {
         #[arg(long)]
         takeover: bool,
     },
-    /// Validate a config file; errors name the key and the fix. Exit 0 valid, 1 invalid.
+    /// Validate a config file and the certificates, keys and CA files it names.
+    ///
+    /// Errors name the key (or the file) and the fix. Every TLS certificate and key is
+    /// loaded as `run` loads it (each pair must match) and the pools' CA files too; a
+    /// certificate expiring within 14 days is a warning on stderr. Exit 0 valid, 1 invalid.
     ///
     /// Example: switchyard check --config config/switchyard.toml
     Check {
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+        /// Check the config file alone, without reading the certificates, keys and CA files
+        /// it names (to lint a config on a machine that does not hold them).
+        #[arg(long)]
+        config_only: bool,
     },
     /// Send one command to a running daemon's admin socket (`ctl help` lists them).
     ///
     /// Human output on a terminal, one JSON object per line otherwise or with --json.
-    /// Exit: 0 ok, 1 usage/internal, 2 socket unreachable or permission denied,
-    /// 7 conflict or rollout_active, 8 invalid transition. `rollout ... --wait [--timeout D]`
+    /// Exit: 0 ok, 1 usage/internal (also ambiguous_pool), 2 socket unreachable or permission
+    /// denied, 7 conflict or rollout_active, 8 invalid transition, 9 busy (retry shortly),
+    /// 10 state_unwritable (refused: the state file cannot be written; `rollback` still
+    /// applies and answers "persisted": false). `rollout ... --wait [--timeout D]`
     /// follows the rollout: 0 promoted, 3 rolled back by a gate, 4 aborted, 5 timeout,
     /// 6 paused; its last stdout line is a JSON summary.
     ///
-    /// Examples: switchyard ctl status; switchyard ctl weight 10 expect-gen 4;
+    /// Examples: switchyard ctl status; switchyard ctl weight green 10 expect-gen 4;
     /// switchyard ctl rollout start --to green --wait --timeout 30m;
     /// switchyard ctl rollback to blue; switchyard ctl watch
     Ctl {
@@ -193,6 +204,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    quiet_broken_pipe();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -206,22 +218,19 @@ fn main() -> ExitCode {
         Command::Run { config, takeover } => run(config, takeover),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(shell, &mut cmd, "switchyard", &mut std::io::stdout());
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "switchyard", &mut script);
+            // A closed stdout (`| head -0`) is the reader's choice, not a failure.
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), &script);
             ExitCode::SUCCESS
         }
         Command::Demo { fault, quick, json } => {
             demo(switchyard::demo::Options { fault, quick, json })
         }
-        Command::Check { config } => match Config::load(&config) {
-            Ok(_) => {
-                println!("{}: ok", config.display());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{}: {e}", config.display());
-                ExitCode::from(1)
-            }
-        },
+        Command::Check {
+            config,
+            config_only,
+        } => check(&config, config_only),
         Command::Ctl {
             socket,
             json,
@@ -233,6 +242,42 @@ fn main() -> ExitCode {
             ctl(client::socket_path(socket), json || trailing_json, words)
         }
     }
+}
+
+/// `check`: the config, then what `run` loads besides it (certificates and keys, the pools'
+/// CA files); exit 0 valid (warnings on stderr), 1 invalid.
+fn check(path: &std::path::Path, config_only: bool) -> ExitCode {
+    let fail = |e: &dyn std::fmt::Display| {
+        let _ = writeln!(std::io::stderr(), "{}: {e}", path.display());
+        ExitCode::from(1)
+    };
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    if config_only {
+        client::print_line(&format!("{}: ok (config only)", path.display()));
+        return ExitCode::SUCCESS;
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let notes = match switchyard::proxy::tls::check::check_certificates(&config, now) {
+        Ok(n) => n,
+        Err(e) => return fail(&e),
+    };
+    if let Err(e) = switchyard::proxy::initial_table(&config) {
+        return fail(&format!("pools: {e}"));
+    }
+    for n in &notes {
+        if n.warning {
+            let _ = writeln!(std::io::stderr(), "{}: warning: {}", path.display(), n.text);
+        } else {
+            client::print_line(&format!("{}: {}", path.display(), n.text));
+        }
+    }
+    client::print_line(&format!("{}: ok", path.display()));
+    ExitCode::SUCCESS
 }
 
 fn demo(opts: switchyard::demo::Options) -> ExitCode {
@@ -386,6 +431,25 @@ fn ctl(socket: PathBuf, json: bool, words: Vec<String>) -> ExitCode {
         }
     };
     ExitCode::from(rt.block_on(client::run(&socket, &words, json)))
+}
+
+/// Output that is still printed with `println!` (the demo's report) panics when stdout's
+/// reader has gone away (`switchyard demo | head -1`); end quietly instead, with the status
+/// a shell reports for a process ended by SIGPIPE (141), rather than a panic message and 101.
+fn quiet_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.contains("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
 }
 
 #[cfg(test)]

@@ -101,7 +101,9 @@ async fn a_health_answer_without_the_hash_is_unhealthy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_is_never_emptied_by_its_checks() {
     let (blue, green) = (upstream("blue").await, upstream("green").await);
-    let p = proxy(&blue, &green, FAST_CHECKS).await;
+    // Without failover: with it, blue's share would go to green (tests/failover.rs).
+    let sections = format!("{FAST_CHECKS}[split]\nfailover = false\n");
+    let p = proxy(&blue, &green, &sections).await;
     blue.behavior.omit_hash.store(true, SeqCst);
     wait_for(
         "the only backend to fail its checks",

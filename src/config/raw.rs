@@ -130,6 +130,7 @@ pub(crate) struct RawSplit {
     pub affinity: Option<String>,
     pub override_header: Option<String>,
     pub override_token: Option<String>,
+    pub failover: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -152,6 +153,7 @@ pub(crate) struct RawAdmin {
     pub readonly_gids: Option<Vec<u32>>,
     pub audit_log: Option<String>,
     pub max_clients: Option<usize>,
+    pub max_admin_clients: Option<usize>,
     pub idle_timeout: Option<RawDuration>,
 }
 

@@ -255,7 +255,10 @@ fn minimal_config_gets_documented_defaults() {
     assert!(a.admin_uids.is_empty() && a.admin_gids.is_empty());
     assert!(a.readonly_uids.is_empty() && a.readonly_gids.is_empty());
     assert_eq!(a.audit_log, None);
-    assert_eq!((a.max_clients, a.idle_timeout), (64, 300 * S));
+    assert_eq!(
+        (a.max_clients, a.max_admin_clients, a.idle_timeout),
+        (64, 16, 10 * S)
+    );
     assert_eq!(c.metrics.listen, Some("127.0.0.1:9901".parse().unwrap()));
     assert_eq!(
         c.state.path,
@@ -617,6 +620,11 @@ fn constitution_and_admin_are_checked() {
         (
             "[admin]\nmax_clients = 0",
             "admin.max_clients",
+            "at least 1",
+        ),
+        (
+            "[admin]\nmax_admin_clients = 0",
+            "admin.max_admin_clients",
             "at least 1",
         ),
         (

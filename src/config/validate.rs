@@ -124,7 +124,7 @@ fn proxy(raw: RawProxy) -> Result<ProxyConfig, ConfigError> {
         timeouts: timeouts(raw.timeouts.unwrap_or_default())?,
         limits: limits(raw.limits.unwrap_or_default())?,
         retries: super::pool::retries(raw.retries.unwrap_or_default())?,
-        reuse_port: raw.reuse_port.unwrap_or(true),
+        reuse_port: raw.reuse_port.unwrap_or(false),
         drain_window: duration_between(
             "proxy.drain_window",
             raw.drain_window,
@@ -311,6 +311,7 @@ fn split(raw: RawSplit) -> Result<SplitConfig, ConfigError> {
         affinity,
         override_header,
         override_token,
+        failover: raw.failover.unwrap_or(true),
     })
 }
 
@@ -391,6 +392,13 @@ fn admin(raw: RawAdmin) -> Result<AdminConfig, ConfigError> {
             "must be at least 1; the default is 64",
         ));
     }
+    let max_admin_clients = raw.max_admin_clients.unwrap_or(16);
+    if max_admin_clients == 0 {
+        return Err(invalid(
+            "admin.max_admin_clients",
+            "must be at least 1 (admin peers need a way in); the default is 16",
+        ));
+    }
     Ok(AdminConfig {
         socket: path("admin.socket", raw.socket, "/run/switchyard/admin.sock")?,
         mode,
@@ -400,10 +408,11 @@ fn admin(raw: RawAdmin) -> Result<AdminConfig, ConfigError> {
         readonly_gids: raw.readonly_gids.unwrap_or_default(),
         audit_log: raw.audit_log.filter(|p| !p.is_empty()).map(PathBuf::from),
         max_clients,
+        max_admin_clients,
         idle_timeout: duration_between(
             "admin.idle_timeout",
             raw.idle_timeout,
-            5 * MINUTE,
+            10 * SECOND,
             POSITIVE,
             None,
         )?,

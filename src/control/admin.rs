@@ -3,7 +3,7 @@
 //! (`reload_failed` adds `"key"`). `echo status | socat - UNIX-CONNECT:/run/switchyard/admin.sock`
 //! works.
 //!
-//! Verbs ([`super::command::VERBS`]): `status`, `weight PERCENT`, `rollback [to POOL]`,
+//! Verbs ([`super::command::VERBS`]): `status`, `weight [POOL] PERCENT`, `rollback [to POOL]`,
 //! `pool POOL ready|drain|maint`, `backend POOL ADDR enable|disable`, `reload`,
 //! `rollout start|pause|resume|promote|abort|status` and `gates` ([`super::controller`]),
 //! `watch`,
@@ -15,13 +15,19 @@
 //!
 //! Error codes ([`super::command::ERROR_CODES`]): `unknown_command`, `bad_argument`,
 //! `conflict`, `rollout_active`, `permission_denied`, `invalid_transition`, `busy`,
-//! `idle_timeout`, `reload_failed`, `timeout`, `superseded`, `internal`.
+//! `idle_timeout`, `ambiguous_pool`, `state_unwritable`, `reload_failed`, `timeout`,
+//! `superseded`, `internal`.
 //!
-//! Peers are identified by SO_PEERCRED and checked by [`super::access::decide`]. Input is
-//! bounded: a line longer than [`MAX_LINE`] or not UTF-8 gets `bad_argument` and the
-//! connection goes on; at most `admin.max_clients` connections (then `busy`); a client
-//! silent for `admin.idle_timeout` gets `idle_timeout` and is closed (a `watch` client is
-//! expected to be silent; it is closed only if it stops reading for that long). Mutations run on the
+//! Peers are identified by SO_PEERCRED when they connect and checked by
+//! [`super::access::decide`]: a peer in no access list is answered `permission_denied` and
+//! disconnected at once, holding nothing. Input is bounded: a line longer than [`MAX_LINE`]
+//! or not UTF-8 gets `bad_argument` and the connection goes on. Capacity (`admin::slots`):
+//! read-only peers hold at most `admin.max_clients` connections and admin peers at most
+//! `admin.max_admin_clients`, separately (then `busy`); when the admin limit is reached the
+//! oldest idle admin connection that is not a `watch` is closed to make room, so an
+//! emergency `rollback` always gets in. A client silent for `admin.idle_timeout` (10 s by
+//! default) gets `idle_timeout` and is closed (a `watch` client is expected to be silent;
+//! it is closed only if it stops reading for that long). Mutations run on the
 //! blocking pool (they fsync the state file), never on a proxy worker.
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -45,6 +51,12 @@ use crate::config::{AdminConfig, PoolId};
 
 /// Longest accepted command line, in bytes.
 pub const MAX_LINE: usize = 4096;
+
+/// Peers with no access being answered at once; more are closed without an answer.
+const MAX_REFUSING: usize = 64;
+
+mod slots;
+use slots::{Slot, Slots};
 
 /// Creates the socket with the configured mode, in a directory created 0750 if missing.
 /// A stale socket (nobody answers) is replaced; a live one means another daemon runs with
@@ -161,13 +173,14 @@ impl AdminServer {
     }
 
     pub async fn run(self: Arc<Self>, listener: UnixListener, shutdown: CancellationToken) {
-        let slots = Arc::new(Semaphore::new(self.control.config().admin.max_clients));
+        let slots = Arc::new(Slots::default());
+        let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
         loop {
             let accepted = tokio::select! {
                 r = listener.accept() => r,
                 _ = shutdown.cancelled() => break,
             };
-            let (mut stream, _) = match accepted {
+            let (stream, _) = match accepted {
                 Ok(s) => s,
                 Err(e) => {
                     warn!(error = %e, "admin accept failed");
@@ -175,12 +188,52 @@ impl AdminServer {
                     continue;
                 }
             };
-            let Ok(permit) = slots.clone().try_acquire_owned() else {
+            let peer = match stream.peer_cred() {
+                Ok(c) => Peer {
+                    uid: c.uid(),
+                    gid: c.gid(),
+                    pid: c.pid(),
+                },
+                Err(e) => {
+                    warn!(error = %e, "admin peer credentials unavailable; closing");
+                    continue;
+                }
+            };
+            let access = decide(&self.policy(), &peer);
+            if access == Access::Denied {
+                // Answered and closed without taking a slot; past MAX_REFUSING at once,
+                // closed without an answer.
+                if let Ok(permit) = refusing.clone().try_acquire_owned() {
+                    let this = self.clone();
+                    tokio::spawn(async move {
+                        this.refuse(stream, peer).await;
+                        drop(permit);
+                    });
+                }
+                continue;
+            }
+            let admin = access == Access::Admin;
+            let limit = {
+                let cfg = &self.control.config().admin;
+                if admin {
+                    cfg.max_admin_clients
+                } else {
+                    cfg.max_clients
+                }
+            };
+            let Ok(slot) = slots.acquire(admin, limit) else {
+                let (key, level) = if admin {
+                    ("admin.max_admin_clients", "admin")
+                } else {
+                    ("admin.max_clients", "read-only")
+                };
+                debug!(peer.uid = peer.uid, peer.pid = ?peer.pid, limit, "admin client refused: busy");
                 let busy = reply_err(&AdminError::new(
                     "busy",
-                    "too many admin clients; retry shortly",
+                    format!("all {limit} {level} connections (`{key}`) are in use; retry shortly"),
                 ));
                 tokio::spawn(async move {
+                    let mut stream = stream;
                     let _ = tokio::time::timeout(
                         std::time::Duration::from_secs(1),
                         stream.write_all(busy.as_bytes()),
@@ -192,8 +245,7 @@ impl AdminServer {
             let this = self.clone();
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
-                this.serve(stream, shutdown).await;
-                drop(permit);
+                this.serve(stream, peer, access, slot, shutdown).await;
             });
         }
         let path = self.control.config().admin.socket.clone();
@@ -203,27 +255,59 @@ impl AdminServer {
         }
     }
 
-    async fn serve(&self, stream: UnixStream, shutdown: CancellationToken) {
-        let peer = match stream.peer_cred() {
-            Ok(c) => Peer {
-                uid: c.uid(),
-                gid: c.gid(),
-                pid: c.pid(),
-            },
-            Err(e) => {
-                warn!(error = %e, "admin peer credentials unavailable; closing");
-                return;
+    /// A peer in no access list: `permission_denied` at once, then the connection closes.
+    /// The first line it sent within a second is read, so a refused change is audited.
+    async fn refuse(&self, stream: UnixStream, peer: Peer) {
+        let limit = Duration::from_secs(1);
+        let (read, mut write) = stream.into_split();
+        warn!(peer.uid = peer.uid, peer.gid = peer.gid, peer.pid = ?peer.pid, "admin peer has no access; refused");
+        let e = AdminError::new(
+            "permission_denied",
+            format!(
+                "uid {} (gid {}) is in none of the admin socket's access lists (admin_uids, admin_gids, readonly_uids, readonly_gids)",
+                peer.uid, peer.gid
+            ),
+        );
+        if !send(&mut write, &reply_err(&e), limit).await {
+            return;
+        }
+        let mut reader = LineReader::new(BufReader::new(read), MAX_LINE);
+        if let Ok(Ok(Line::Text(bytes))) = tokio::time::timeout(limit, reader.next()).await {
+            let line = String::from_utf8_lossy(&bytes);
+            if is_mutating_verb(&line) {
+                self.control
+                    .audit_refusal(&Actor::admin(peer), line.trim(), &e);
             }
-        };
-        let access = decide(&self.policy(), &peer);
+        }
+    }
+
+    async fn serve(
+        &self,
+        stream: UnixStream,
+        peer: Peer,
+        access: Access,
+        slot: Slot,
+        shutdown: CancellationToken,
+    ) {
         let (read, mut write) = stream.into_split();
         let mut reader = LineReader::new(BufReader::new(read), MAX_LINE);
         loop {
             let idle = self.control.config().admin.idle_timeout;
+            slot.idle();
             let next = tokio::select! {
                 n = tokio::time::timeout(idle, reader.next()) => n,
+                _ = slot.evicted.cancelled() => {
+                    debug!(peer.uid = peer.uid, peer.pid = ?peer.pid, "idle admin client closed to make room");
+                    let e = AdminError::new(
+                        "idle_timeout",
+                        "closed while idle: every admin connection (`admin.max_admin_clients`) was taken and another admin client needed one",
+                    );
+                    let _ = send(&mut write, &reply_err(&e), Duration::from_secs(1)).await;
+                    return;
+                }
                 _ = shutdown.cancelled() => return,
             };
+            slot.busy();
             let reply = match next {
                 Err(_) => {
                     debug!(peer.uid = peer.uid, peer.pid = ?peer.pid, "admin client idle; closing");
@@ -252,6 +336,7 @@ impl AdminServer {
                     Ok(line) => match self.handle(line, peer, access).await {
                         Handled::Reply(r) => r,
                         Handled::Watch => {
+                            slot.watching();
                             self.watch(reader, write, idle, shutdown).await;
                             return;
                         }

@@ -2,7 +2,8 @@
 //! the reply — for a person on a terminal, as the reply's JSON line otherwise (or with
 //! `--json`) — and exits with the design's code: 0 ok, 1 usage or internal error,
 //! 2 socket unreachable or permission denied, 7 conflict (also `rollout_active`),
-//! 8 invalid transition. `ctl watch` prints events until the daemon or the user ends it.
+//! 8 invalid transition, 9 busy (every admin connection of the peer's level in use; retry),
+//! 10 state_unwritable (the change was refused: the state file cannot be written). `ctl watch` prints events until the daemon or the user ends it.
 //! `ctl rollout ... --wait` follows the rollout ([`super::follow`]: 3 rolled back by a gate,
 //! 4 aborted, 5 timeout, 6 paused). `ctl wait-drained POOL [--timeout D]` waits until the
 //! pool has nothing in flight and exits 5 when D passes first.
@@ -32,6 +33,10 @@ pub const EXIT_UNREACHABLE: u8 = 2;
 pub const EXIT_TIMEOUT: u8 = 5;
 pub const EXIT_CONFLICT: u8 = 7;
 pub const EXIT_INVALID_TRANSITION: u8 = 8;
+/// `busy`: every admin connection of the peer's level is in use; retrying shortly is safe.
+pub const EXIT_BUSY: u8 = 9;
+/// `state_unwritable`: the change was refused because the state file cannot be written.
+pub const EXIT_STATE_UNWRITABLE: u8 = 10;
 
 /// The exit code for an error code of the protocol.
 pub fn exit_code(code: &str) -> u8 {
@@ -40,6 +45,8 @@ pub fn exit_code(code: &str) -> u8 {
         "conflict" | "rollout_active" => EXIT_CONFLICT,
         "invalid_transition" => EXIT_INVALID_TRANSITION,
         "timeout" => EXIT_TIMEOUT,
+        "busy" => EXIT_BUSY,
+        "state_unwritable" => EXIT_STATE_UNWRITABLE,
         _ => EXIT_USAGE,
     }
 }
@@ -113,11 +120,21 @@ pub async fn run(socket: &Path, words: &[String], json_out: bool) -> u8 {
         }
     };
     if let Err(e) = conn.send(&line).await {
-        return out.fail(
-            EXIT_UNREACHABLE,
-            "unreachable",
-            &format!("{}: {e}", socket.display()),
-        );
+        // The daemon may have answered and closed before reading (`busy`,
+        // `permission_denied`): its reply says more than the broken pipe.
+        match tokio::time::timeout(Duration::from_secs(1), conn.next()).await {
+            Ok(Ok(Some(reply))) if reply["ok"] == false => {
+                out.print("", &reply);
+                return exit_code(reply["error"]["code"].as_str().unwrap_or("internal"));
+            }
+            _ => {
+                return out.fail(
+                    EXIT_UNREACHABLE,
+                    "unreachable",
+                    &format!("{}: {e}", socket.display()),
+                )
+            }
+        }
     }
     let reply = match tokio::time::timeout(reply_timeout, conn.next()).await {
         Err(_) => {
@@ -154,9 +171,15 @@ pub async fn run(socket: &Path, words: &[String], json_out: bool) -> u8 {
             let event = tokio::select! {
                 e = conn.next() => e,
                 _ = tokio::signal::ctrl_c() => return EXIT_OK,
+                // The reader went away (`ctl watch | grep -m1 route`): nobody to print for.
+                _ = stdout_closed() => return EXIT_OK,
             };
             match event {
-                Ok(Some(v)) => out.print("event", &v),
+                Ok(Some(v)) => {
+                    if !out.print("event", &v) {
+                        return EXIT_OK;
+                    }
+                }
                 Ok(None) => return EXIT_OK,
                 Err(e) => return out.fail(EXIT_USAGE, "internal", &e.to_string()),
             }
@@ -180,28 +203,69 @@ struct Output {
 }
 
 impl Output {
-    fn print(&self, verb: &str, v: &Value) {
+    /// Prints a reply or event; false when stdout is gone (its reader closed). An error
+    /// reply goes to stderr for a person, and in JSON mode to stderr as a sentence as
+    /// well as to stdout as its JSON line.
+    fn print(&self, verb: &str, v: &Value) -> bool {
+        if v["ok"] == false {
+            let _ = writeln!(std::io::stderr(), "switchyard ctl: {}", render(verb, v));
+            if !self.json {
+                return true;
+            }
+        }
         let text = if self.json {
             v.to_string()
         } else {
             render(verb, v)
         };
-        let mut stdout = std::io::stdout().lock();
-        let _ = writeln!(stdout, "{text}");
-        let _ = stdout.flush();
+        print_line(&text)
     }
 
     /// Reports a failure that has no reply from the daemon.
     fn fail(&self, exit: u8, code: &str, message: &str) -> u8 {
-        eprintln!("switchyard ctl: {message}");
+        let _ = writeln!(std::io::stderr(), "switchyard ctl: {message}");
         if self.json {
-            println!(
-                "{}",
-                json!({ "ok": false, "error": { "code": code, "message": message } })
+            print_line(
+                &json!({ "ok": false, "error": { "code": code, "message": message } }).to_string(),
             );
         }
         exit
     }
+}
+
+/// Writes one line to stdout; false when that fails (a closed pipe). Never panics, unlike
+/// `println!`.
+pub fn print_line(text: &str) -> bool {
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{text}")
+        .and_then(|()| stdout.flush())
+        .is_ok()
+}
+
+/// Resolves when stdout is a pipe or socket whose reader has gone away; stays pending for
+/// a terminal or a file (writes tell then).
+pub async fn stdout_closed() {
+    use std::os::fd::AsFd;
+    use tokio::io::unix::AsyncFd;
+    use tokio::io::Interest;
+    // `with_interest` is deprecated because it accepts any `AsRawFd`, which may close its
+    // descriptor while registered; an `OwnedFd` (a duplicate of stdout, only watched and
+    // never read or written) cannot, and `register_with_interest` would need `unsafe`.
+    #[allow(deprecated)]
+    let watched = std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .and_then(|fd| AsyncFd::with_interest(fd, Interest::ERROR));
+    if let Ok(fd) = watched {
+        loop {
+            match fd.ready(Interest::ERROR).await {
+                Ok(ready) if ready.ready().is_error() => return,
+                Ok(mut ready) => ready.clear_ready(),
+                Err(_) => break,
+            }
+        }
+    }
+    std::future::pending::<()>().await
 }
 
 /// A reply or event for a person.
@@ -246,13 +310,28 @@ pub fn render(verb: &str, v: &Value) -> String {
 
 fn render_status(v: &Value) -> String {
     let mut s = format!(
-        "generation {}  green {}%  blue {}%  (effective green {}%)  stable {}\n",
+        "generation {}  green {}%  blue {}%  (effective green {}%)  stable {}  candidate {}\n",
         v["generation"],
         v["green_percent"],
         v["blue_percent"],
         v["effective_green_percent"],
-        v["stable"].as_str().unwrap_or("?")
+        v["stable"].as_str().unwrap_or("?"),
+        v["candidate"].as_str().unwrap_or("?")
     );
+    if let Some(f) = v["failover"].as_object().filter(|f| !f.is_empty()) {
+        s.push_str(&format!(
+            "FAILOVER: {} has no backend in rotation; its share goes to the other pool\n",
+            f.get("from").and_then(Value::as_str).unwrap_or("?")
+        ));
+    }
+    if let Some(f) = v["last_state_save_failure"].as_object() {
+        s.push_str(&format!(
+            "STATE NOT SAVED: {} at generation {}: {}\n",
+            f.get("time").and_then(Value::as_str).unwrap_or("?"),
+            f.get("generation").cloned().unwrap_or_default(),
+            f.get("error").and_then(Value::as_str).unwrap_or("?")
+        ));
+    }
     for pool in ["blue", "green"] {
         let p = &v["pools"][pool];
         s.push_str(&format!(
@@ -407,6 +486,14 @@ fn render_change(v: &Value) -> String {
             render_changes(&v["changes"])
         )
     };
+    if let (Some(stable), Some(candidate)) = (v["stable"].as_str(), v["candidate"].as_str()) {
+        let share = |p: &str| v[format!("{p}_percent")].clone();
+        s.push_str(&format!(
+            "\nstable {stable} {}%, candidate {candidate} {}%",
+            share(stable),
+            share(candidate)
+        ));
+    }
     if let Some(keys) = v["restart_required"].as_array().filter(|k| !k.is_empty()) {
         s.push_str(&format!(
             "\nnote: takes effect at the next restart: {}",
@@ -451,6 +538,8 @@ mod tests {
         assert_eq!(exit_code("permission_denied"), 2);
         assert_eq!(exit_code("bad_argument"), 1);
         assert_eq!(exit_code("something_new"), 1);
+        assert_eq!(exit_code("busy"), 9);
+        assert_eq!(exit_code("state_unwritable"), 10);
     }
 
     #[test]

@@ -59,7 +59,18 @@ pub const ERROR_CODES: &[(&str, &str)] = &[
         "invalid_transition",
         "the rollout is in a state that does not allow this verb",
     ),
-    ("busy", "too many admin clients are connected"),
+    (
+        "busy",
+        "every connection of the peer's level (admin.max_clients, admin.max_admin_clients) is in use",
+    ),
+    (
+        "ambiguous_pool",
+        "`weight PERCENT` while green is stable; name the pool: `weight green N` or `weight blue N`",
+    ),
+    (
+        "state_unwritable",
+        "the state file cannot be written; the change was refused and nothing changed (`rollback` applies anyway)",
+    ),
     (
         "idle_timeout",
         "the client sent nothing for `admin.idle_timeout`; the socket closes",
@@ -86,8 +97,9 @@ pub const VERBS: &[(&str, &str)] = &[
         "route table: generation, weights, stable pool, pool states, backends",
     ),
     (
-        "weight PERCENT [expect-gen N]",
-        "set green's share of new requests (0..100, up to two decimals)",
+        "weight POOL PERCENT [expect-gen N]",
+        "set POOL's share of new requests (0..100, up to two decimals); the other pool gets the rest. \
+         `weight PERCENT` sets green's share while blue is stable and is refused (ambiguous_pool) while green is",
     ),
     (
         "rollback [to POOL] [expect-gen N]",
@@ -173,9 +185,11 @@ pub enum AdminCommand {
     Help,
     /// `watch`
     Watch,
-    /// `weight PERCENT [expect-gen N]`
+    /// `weight [POOL] PERCENT [expect-gen N]`: POOL's share; without POOL, green's (refused
+    /// with `ambiguous_pool` while green is stable).
     Weight {
-        green_bp: u16,
+        pool: Option<PoolId>,
+        bp: u16,
         expect_gen: Option<u64>,
     },
     /// `rollback [to POOL] [expect-gen N]`
@@ -262,15 +276,20 @@ impl AdminCommand {
             "status" => no_args(AdminCommand::Status),
             "help" => no_args(AdminCommand::Help),
             "watch" => no_args(AdminCommand::Watch),
-            "weight" => match args {
-                [p] => parse_percent_bp(p)
-                    .map(|green_bp| AdminCommand::Weight {
-                        green_bp,
+            "weight" => {
+                let (pool, p) = match args {
+                    [p] => (None, p),
+                    [pool, p] => (Some(parse_pool(pool)?), p),
+                    _ => return Err(usage("weight POOL PERCENT [expect-gen N]")),
+                };
+                parse_percent_bp(p)
+                    .map(|bp| AdminCommand::Weight {
+                        pool,
+                        bp,
                         expect_gen,
                     })
-                    .map_err(|e| AdminError::bad_argument(format!("weight: {e}"))),
-                _ => Err(usage("weight PERCENT [expect-gen N]")),
-            },
+                    .map_err(|e| AdminError::bad_argument(format!("weight: {e}")))
+            }
             "rollback" => match args {
                 [] => Ok(AdminCommand::Rollback {
                     to: None,
@@ -490,16 +509,38 @@ mod tests {
         assert_eq!(
             AdminCommand::parse("weight 10"),
             Ok(AdminCommand::Weight {
-                green_bp: 1000,
+                pool: None,
+                bp: 1000,
                 expect_gen: None
             })
         );
         assert_eq!(
             AdminCommand::parse("weight 0.5 expect-gen 7"),
             Ok(AdminCommand::Weight {
-                green_bp: 50,
+                pool: None,
+                bp: 50,
                 expect_gen: Some(7)
             })
+        );
+        assert_eq!(
+            AdminCommand::parse("weight blue 10"),
+            Ok(AdminCommand::Weight {
+                pool: Some(PoolId::Blue),
+                bp: 1000,
+                expect_gen: None
+            })
+        );
+        assert_eq!(
+            AdminCommand::parse("weight GREEN 99.5 expect-gen 2"),
+            Ok(AdminCommand::Weight {
+                pool: Some(PoolId::Green),
+                bp: 9950,
+                expect_gen: Some(2)
+            })
+        );
+        assert_eq!(
+            AdminCommand::parse("weight purple 10").unwrap_err().code,
+            "bad_argument"
         );
     }
 

@@ -24,6 +24,8 @@ pub struct Draft {
     pub disabled: BTreeSet<BackendRef>,
     pub pools: [Arc<Pool>; 2],
     pub settings: Arc<Settings>,
+    /// The pool whose share goes to the other while it has no backend in rotation.
+    pub failover: Option<PoolId>,
 }
 
 /// `{"field","old","new"}` for every value that differs between two drafts.
@@ -38,6 +40,9 @@ pub(super) fn diff(a: &Draft, b: &Draft) -> Vec<Value> {
             json!(percent(a.green_bp)),
             json!(percent(b.green_bp)),
         );
+    }
+    if a.failover != b.failover {
+        push("failover".into(), json!(a.failover), json!(b.failover));
     }
     for id in PoolId::ALL {
         let i = id.index();

@@ -9,6 +9,8 @@ use super::command::{needs_admin_verb, state_str, AdminCommand, AdminError, ERRO
 use super::controller::{send_all_to, Controller};
 use super::state::BackendRef;
 use super::{percent, Actor, Applied, Control};
+use crate::config::PoolId;
+use crate::proxy::route::FULL_BP;
 
 /// Runs one parsed command (not `watch`, which the socket handles) and returns the reply's
 /// fields. `line` is the command as the peer sent it, for the audit log.
@@ -30,7 +32,8 @@ pub fn execute(
             "wait-drained and handover are served by the socket loop",
         )),
         AdminCommand::Weight {
-            green_bp,
+            pool,
+            bp,
             expect_gen,
         } => {
             let applied = control.update(actor, line, expect_gen, |d| {
@@ -40,7 +43,7 @@ pub fn execute(
                         "a rollout is progressing; pause or abort it (or `rollback`) before setting a weight",
                     ));
                 }
-                d.green_bp = green_bp;
+                d.green_bp = green_share(pool, bp, d.stable)?;
                 Ok(())
             })?;
             Ok(reply(applied))
@@ -110,6 +113,26 @@ pub fn execute(
     }
 }
 
+/// Green's share for `weight [POOL] PERCENT`. A bare percent is green's share, the runbook's
+/// habit from when blue was always stable; once green is stable it would send most traffic
+/// to the old build, so it is refused and the pool must be named.
+fn green_share(pool: Option<PoolId>, bp: u16, stable: PoolId) -> Result<u16, AdminError> {
+    match (pool, stable) {
+        (Some(PoolId::Green), _) | (None, PoolId::Blue) => Ok(bp),
+        (Some(PoolId::Blue), _) => Ok(FULL_BP - bp.min(FULL_BP)),
+        (None, PoolId::Green) => Err(AdminError::new(
+            "ambiguous_pool",
+            format!(
+                "green is the stable pool, so a bare `weight {}` is ambiguous: name the pool that \
+                 gets the share, e.g. `weight blue {p}` (blue, the candidate, gets {p}%) or \
+                 `weight green {p}` (green, the stable pool, keeps {p}%)",
+                percent(bp),
+                p = percent(bp)
+            ),
+        )),
+    }
+}
+
 fn controller(control: &Control) -> Result<&Arc<Controller>, AdminError> {
     control
         .controller()
@@ -124,8 +147,12 @@ fn reply(applied: Applied) -> Value {
         "changed": !applied.changes.is_empty(),
         "changes": applied.changes,
         "green_percent": percent(t.green_bp),
+        "blue_percent": percent(FULL_BP - t.green_bp),
         "effective_green_percent": percent(t.effective_green_bp()),
+        "stable": applied.stable,
+        "candidate": applied.stable.other(),
         "states": { "blue": state_str(t.states[0]), "green": state_str(t.states[1]) },
+        "persisted": applied.persisted,
     });
     if let Some(w) = applied.warning {
         v["warning"] = json!(w);

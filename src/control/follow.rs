@@ -9,6 +9,10 @@
 //! 5 `--timeout` while still progressing, 6 paused (for a human), 7 conflict, 8 invalid
 //! transition (also: no rollout to follow), 1 internal, 2 the socket went away — and the
 //! last stdout line is a JSON summary: phase, reason, gate, generation, duration_ms, exit.
+//! A pause ends the wait at once with 6, whoever paused (a CI job should not hold its
+//! runner for a human); resume and `rollout status --wait` to follow on. Attached to a
+//! rollout that had already ended, it reports that outcome with `"already_ended": true`
+//! in the summary and a note on stderr.
 //!
 //! The `--to`, `--steps`, `--hold`, `--bake` and `--expect-gen` flags become the socket's
 //! `to green`-style words, so `ctl rollout start to green` works too.
@@ -100,6 +104,16 @@ pub async fn follow(conn: &mut Connection, first: &Value, opts: &Options, json: 
     let id = view["id"].clone();
     let mut display = Display::new(json || !std::io::stdout().is_terminal());
     let mut last = key(&view);
+    if let Some(phase) = outcome(&view).and(view["phase"].as_str()) {
+        // `rollout status --wait` after the end: the code is that old rollout's, and says so.
+        let _ = writeln!(
+            std::io::stderr(),
+            "switchyard ctl: rollout {} had already ended ({phase}) before this command; \
+             its outcome is reported, nothing was followed",
+            view["id"]
+        );
+        view["already_ended"] = json!(true);
+    }
     loop {
         if let Some(code) = outcome(&view) {
             display.clear();
@@ -184,7 +198,7 @@ fn summarize(view: &Value, generation: &Value, code: u8, started: Instant, d: &m
         "duration_ms": duration,
         "exit": code,
     });
-    for k in ["trip", "error"] {
+    for k in ["trip", "error", "already_ended"] {
         if !view[k].is_null() {
             s[k] = view[k].clone();
         }

@@ -10,7 +10,9 @@
 //! Modules: [`command`] parses a line, [`access`] decides who may run it, [`execute`] runs
 //! it, [`admin`] is the socket, [`reload`] re-reads the config, [`client`] is `switchyard ctl`
 //! ([`follow`] its `--wait`), [`rollout`] is the pure rollout machine and [`controller`]
-//! drives it.
+//! drives it. [`failover`] moves a dead pool's share to the other pool outside a rollout
+//! (through the same [`Control::update`]); [`occupant`] names who holds an address the
+//! daemon could not bind.
 
 pub mod access;
 pub mod admin;
@@ -21,8 +23,10 @@ pub mod controller;
 mod draft;
 pub mod drain;
 pub mod execute;
+pub mod failover;
 pub mod follow;
 pub mod handover;
+pub mod occupant;
 pub mod reload;
 pub mod rollout;
 pub mod state;
@@ -40,7 +44,7 @@ use tokio::sync::broadcast;
 use tracing::{error, info, warn};
 
 use crate::config::{Config, PoolId};
-use crate::metrics::Metrics;
+use crate::metrics::{names, Metrics};
 use crate::proxy::route::{PoolState, RouteHandle, RouteTable, FULL_BP};
 use crate::proxy::tls::TlsTerminator;
 pub use draft::Draft;
@@ -97,6 +101,10 @@ pub struct Applied {
     pub changes: Vec<Value>,
     /// Set when the change is live but could not be saved.
     pub warning: Option<String>,
+    /// Whether the state file holds this change (false: applied but unsaved, see `warning`).
+    pub persisted: bool,
+    /// The stable pool after the update.
+    pub stable: PoolId,
     /// The table in force after the update.
     pub table: Arc<RouteTable>,
 }
@@ -125,6 +133,8 @@ pub struct Control {
     /// The TLS listeners' certificates, for `status` and `reload`.
     tls: OnceLock<Vec<Arc<TlsTerminator>>>,
     controller: OnceLock<Arc<Controller>>,
+    /// The last failed state save (`null` if none since start), for `status`.
+    last_save_failure: Mutex<Value>,
 }
 
 impl Control {
@@ -180,7 +190,13 @@ impl Control {
             superseded_by: std::sync::atomic::AtomicU32::new(0),
             tls: OnceLock::new(),
             controller: OnceLock::new(),
+            last_save_failure: Mutex::new(Value::Null),
         };
+        // Exported from the start, so an alert on its increase sees the zero.
+        control
+            .metrics
+            .counter(names::STATE_SAVE_FAILURES_TOTAL, Vec::new())
+            .absolute(0);
         let source = control.store.describe();
         match restore {
             Restore::State(s) => info!(
@@ -205,6 +221,7 @@ impl Control {
                 let extra = control.lock_extra();
                 if let Err(e) = control.store.save(&control.persisted(&t, &extra)) {
                     error!(error = %e, "cannot save the state");
+                    control.state_save_failed(&e.to_string(), t.generation);
                 }
             }
         }
@@ -307,6 +324,7 @@ impl Control {
             disabled: extra.disabled.clone(),
             pools: current.pools.clone(),
             settings: current.settings.clone(),
+            failover: current.failover,
         };
         let mut draft = before.clone();
         let outcome = self
@@ -327,34 +345,59 @@ impl Control {
                 generation: current.generation,
                 changes,
                 warning: None,
+                persisted: true,
+                stable: extra.stable,
                 table: current,
             });
         }
-        // Backend flags live on the shared `Backend`s; they flip in this critical section,
-        // right before the table of the same change is published.
-        for pool in &draft.pools {
-            for b in pool.backends.iter() {
-                b.set_enabled(!draft.disabled.contains(&BackendRef::new(pool.id, &b.addr)));
-            }
-        }
-        let next = writer.publish(|t| RouteTable {
+        let next = RouteTable {
+            generation: current.generation + 1,
             green_bp: draft.green_bp,
             states: draft.states,
             salt: draft.salt,
             pools: draft.pools.clone(),
             settings: draft.settings.clone(),
-            ..t.derive()
-        });
-        self.pool_states_changed(&current, &next);
-        *extra = Extra {
+            failover: draft.failover,
+        };
+        let next_extra = Extra {
             stable: draft.stable,
             rollout: draft.rollout,
             disabled: draft.disabled,
         };
-        let warning = self.store.save(&self.persisted(&next, &extra)).err().map(|e| {
+        // Saved before it is published: a change the state file cannot hold is refused
+        // and changes nothing, unless it must apply anyway (see `must_persist`).
+        let mut warning = None;
+        if let Err(e) = self.store.save(&self.persisted(&next, &next_extra)) {
+            self.state_save_failed(&e.to_string(), next.generation);
+            if must_persist(actor, command) {
+                let e = AdminError::new(
+                    "state_unwritable",
+                    format!(
+                        "the state cannot be saved ({e}); nothing changed. Fix the state path \
+                         ([state] path) or its filesystem and retry; `rollback` still applies"
+                    ),
+                );
+                warn!(actor = %json!(actor), command, code = e.code, "refused: {}", e.message);
+                self.audit(actor, command, current.generation, Err(&e));
+                return Err(e);
+            }
             error!(error = %e, generation = next.generation, "change applied but the state was not saved");
-            format!("applied, but the state was not saved: {e}")
-        });
+            warning = Some(format!("applied, but the state was not saved: {e}"));
+        }
+        // Backend flags live on the shared `Backend`s; they flip in this critical section,
+        // right before the table of the same change is published.
+        for pool in &next.pools {
+            for b in pool.backends.iter() {
+                b.set_enabled(
+                    !next_extra
+                        .disabled
+                        .contains(&BackendRef::new(pool.id, &b.addr)),
+                );
+            }
+        }
+        let next = writer.publish_exact(next);
+        self.pool_states_changed(&current, &next);
+        *extra = next_extra;
         let summary = Value::Array(changes.clone());
         info!(actor = %json!(actor), command, generation = next.generation, changes = %summary, "route table changed");
         self.publish_gauges(&next);
@@ -372,9 +415,27 @@ impl Control {
         Ok(Applied {
             generation: next.generation,
             changes,
+            persisted: warning.is_none(),
             warning,
+            stable: extra.stable,
             table: next,
         })
+    }
+
+    /// Counts a failed save and keeps it for `status`.
+    fn state_save_failed(&self, error: &str, generation: u64) {
+        self.metrics
+            .counter(names::STATE_SAVE_FAILURES_TOTAL, Vec::new())
+            .increment(1);
+        let mut last = self
+            .last_save_failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        *last = json!({
+            "time": audit::rfc3339(SystemTime::now()),
+            "error": error,
+            "generation": generation,
+        });
     }
 
     /// What a pool state change does beyond routing: a pool that is not ready keeps no idle
@@ -444,6 +505,15 @@ impl Control {
             .green_weight
             .set(f64::from(t.green_bp) / f64::from(FULL_BP));
         self.metrics.generation.set(t.generation as f64);
+        for id in PoolId::ALL {
+            let on = t.failover == Some(id);
+            self.metrics
+                .gauge(
+                    names::FAILOVER_ACTIVE,
+                    vec![metrics::Label::new("pool", id.as_str())],
+                )
+                .set(if on { 1.0 } else { 0.0 });
+        }
     }
 
     pub fn status(&self) -> Value {
@@ -478,12 +548,16 @@ impl Control {
             })
             .collect();
         json!({
+            "pid": std::process::id(),
             "generation": t.generation,
             "green_percent": percent(t.green_bp),
             "blue_percent": percent(FULL_BP - t.green_bp),
             "effective_green_percent": percent(t.effective_green_bp()),
             "stable": stable,
+            "candidate": stable.other(),
+            "failover": t.failover.map(|p| json!({ "from": p, "to": p.other() })),
             "pools": pools,
+            "last_state_save_failure": self.last_save_failure.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             "rollout": rollout,
             "tls": self.tls_status(),
             "superseded_by": self.superseded_by(),
@@ -536,6 +610,13 @@ impl Control {
     }
 }
 
+/// Whether a change must be saved to apply: an operator's command other than `rollback`.
+/// The emergency path and the daemon's own changes (the rollout controller's steps and
+/// rollbacks, failover, SIGHUP) apply unsaved rather than not at all.
+fn must_persist(actor: &Actor, command: &str) -> bool {
+    actor.kind == "admin" && command.split_whitespace().next() != Some("rollback")
+}
+
 /// Basis points as a percent with up to two decimals.
 pub fn percent(bp: u16) -> f64 {
     f64::from(bp) / 100.0
@@ -576,6 +657,7 @@ fn draft_from_state(s: &PersistedState, t: &RouteTable) -> Result<(Draft, Extra)
         disabled: disabled.clone(),
         pools: t.pools.clone(),
         settings: t.settings.clone(),
+        failover: None,
     };
     Ok((
         d,

@@ -137,7 +137,7 @@ fn check_fixed(old: &Config, new: &Config) -> Result<(), AdminError> {
 /// Changed keys that running tasks read once at start.
 fn restart_required(old: &Config, new: &Config) -> Vec<&'static str> {
     let (a, b) = (&old.proxy, &new.proxy);
-    let checks: [(&'static str, bool); 10] = [
+    let checks: [(&'static str, bool); 9] = [
         ("proxy.workers", a.workers != b.workers),
         (
             "proxy.max_connections",
@@ -151,10 +151,6 @@ fn restart_required(old: &Config, new: &Config) -> Vec<&'static str> {
         (
             "proxy.timeouts.tls_handshake",
             a.timeouts.tls_handshake != b.timeouts.tls_handshake,
-        ),
-        (
-            "admin.max_clients",
-            old.admin.max_clients != new.admin.max_clients,
         ),
         ("proxy.reuse_port", a.reuse_port != b.reuse_port),
         (
@@ -197,7 +193,7 @@ mod tests {
             ["proxy.workers"]
         );
         assert_eq!(
-            restart_required(&base, &cfg("reuse_port = false")),
+            restart_required(&base, &cfg("reuse_port = true")),
             ["proxy.reuse_port"]
         );
         assert_eq!(

@@ -23,6 +23,8 @@ pub const RATE_LIMIT_KEYS_MAX: &str = "switchyard_rate_limit_keys_max";
 pub const RATE_LIMIT_EVICTIONS_TOTAL: &str = "switchyard_rate_limit_evictions_total";
 pub const POOL_CONCURRENCY_REJECTED_TOTAL: &str = "switchyard_pool_concurrency_rejected_total";
 pub const ACCESS_LOG_DROPPED_TOTAL: &str = "switchyard_access_log_dropped_total";
+pub const STATE_SAVE_FAILURES_TOTAL: &str = "switchyard_state_save_failures_total";
+pub const FAILOVER_ACTIVE: &str = "switchyard_failover_active";
 
 /// (name, help) for every metric, described once at start-up.
 pub const HELP: &[(&str, &str)] = &[
@@ -46,5 +48,7 @@ pub const HELP: &[(&str, &str)] = &[
     (RATE_LIMIT_KEYS_MAX, "Most clients the rate-limit table holds (proxy.rate_limit.max_keys, rounded down to whole shards)."),
     (RATE_LIMIT_EVICTIONS_TOTAL, "Clients evicted from the full rate-limit table to make room for new ones."),
     (POOL_CONCURRENCY_REJECTED_TOTAL, "Requests answered 503 because their pool was at its in-flight cap (the proxy's decision, not a backend error), by pool."),
+    (STATE_SAVE_FAILURES_TOTAL, "Route table or rollout changes whose state could not be written to the state file (refused, or applied unsaved for rollbacks and the daemon's own changes)."),
+    (FAILOVER_ACTIVE, "1 while new requests go to the other pool because this pool has no backend in rotation (split.failover), else 0; by pool."),
     (ACCESS_LOG_DROPPED_TOTAL, "Access log lines not written, by reason (queue_full: the writer fell behind; write_error)."),
 ];

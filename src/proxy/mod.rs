@@ -75,5 +75,6 @@ pub fn initial_table(cfg: &Config) -> Result<RouteTable, String> {
         pools: build_pools(cfg)?,
         states: [PoolState::Ready; 2],
         settings: Arc::new(Settings::from_config(cfg)),
+        failover: None,
     })
 }

@@ -295,6 +295,10 @@ pub struct RouteTable {
     pub pools: [Arc<Pool>; 2],
     pub states: [PoolState; 2],
     pub settings: Arc<Settings>,
+    /// Failover (`split.failover`): this pool has a share but no backend in rotation, so its
+    /// share goes to the other pool until one comes back. Set by the control plane, which
+    /// publishes a new table for each switch; requests only read it.
+    pub failover: Option<PoolId>,
 }
 
 impl RouteTable {
@@ -302,9 +306,18 @@ impl RouteTable {
         &self.pools[id.index()]
     }
 
-    /// Green's effective share after pool states: a draining or maintained pool gets none
-    /// (unless both are out, then the weights stand and the backends answer for themselves).
+    /// Green's effective share: the weights after pool states and failover.
     pub fn effective_green_bp(&self) -> u16 {
+        match self.failover {
+            Some(PoolId::Green) => 0,
+            Some(PoolId::Blue) => FULL_BP,
+            None => self.operated_green_bp(),
+        }
+    }
+
+    /// Green's share after pool states only: a draining or maintained pool gets none
+    /// (unless both are out, then the weights stand and the backends answer for themselves).
+    pub fn operated_green_bp(&self) -> u16 {
         let up = |p: PoolId| self.states[p.index()] == PoolState::Ready;
         match (up(PoolId::Blue), up(PoolId::Green)) {
             (true, false) => 0,
@@ -479,6 +492,7 @@ impl RouteTable {
             pools: self.pools.clone(),
             states: self.states,
             settings: self.settings.clone(),
+            failover: self.failover,
         }
     }
 }

@@ -20,6 +20,8 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::{CertPair, TlsListenerConfig};
 
+pub mod check;
+
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("certificate file {path}: {message}")]
