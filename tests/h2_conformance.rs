@@ -24,6 +24,9 @@ const END_STREAM: u8 = 1;
 const END_HEADERS: u8 = 4;
 const PROTOCOL_ERROR: u32 = 1;
 
+/// A field as it goes into a header block: name and value bytes.
+type Field<'a> = (&'a [u8], &'a [u8]);
+
 struct Frame {
     kind: u8,
     flags: u8,
@@ -57,7 +60,7 @@ fn hpack_int(out: &mut Vec<u8>, first: u8, n: u32, mut v: usize) {
 
 /// A header block of literal fields without indexing, no Huffman (RFC 7541 §6.2.2): the
 /// bytes go on the wire exactly as given, upper case and control characters included.
-fn block(fields: &[(&[u8], &[u8])]) -> Vec<u8> {
+fn block(fields: &[Field]) -> Vec<u8> {
     let mut out = Vec::new();
     for (name, value) in fields {
         out.push(0x00);
@@ -191,13 +194,13 @@ fn body(frames: &[Frame], stream: u32) -> String {
 async fn malformed_requests_reset_only_their_own_stream() {
     let (blue, green) = (upstream("blue").await, upstream("green").await);
     let p = proxy(&blue, &green, "").await;
-    let good: [(&[u8], &[u8]); 4] = [
+    let good: [Field; 4] = [
         (b":method", b"GET"),
         (b":scheme", b"http"),
         (b":path", b"/"),
         (b":authority", b"a.test"),
     ];
-    let cases: [(&str, Vec<(&[u8], &[u8])>); 6] = [
+    let cases: [(&str, Vec<Field>); 6] = [
         ("connection", vec![(b"connection", b"keep-alive")]),
         ("keep-alive", vec![(b"keep-alive", b"timeout=5")]),
         (
@@ -214,7 +217,7 @@ async fn malformed_requests_reset_only_their_own_stream() {
     for (name, extra) in cases {
         let mut c = Conn::open(p.addr).await;
         c.request(1, &slow_get()).await;
-        let mut fields: Vec<(&[u8], &[u8])> = Vec::new();
+        let mut fields: Vec<Field> = Vec::new();
         if name == "pseudo after regular" {
             fields.extend_from_slice(&good[1..]);
         } else {
@@ -254,7 +257,7 @@ async fn malformed_requests_reset_only_their_own_stream() {
 async fn uppercase_name_or_cr_lf_in_a_value_close_the_connection_in_the_h2_crate() {
     let (blue, green) = (upstream("blue").await, upstream("green").await);
     let p = proxy(&blue, &green, "").await;
-    let cases: [(&str, (&[u8], &[u8])); 3] = [
+    let cases: [(&str, Field); 3] = [
         ("upper-case name", (b"X-Upper", b"1")),
         ("CR LF in a value", (b"x-a", b"1\r\nx-b: 2")),
         ("LF in a value", (b"x-a", b"1\nx-b: 2")),
