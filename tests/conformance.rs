@@ -411,3 +411,68 @@ async fn a_batch_of_distinct_bad_requests_moves_the_counters_by_exactly_its_size
     assert_eq!(moved, n, "counters moved by {moved} for {n} refusals\n{m}");
     assert_eq!(blue.hits.load(SeqCst), 0);
 }
+
+/// An upstream written by hand: every request (heads only, no bodies) gets a chunked 200
+/// whose trailers carry a forged hash, a forged request id and one field to keep.
+async fn trailer_upstream() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let answer = format!(
+        "HTTP/1.1 200 OK\r\n{HASH_HEADER}: {HASH}\r\nTransfer-Encoding: chunked\r\n\
+Trailer: X-Constitutional-Hash, X-Request-Id, X-Kept\r\n\r\n2\r\nok\r\n0\r\n\
+X-Constitutional-Hash: forged\r\nX-Request-Id: forged\r\nX_Constitutional_Hash: forged\r\n\
+X-Kept: yes\r\n\r\n"
+    );
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        if s.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_hash_in_a_response_trailer_never_reaches_the_client() {
+    let up = trailer_upstream().await;
+    let p = proxy_multi(&[up], &[up], "").await;
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    let req = format!(
+        "GET / HTTP/1.1\r\nHost: a.test\r\n{HASH_HEADER}: {HASH}\r\nTE: trailers\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("response in time")
+        .unwrap();
+    let text = String::from_utf8_lossy(&out).to_lowercase();
+    assert!(text.starts_with("http/1.1 200"), "{text}");
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap();
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    // After the last chunk: the trailer section.
+    let trailers = rest.split_once("0\r\n").map_or("", |(_, t)| t);
+    assert!(
+        trailers.contains("x-kept: yes"),
+        "trailers were not passed at all: {rest}"
+    );
+    assert!(
+        !trailers.contains("forged"),
+        "a forged trailer reached the client: {rest}"
+    );
+}
