@@ -352,17 +352,13 @@ fn total(text: &str, name: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_of_distinct_bad_requests_moves_the_counters_by_exactly_its_size() {
-    let blue = upstream("blue").await;
-    // Green points at a closed port: a request sent there is a 502 from the proxy.
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
-    let p = proxy_multi(
-        &[blue.addr],
-        &[closed],
+    let (blue, green) = (upstream("blue").await, upstream("green").await);
+    // A slow request outlasts `upstream_response`: a 504 from the proxy.
+    let p = proxy(
+        &blue,
+        &green,
         "[proxy]\nlisten = [\"127.0.0.1:0\"]\n[proxy.limits]\nmax_body_bytes = \"1KiB\"\nmax_header_bytes = \"2KiB\"\n\
-[split]\noverride_header = \"x-switchyard-pool\"\noverride_token = \"t0k3n\"\n",
+[proxy.timeouts]\nupstream_response = \"300ms\"\n",
     )
     .await;
     let h = format!("Host: a.test\r\n{HASH_HEADER}: {HASH}\r\n");
@@ -381,7 +377,7 @@ async fn a_batch_of_distinct_bad_requests_moves_the_counters_by_exactly_its_size
         ("GET / HTTP/1.1\r\nHost: a.test\r\n\r\n".to_string(), "403"),
         (format!("POST / HTTP/1.1\r\n{h}Content-Length: 5000\r\n\r\n"), "413"),
         (format!("GET / HTTP/1.1\r\n{h}X-Big: {big}\r\n\r\n"), "431"),
-        (format!("GET / HTTP/1.1\r\n{h}x-switchyard-pool: green\r\nx-switchyard-token: t0k3n\r\n\r\n"), "502"),
+        (format!("GET /?sleep_ms=3000 HTTP/1.1\r\n{h}\r\n"), "504"),
     ];
     let before = p.metrics().await;
     let base = total(&before, "switchyard_rejected_requests_total")
@@ -409,7 +405,8 @@ async fn a_batch_of_distinct_bad_requests_moves_the_counters_by_exactly_its_size
         + total(&m, "switchyard_upstream_errors_total")
         - base;
     assert_eq!(moved, n, "counters moved by {moved} for {n} refusals\n{m}");
-    assert_eq!(blue.hits.load(SeqCst), 0);
+    // Only the slow request reached an upstream.
+    assert_eq!(blue.hits.load(SeqCst) + green.hits.load(SeqCst), 1);
 }
 
 /// An upstream written by hand: every request (heads only, no bodies) gets a chunked 200
@@ -475,4 +472,43 @@ async fn forged_hash_in_a_response_trailer_never_reaches_the_client() {
         !trailers.contains("forged"),
         "a forged trailer reached the client: {rest}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_and_ambiguous_refusals_name_their_code_in_the_access_log() {
+    let (blue, green) = (upstream("blue").await, upstream("green").await);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let p = proxy(
+        &blue,
+        &green,
+        &format!("[access_log]\npath = \"{}\"\n", log.display()),
+    )
+    .await;
+    let hash = format!("{HASH_HEADER}: {HASH}\r\n");
+    for req in [
+        format!("GET /a HTTP/1.1\r\n{hash}\r\n"),
+        format!("GET /b HTTP/1.1\r\nHost: a.test\r\n{hash}X_Request_Id: 1\r\n\r\n"),
+    ] {
+        let answer = exchange(p.addr, req.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    }
+    let read = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .collect::<Vec<_>>()
+    };
+    wait_for("two access-log lines", Duration::from_secs(5), || async {
+        read().len() >= 2
+    })
+    .await;
+    let lines = read();
+    let errors: Vec<_> = lines
+        .iter()
+        .map(|l| l["error"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(errors, ["missing_host", "ambiguous_header"], "{lines:?}");
+    assert!(lines.iter().all(|l| l["status"] == 400), "{lines:?}");
 }
