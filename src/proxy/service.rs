@@ -244,7 +244,9 @@ fn validate(req: &http::request::Parts, s: &Settings) -> Result<HostPlan, ProxyE
             limit: s.max_headers,
         });
     }
-    if headers::header_bytes(&req.headers) > s.max_header_bytes {
+    let (size, twin) =
+        front::size_and_twin(&req.headers, &s.hash_header, s.edge.request_id.as_ref());
+    if size > s.max_header_bytes {
         return Err(ProxyError::HeaderTooLarge {
             limit: s.max_header_bytes,
         });
@@ -260,9 +262,7 @@ fn validate(req: &http::request::Parts, s: &Settings) -> Result<HostPlan, ProxyE
     }
     let plan =
         front::check_host(req.version, &req.uri, &req.headers).map_err(ProxyError::BadHost)?;
-    if let Some(twin) =
-        front::ambiguous_field(&req.headers, &s.hash_header, s.edge.request_id.as_ref())
-    {
+    if let Some(twin) = twin {
         return Err(ProxyError::AmbiguousHeader(twin.as_str().to_owned()));
     }
     Ok(plan)

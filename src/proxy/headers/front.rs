@@ -118,18 +118,23 @@ pub fn valid_authority(v: &[u8]) -> bool {
 
 /// Whether `name` reads as `target` once every `_` is read as `-` (names are lowercase),
 /// without being `target` itself: what CGI/WSGI-style backends take for the same field.
+/// A name without `_` is never a twin, and most names are told apart by length alone.
 fn underscore_twin(name: &[u8], target: &[u8]) -> bool {
     name.len() == target.len()
-        && name != target
+        && memchr::memchr(b'_', name).is_some()
         && name
             .iter()
             .zip(target)
             .all(|(&n, &t)| n == t || (n == b'_' && t == b'-'))
 }
 
+/// Whether `name` is a twin of the hash header or of the request-id header.
+fn is_twin(name: &[u8], hash: &[u8], id: &[u8]) -> bool {
+    underscore_twin(name, hash) || underscore_twin(name, id)
+}
+
 /// The first field whose name is a twin of the hash header or of the request-id header
-/// (see [`underscore_twin`]). One pass over the names; a name is compared only when its
-/// length matches.
+/// (see [`underscore_twin`]).
 pub fn ambiguous_field<'a>(
     headers: &'a HeaderMap,
     hash: &HeaderName,
@@ -137,11 +142,31 @@ pub fn ambiguous_field<'a>(
 ) -> Option<&'a HeaderName> {
     let hash = hash.as_str().as_bytes();
     let id = request_id.map_or(&b""[..], |n| n.as_str().as_bytes());
-    headers.keys().find(|name| {
+    headers
+        .keys()
+        .find(|name| is_twin(name.as_str().as_bytes(), hash, id))
+}
+
+/// One pass over a request's fields: their approximate wire size (as
+/// [`super::header_bytes`]) and the first twin of the hash or request-id header (as
+/// [`ambiguous_field`]). The request path reads each name once for both.
+pub fn size_and_twin<'a>(
+    headers: &'a HeaderMap,
+    hash: &HeaderName,
+    request_id: Option<&HeaderName>,
+) -> (usize, Option<&'a HeaderName>) {
+    let hash = hash.as_str().as_bytes();
+    let id = request_id.map_or(&b""[..], |n| n.as_str().as_bytes());
+    let mut size = 0;
+    let mut twin = None;
+    for (name, value) in headers {
         let n = name.as_str().as_bytes();
-        (n.len() == hash.len() && underscore_twin(n, hash))
-            || (n.len() == id.len() && underscore_twin(n, id))
-    })
+        size += n.len() + value.len() + 4;
+        if twin.is_none() && is_twin(n, hash, id) {
+            twin = Some(name);
+        }
+    }
+    (size, twin)
 }
 
 /// Cleans a trailer section in either direction: no hop-by-hop field, no hash header, no
@@ -250,6 +275,10 @@ mod tests {
             found(&[("x_request_idd", "1"), ("y_request_id", "1")]),
             None
         );
+        let h = map(&[("host", "a"), ("x_request_id", "1"), ("accept", "*/*")]);
+        let (size, twin) = size_and_twin(&h, &hash, Some(&id));
+        assert_eq!(size, crate::proxy::headers::header_bytes(&h));
+        assert_eq!(twin.map(HeaderName::as_str), Some("x_request_id"));
     }
 
     #[test]
