@@ -8,12 +8,18 @@ use http::StatusCode;
 
 use crate::config::PoolId;
 use crate::metrics::{Charge, HashReason, Rejection, UpstreamErrorKind};
+use crate::proxy::headers::front::HostProblem;
 use crate::proxy::headers::Smuggling;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     #[error("request refused: {}", .0.as_str())]
     Smuggling(Smuggling),
+    #[error("request refused: {}", .0.as_str())]
+    BadHost(HostProblem),
+    /// A field a backend may read as the hash or request-id header (`_` for `-`).
+    #[error("request field {0} reads as a header the proxy controls")]
+    AmbiguousHeader(String),
     #[error("request header block exceeds {limit} bytes")]
     HeaderTooLarge { limit: usize },
     #[error("request has more than {limit} header fields")]
@@ -63,7 +69,10 @@ impl ProxyError {
     /// The status the client gets.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::Smuggling(_) | Self::ClientBody(_) => StatusCode::BAD_REQUEST,
+            Self::Smuggling(_)
+            | Self::ClientBody(_)
+            | Self::BadHost(_)
+            | Self::AmbiguousHeader(_) => StatusCode::BAD_REQUEST,
             Self::HeaderTooLarge { .. } | Self::TooManyHeaders { .. } => {
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
             }
@@ -101,6 +110,8 @@ impl ProxyError {
     pub fn rejection(&self) -> Option<Rejection> {
         Some(match self {
             Self::Smuggling(_) => Rejection::Smuggling,
+            Self::BadHost(_) => Rejection::BadHost,
+            Self::AmbiguousHeader(_) => Rejection::AmbiguousHeader,
             Self::HeaderTooLarge { .. } | Self::TooManyHeaders { .. } => Rejection::HeaderTooLarge,
             Self::BodyTooLarge { .. } => Rejection::BodyTooLarge,
             Self::RequestHash(HashReason::Missing) => Rejection::HashMissing,
@@ -117,6 +128,8 @@ impl ProxyError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::Smuggling(_) => "bad_framing",
+            Self::BadHost(p) => p.code(),
+            Self::AmbiguousHeader(_) => "ambiguous_header",
             Self::HeaderTooLarge { .. } | Self::TooManyHeaders { .. } => "header_too_large",
             Self::BodyTooLarge { .. } => "body_too_large",
             Self::RequestHash(_) => "constitutional_hash",
@@ -147,6 +160,8 @@ impl ProxyError {
         let reason = match self {
             Self::RequestHash(r) | Self::ResponseHash { reason: r, .. } => r.as_str(),
             Self::Smuggling(s) => s.as_str(),
+            Self::BadHost(p) => p.as_str(),
+            Self::AmbiguousHeader(name) => name.as_str(),
             _ => "",
         };
         let mut v = serde_json::json!({ "error": self.code(), "status": self.status().as_u16() });

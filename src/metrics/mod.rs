@@ -76,10 +76,12 @@ pub enum Rejection {
     HeaderTimeout,
     RateLimited,
     PoolConcurrency,
+    BadHost,
+    AmbiguousHeader,
 }
 
 impl Rejection {
-    const ALL: [Rejection; 10] = [
+    const ALL: [Rejection; 12] = [
         Self::Smuggling,
         Self::HeaderTooLarge,
         Self::BodyTooLarge,
@@ -90,6 +92,8 @@ impl Rejection {
         Self::HeaderTimeout,
         Self::RateLimited,
         Self::PoolConcurrency,
+        Self::BadHost,
+        Self::AmbiguousHeader,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -103,6 +107,8 @@ impl Rejection {
             Self::HeaderTimeout => "header_timeout",
             Self::RateLimited => "rate_limited",
             Self::PoolConcurrency => "pool_concurrency",
+            Self::BadHost => "bad_host",
+            Self::AmbiguousHeader => "ambiguous_header",
         }
     }
 }
@@ -135,7 +141,7 @@ pub struct Metrics {
     /// `[pool][reason]` for responses.
     response_violations: [[Counter; 2]; 2],
     request_violations: [Counter; 2],
-    rejected: [Counter; 10],
+    rejected: [Counter; 12],
     pub green_weight: Gauge,
     pub generation: Gauge,
     pub connections_active: Gauge,

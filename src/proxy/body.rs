@@ -12,7 +12,9 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
+use crate::proxy::headers::front;
 use crate::proxy::route::InflightGuard;
+use crate::proxy::settings::Settings;
 use crate::proxy::upstream::Sender;
 
 /// The request body grew past `proxy.limits.max_body_bytes`.
@@ -40,26 +42,35 @@ pin_project! {
         limit: u64,
         // Shared with the access-log line (bytes_in), when there is one.
         counter: Option<Arc<AtomicU64>>,
+        // What trailers may not carry (the hash and request-id headers).
+        settings: Arc<Settings>,
     }
 }
 
 impl LimitedBody {
-    pub fn new(inner: Incoming, limit: u64) -> Self {
+    pub fn new(inner: Incoming, limit: u64, settings: Arc<Settings>) -> Self {
         LimitedBody {
             inner,
             seen: 0,
             limit,
             counter: None,
+            settings,
         }
     }
 
     /// As [`LimitedBody::new`], also adding every data byte to `counter`.
-    pub fn counted(inner: Incoming, limit: u64, counter: Arc<AtomicU64>) -> Self {
+    pub fn counted(
+        inner: Incoming,
+        limit: u64,
+        counter: Arc<AtomicU64>,
+        settings: Arc<Settings>,
+    ) -> Self {
         LimitedBody {
             inner,
             seen: 0,
             limit,
             counter: Some(counter),
+            settings,
         }
     }
 }
@@ -74,7 +85,10 @@ impl Body for LimitedBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.project();
         match this.inner.poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
+            Poll::Ready(Some(Ok(mut frame))) => {
+                if let Some(trailers) = frame.trailers_mut() {
+                    strip_trailers(trailers, this.settings);
+                }
                 if let Some(data) = frame.data_ref() {
                     *this.seen += data.len() as u64;
                     if let Some(c) = this.counter {
@@ -112,6 +126,8 @@ pin_project! {
             guard: Option<InflightGuard>,
             // The connection the body arrives on: back to its pool once the body ends.
             conn: Option<Sender>,
+            // What trailers may not carry toward the client.
+            settings: Arc<Settings>,
         },
         Full {
             data: Option<Bytes>,
@@ -120,11 +136,17 @@ pin_project! {
 }
 
 impl ProxyBody {
-    pub fn upstream(inner: Incoming, guard: InflightGuard, conn: Option<Sender>) -> Self {
+    pub fn upstream(
+        inner: Incoming,
+        guard: InflightGuard,
+        conn: Option<Sender>,
+        settings: Arc<Settings>,
+    ) -> Self {
         ProxyBody::Upstream {
             inner,
             guard: Some(guard),
             conn,
+            settings,
         }
     }
 
@@ -153,8 +175,14 @@ impl Body for ProxyBody {
                 mut inner,
                 guard,
                 conn,
+                settings,
             } => {
-                let polled = inner.as_mut().poll_frame(cx);
+                let mut polled = inner.as_mut().poll_frame(cx);
+                if let Poll::Ready(Some(Ok(frame))) = &mut polled {
+                    if let Some(trailers) = frame.trailers_mut() {
+                        strip_trailers(trailers, settings);
+                    }
+                }
                 match &polled {
                     Poll::Ready(None) => {
                         if let (Some(tx), Some(g)) = (conn.take(), guard.as_ref()) {
@@ -197,4 +225,10 @@ impl Body for ProxyBody {
             }
         }
     }
+}
+
+/// Trailers cross the proxy without the hash header, the request-id header, their `_`
+/// twins or hop-by-hop fields, in both directions.
+fn strip_trailers(trailers: &mut http::HeaderMap, s: &Settings) {
+    front::strip_trailers(trailers, &s.hash_header, s.edge.request_id.as_ref());
 }

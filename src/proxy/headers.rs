@@ -5,6 +5,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::metrics::HashReason;
 
+pub mod front;
+
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");

@@ -610,15 +610,37 @@ fn end_with_error(
     peer: SocketAddr,
     e: Box<dyn std::error::Error + Send + Sync>,
 ) {
-    let timed_out = e
-        .downcast_ref::<hyper::Error>()
-        .is_some_and(hyper::Error::is_timeout);
+    let hyper_error = e.downcast_ref::<hyper::Error>();
+    let timed_out = hyper_error.is_some_and(hyper::Error::is_timeout);
     if timed_out {
         // The codec closes a connection whose request head is not complete in
         // time (`proxy.timeouts.header_read`); it sends no 408 itself.
         metrics.rejected(Rejection::HeaderTimeout);
+    } else if let Some(why) = hyper_error.and_then(codec_refusal) {
+        metrics.rejected(why);
     }
     debug!(client.addr = %peer, error = %e, timed_out, "connection ended with an error");
+}
+
+/// The reason to count for a request head the HTTP/1.1 codec refused with an answer of
+/// its own (400, 414 or 431: hyper's `on_error`), so that every refusal is counted once.
+/// A parse error that got no answer (an HTTP/2 preface where HTTP/1.1 was expected) is
+/// not a refusal.
+fn codec_refusal(e: &hyper::Error) -> Option<Rejection> {
+    if !e.is_parse() || e.is_parse_version_h2() || e.is_parse_status() {
+        return None;
+    }
+    if e.is_parse_too_large() {
+        return Some(Rejection::HeaderTooLarge);
+    }
+    // The codec's own framing checks (a bad Content-Length or Transfer-Encoding); hyper
+    // tells them apart only in its message.
+    let text = e.to_string();
+    if text.contains("content-length") || text.contains("transfer-encoding") {
+        Some(Rejection::Smuggling)
+    } else {
+        Some(Rejection::BadRequest)
+    }
 }
 
 /// Counts an open client connection in `switchyard_connections_active` while it lives.

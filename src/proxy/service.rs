@@ -31,6 +31,7 @@ use crate::proxy::edge::concurrency::PoolPermit;
 use crate::proxy::edge::record::{Arrival, Pending, Trace, TracedBody};
 use crate::proxy::edge::{client, request_id, Edge, ListenerIndex};
 use crate::proxy::headers;
+use crate::proxy::headers::front::{self, HostPlan};
 use crate::proxy::route::{Backend, InflightGuard, RouteHandle, RouteTable};
 use crate::proxy::settings::{Settings, OVERRIDE_TOKEN_HEADER};
 use crate::proxy::sniff::{FramingVerdict, SniffIo};
@@ -162,9 +163,11 @@ pub async fn handle(
         .as_ref()
         .and_then(|(id, fresh)| fresh.then_some(id));
     let inner = handle_inner(&conn, &table, req, start, client, fresh_id, &mut trace);
+    let mut own = false;
     let mut resp = match inner.await {
         Ok(resp) => resp,
         Err(err) => {
+            own = true;
             debug!(error = %err, generation = table.generation, "answered by the proxy");
             if let Some((pool, kind)) = err.upstream() {
                 let outcome = if kind == UpstreamErrorKind::Hash {
@@ -179,7 +182,11 @@ pub async fn handle(
         }
     };
     let h = resp.headers_mut();
-    h.insert(s.hash_header.clone(), s.hash_value.clone());
+    // Only the proxy's own answers get the hash: a forwarded response carries the
+    // upstream's as it came (checked already in `enforce`, to be seen in `report`/`off`).
+    if own {
+        h.insert(s.hash_header.clone(), s.hash_value.clone());
+    }
     let request_id = request_id.map(|(id, _)| id);
     if let (Some(name), Some(id)) = (&edge.request_id, &request_id) {
         h.insert(name, id.clone());
@@ -228,15 +235,18 @@ fn error_response(
     resp
 }
 
-/// Validates a request head against the limits and framing rules.
-fn validate(req: &http::request::Parts, s: &Settings) -> Result<(), ProxyError> {
+/// Validates a request head against the limits, framing and Host rules, and fields that
+/// read as the hash or request-id header; says what the forwarded Host is to be.
+fn validate(req: &http::request::Parts, s: &Settings) -> Result<HostPlan, ProxyError> {
     headers::check_framing(&req.headers).map_err(ProxyError::Smuggling)?;
     if req.headers.len() > s.max_headers {
         return Err(ProxyError::TooManyHeaders {
             limit: s.max_headers,
         });
     }
-    if headers::header_bytes(&req.headers) > s.max_header_bytes {
+    let (size, twin) =
+        front::size_and_twin(&req.headers, &s.hash_header, s.edge.request_id.as_ref());
+    if size > s.max_header_bytes {
         return Err(ProxyError::HeaderTooLarge {
             limit: s.max_header_bytes,
         });
@@ -250,7 +260,12 @@ fn validate(req: &http::request::Parts, s: &Settings) -> Result<(), ProxyError> 
             limit: s.max_body_bytes,
         });
     }
-    Ok(())
+    let plan =
+        front::check_host(req.version, &req.uri, &req.headers).map_err(ProxyError::BadHost)?;
+    if let Some(twin) = twin {
+        return Err(ProxyError::AmbiguousHeader(twin.as_str().to_owned()));
+    }
+    Ok(plan)
 }
 
 /// The pool for this request: a trusted override first, then the weighted split. The
@@ -296,7 +311,7 @@ async fn handle_inner<'a>(
     if conn.framing.is_bad(index) {
         return Err(ProxyError::Smuggling(headers::Smuggling::AmbiguousLength));
     }
-    validate(&parts, s)?;
+    let host = validate(&parts, s)?;
     if let (Some(name), Some(id)) = (&s.edge.request_id, fresh_id) {
         parts.headers.insert(name, id.clone());
     }
@@ -353,16 +368,16 @@ async fn handle_inner<'a>(
     };
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     headers::add_forwarded(&mut parts.headers, &conn.client_ip, conn.proto);
-    if !parts.headers.contains_key(header::HOST) {
-        // HTTP/2 carries the host in :authority; HTTP/1.1 backends need it as Host.
-        if let Some(host) = parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        {
-            parts.headers.insert(header::HOST, host);
+    // The target's authority (HTTP/2 `:authority`, HTTP/1.1 absolute form) wins over Host;
+    // HTTP/1.0 without either gets the backend's address, set per attempt below.
+    let host_is_backend = match host {
+        HostPlan::Keep => false,
+        HostPlan::Set(v) => {
+            parts.headers.insert(header::HOST, v);
+            false
         }
-    }
+        HostPlan::Backend => true,
+    };
     // Origin form on the wire: the backend sees the path, the Host header names the site.
     if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
         let path = parts.uri.path_and_query().unwrap_or(&ROOT).clone();
@@ -373,9 +388,9 @@ async fn handle_inner<'a>(
     let body = if trace.logging {
         let counter = Arc::new(AtomicU64::new(0));
         trace.bytes_in = Some(counter.clone());
-        LimitedBody::counted(body, s.max_body_bytes, counter)
+        LimitedBody::counted(body, s.max_body_bytes, counter, table.settings.clone())
     } else {
-        LimitedBody::new(body, s.max_body_bytes)
+        LimitedBody::new(body, s.max_body_bytes, table.settings.clone())
     };
     let mut req = Request::from_parts(parts, body);
 
@@ -420,6 +435,11 @@ async fn handle_inner<'a>(
                 continue;
             }
         };
+        if host_is_backend {
+            if let Ok(v) = HeaderValue::from_str(backend.authority.as_str()) {
+                req.headers_mut().insert(header::HOST, v);
+            }
+        }
         let reused = checkout.reused;
         let sent = tokio::time::timeout(
             s.upstream_response_timeout,
@@ -507,6 +527,7 @@ async fn handle_inner<'a>(
                 message: "101 Switching Protocols without an upgrade request".into(),
             });
         };
+        conn.framing.set_switched();
         tokio::spawn(tunnel(
             down,
             up,
@@ -520,10 +541,10 @@ async fn handle_inner<'a>(
     }
     if resp.body().is_end_stream() {
         backend.conns.checkin(tx);
-        return Ok(resp.map(|b| ProxyBody::upstream(b, guard, None)));
+        return Ok(resp.map(|b| ProxyBody::upstream(b, guard, None, table.settings.clone())));
     }
     let _ = &mut tx;
-    Ok(resp.map(|b| ProxyBody::upstream(b, guard, Some(tx))))
+    Ok(resp.map(|b| ProxyBody::upstream(b, guard, Some(tx), table.settings.clone())))
 }
 
 /// The client side of a tunnel, once the response has switched protocols.

@@ -46,6 +46,8 @@ pub struct FramingVerdict {
     /// Set by the task to park the connection: reads report end of stream, which an idle
     /// codec takes as a quiet close and hands the socket back.
     eof: AtomicBool,
+    /// The connection has switched protocols (a 101 went out): what follows is not HTTP/1.1.
+    switched: AtomicBool,
 }
 
 impl FramingVerdict {
@@ -59,6 +61,7 @@ impl FramingVerdict {
             write_blocked: AtomicBool::new(false),
             responses_done: AtomicU64::new(0),
             eof: AtomicBool::new(false),
+            switched: AtomicBool::new(false),
         })
     }
 
@@ -79,7 +82,7 @@ impl FramingVerdict {
     }
 
     /// No request is being read or answered and nothing waits to be written: the codec
-    /// sits between requests. HTTP/1.1 only (the scan stops on HTTP/2 and upgrades).
+    /// sits between requests. HTTP/1.1 only (the scan stops on HTTP/2 and after a 101).
     pub fn is_idle(&self) -> bool {
         self.at_boundary.load(Ordering::Relaxed)
             && !self.write_blocked.load(Ordering::Relaxed)
@@ -101,6 +104,12 @@ impl FramingVerdict {
         self.eof.store(eof, Ordering::Relaxed);
     }
 
+    /// A 101 answered the last request: the scan stops for good. Until then a request
+    /// that asks for an upgrade is scanned, and timed, like any other.
+    pub fn set_switched(&self) {
+        self.switched.store(true, Ordering::Relaxed);
+    }
+
     /// Whether reads were reporting end of stream; they read the socket again from now on.
     pub fn take_eof(&self) -> bool {
         self.eof.swap(false, Ordering::Relaxed)
@@ -120,7 +129,7 @@ enum State {
     ChunkData(u64),
     ChunkDataEnd,
     Trailers,
-    /// HTTP/2, an upgrade, or a refused head: nothing more to learn.
+    /// HTTP/2 or a refused head: nothing more to learn.
     Off,
 }
 
@@ -141,7 +150,6 @@ pub struct Scanner {
     cl_value: Option<u64>,
     te: bool,
     te_last_chunked: bool,
-    upgrade: bool,
     chunk_size: u64,
     chunk_digits: bool,
 }
@@ -167,7 +175,6 @@ impl Default for Scanner {
             cl_value: None,
             te: false,
             te_last_chunked: false,
-            upgrade: false,
             chunk_size: 0,
             chunk_digits: false,
         }
@@ -349,7 +356,6 @@ impl Scanner {
         self.cl_value = None;
         self.te = false;
         self.te_last_chunked = false;
-        self.upgrade = false;
     }
 
     fn head_byte(&mut self, b: u8) -> Option<u64> {
@@ -404,11 +410,7 @@ impl Scanner {
                         self.te = true;
                         self.te_last_chunked = false;
                     }
-                    Field::Other => {
-                        if name == b"upgrade" {
-                            self.upgrade = true;
-                        }
-                    }
+                    Field::Other => {}
                 }
                 self.name_len = 0;
                 self.in_value = Some(field);
@@ -442,11 +444,6 @@ impl Scanner {
         if self.cl_count > 1 || (self.te && self.cl_count > 0) {
             self.state = State::Off;
             return Some(index);
-        }
-        if self.upgrade {
-            // The connection may switch protocols; what follows is not HTTP/1.1 to us.
-            self.state = State::Off;
-            return None;
         }
         let next = if self.te && self.te_last_chunked {
             State::ChunkSize
@@ -533,7 +530,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for SniffIo<I> {
         if let Poll::Ready(Ok(())) = polled {
             let this = &mut *self;
             let data = &buf.filled()[before..];
-            if !data.is_empty() {
+            if !data.is_empty() && !this.verdict.switched.load(Ordering::Relaxed) {
                 if let Some(bad) = this.scanner.feed(data) {
                     this.verdict.first_bad.fetch_min(bad, Ordering::AcqRel);
                 }
@@ -672,7 +669,7 @@ GET /c HTTP/1.1\r\nX-A: 1\r\nContent-Length: 1\r\nX-B: 2\r\nContent-Length: 1\r\
     }
 
     #[test]
-    fn stops_at_http2_preface_and_upgrades() {
+    fn stops_at_http2_preface_but_not_at_an_upgrade_request() {
         assert_eq!(
             scan(&[
                 b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"
@@ -680,8 +677,8 @@ GET /c HTTP/1.1\r\nX-A: 1\r\nContent-Length: 1\r\nX-B: 2\r\nContent-Length: 1\r\
             None
         );
         assert_eq!(
-            scan(&[b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"]),
-            None
+            scan(&[b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"]),
+            Some(1)
         );
     }
 }
