@@ -27,6 +27,7 @@ pub mod control;
 pub mod demo;
 pub mod error;
 pub mod metrics;
+pub mod notify;
 pub mod proxy;
 
 use std::net::SocketAddr;
@@ -112,6 +113,7 @@ pub struct Switchyard {
     edge: Arc<Edge>,
     /// The hand-over in progress (`--takeover`), confirmed once this process serves.
     takeover: Option<control::handover::Takeover>,
+    lifecycle: Arc<notify::Lifecycle>,
 }
 
 impl Switchyard {
@@ -130,6 +132,11 @@ impl Switchyard {
             config.rollout.window,
         ));
         let table = proxy::initial_table(&config).map_err(StartError::Pools)?;
+        for pool in &table.pools {
+            for b in pool.backends.iter() {
+                metrics.register_backend(pool.id, b);
+            }
+        }
         let routes = Arc::new(RouteHandle::new(table));
         let edge = Arc::new(Edge::new(&config, &metrics).map_err(StartError::AccessLog)?);
         // First, with --takeover, the running daemon's sockets: it stops changing (and
@@ -236,7 +243,13 @@ impl Switchyard {
             strict_admin_lists,
             edge,
             takeover,
+            lifecycle: Arc::new(notify::Lifecycle::default()),
         })
+    }
+
+    /// Starting, serving or draining: what `GET /ready` and systemd are told.
+    pub fn lifecycle(&self) -> Arc<notify::Lifecycle> {
+        self.lifecycle.clone()
     }
 
     /// Addresses of the plain HTTP listeners, in config order.
@@ -305,6 +318,7 @@ impl Switchyard {
             strict_admin_lists,
             edge,
             takeover,
+            lifecycle,
         } = self;
         // Duplicates of the listening sockets, for a successor's `handover`.
         let mut inheritable = control::handover::Inheritable::default();
@@ -372,8 +386,14 @@ impl Switchyard {
             if let Ok(addr) = l.local_addr() {
                 info!(%addr, "metrics listening");
             }
-            tokio::spawn(metrics::http::serve(l, metrics.clone(), shutdown.clone()));
+            let api = metrics::http::Api {
+                metrics: metrics.clone(),
+                control: control.clone(),
+                lifecycle: lifecycle.clone(),
+            };
+            tokio::spawn(metrics::http::serve(l, Arc::new(api), shutdown.clone()));
         }
+        let took_over = takeover.is_some();
         if let Some(t) = takeover {
             // Every accept loop runs: the old daemon may stop now.
             let old = t.old_pid;
@@ -388,6 +408,9 @@ impl Switchyard {
                 Err(e) => warn!(old.pid = ?old, "took over, but confirming failed: {e}"),
             }
         }
+        lifecycle.serving(&notify::status_line(&control.status()), took_over);
+        tokio::spawn(notify::watchdog(shutdown.clone()));
+        tokio::spawn(notify::follow_status(control.clone(), shutdown.clone()));
         let upkeep = {
             let metrics = metrics.clone();
             let shutdown = shutdown.clone();
@@ -403,6 +426,7 @@ impl Switchyard {
         };
 
         shutdown.cancelled().await;
+        lifecycle.draining();
         // Accept loops return on cancellation and drop their listeners: new connections
         // are refused from here on.
         for l in loops {

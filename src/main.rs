@@ -136,6 +136,15 @@ enum Command {
         /// (docs/upgrade.md). Without a running daemon, starts as usual.
         #[arg(long)]
         takeover: bool,
+        /// Daemon log lines: `text`, `json` (one object per line, for journald and log
+        /// shippers), or `auto`: text on a terminal, JSON otherwise.
+        #[arg(
+            long,
+            value_enum,
+            env = "SWITCHYARD_LOG_FORMAT",
+            default_value = "auto"
+        )]
+        log_format: LogFormat,
     },
     /// Validate a config file; errors name the key and the fix. Exit 0 valid, 1 invalid.
     ///
@@ -203,7 +212,11 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Run { config, takeover } => run(config, takeover),
+        Command::Run {
+            config,
+            takeover,
+            log_format,
+        } => run(config, takeover, log_format),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "switchyard", &mut std::io::stdout());
@@ -263,19 +276,41 @@ fn demo(opts: switchyard::demo::Options) -> ExitCode {
     }
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Auto,
+    Text,
+    Json,
 }
 
-fn run(path: PathBuf, takeover: bool) -> ExitCode {
+/// Under systemd, stderr is a pipe to journald: `auto` picks JSON there, so each line keeps
+/// its fields (`journalctl -o cat | jq`, log shippers) rather than a text rendering of them.
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let json = match format {
+        LogFormat::Auto => !terminal,
+        LogFormat::Text => false,
+        LogFormat::Json => true,
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init();
+    } else {
+        builder.with_ansi(terminal).init();
+    }
+}
+
+fn run(path: PathBuf, takeover: bool, log_format: LogFormat) -> ExitCode {
     tune_allocator();
-    init_logging();
+    init_logging(log_format);
     let config = match Config::load(&path) {
         Ok(c) => c,
         Err(e) => {

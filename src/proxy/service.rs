@@ -151,6 +151,7 @@ pub async fn handle(
                 client,
                 method: req.method(),
                 uri: req.uri(),
+                headers: req.headers(),
                 proto: conn.proto,
                 generation: table.generation,
                 include_query: edge.include_query,
@@ -482,6 +483,7 @@ async fn handle_inner<'a>(
         backend.record_success();
     }
     metrics.request(Charge::Pool(pool_id), status.as_u16());
+    metrics.backend_response(pool_id, &backend, status.as_u16());
     conn.shared
         .stats
         .record_at(conn.shared.stats.ms_of(now), pool_id, latency, outcome);

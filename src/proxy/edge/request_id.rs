@@ -2,20 +2,16 @@
 //! `[A-Za-z0-9._:-]`, and only one of them); otherwise the proxy makes one. The id goes to
 //! the backend, back to the client and into the access log.
 //!
-//! A generated id is 24 lowercase hex digits: a 48-bit prefix drawn at random once per
-//! process, then a 48-bit sequence number. Threads take sequence numbers in blocks of
-//! 1024 from one shared counter, so making an id touches shared memory once per block.
-
-use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+//! A generated id is a UUIDv7 (RFC 9562 §5.7) in its lowercase hyphenated form: 48 bits of
+//! Unix milliseconds, then 74 random bits from a thread-local CSPRNG (`rand`'s ChaCha, by
+//! way of `uuid`'s `fast-rng`), so ids sort by time and cannot be guessed from earlier
+//! ones. `uuid`'s own `now_v7` keeps a process-wide counter behind a mutex; this builds
+//! the id from the clock and the random bits directly, so no lock is taken per request.
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 /// Longest client id kept.
 pub const MAX_LEN: usize = 128;
-
-const BLOCK: u64 = 1024;
 
 /// True for an id worth keeping: bounded, and only characters safe in logs and URLs.
 pub fn is_valid(id: &[u8]) -> bool {
@@ -47,36 +43,15 @@ pub fn ensure(headers: &mut HeaderMap, name: &HeaderName) -> HeaderValue {
     id
 }
 
-/// A new id, unique within the process.
+/// A new UUIDv7, e.g. `01937d4e-8f2a-7c3b-9a1e-5f6d7c8b9a0e`.
 pub fn generate() -> HeaderValue {
-    static PREFIX: OnceLock<u64> = OnceLock::new();
-    static NEXT_BLOCK: AtomicU64 = AtomicU64::new(0);
-    thread_local! {
-        static RANGE: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
-    }
-    let prefix = *PREFIX.get_or_init(|| fastrand::u64(..));
-    let seq = RANGE.with(|r| {
-        let (mut next, mut end) = r.get();
-        if next == end {
-            next = NEXT_BLOCK.fetch_add(1, Ordering::Relaxed) * BLOCK;
-            end = next + BLOCK;
-        }
-        r.set((next + 1, end));
-        next
-    });
-    let mut buf = [0u8; 24];
-    hex(&mut buf[..12], prefix);
-    hex(&mut buf[12..], seq);
-    HeaderValue::from_bytes(&buf).expect("hex digits are a valid header value")
-}
-
-/// Writes the low `4 * out.len()` bits of `v` as lowercase hex.
-fn hex(out: &mut [u8], mut v: u64) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for b in out.iter_mut().rev() {
-        *b = DIGITS[(v & 0xf) as usize];
-        v >>= 4;
-    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let ts = uuid::Timestamp::from_unix(uuid::NoContext, now.as_secs(), now.subsec_nanos());
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let text = uuid::Uuid::new_v7(ts).hyphenated().encode_lower(&mut buf);
+    HeaderValue::from_str(text).expect("a hyphenated UUID is a valid header value")
 }
 
 #[cfg(test)]
@@ -97,7 +72,7 @@ mod tests {
     }
 
     #[test]
-    fn generated_ids_are_unique_hex_across_threads() {
+    fn generated_ids_are_unique_uuid_v7_across_threads() {
         let ids: Vec<String> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..4)
                 .map(|_| {
@@ -115,9 +90,13 @@ mod tests {
         });
         let unique: std::collections::HashSet<&String> = ids.iter().collect();
         assert_eq!(unique.len(), ids.len());
-        assert!(ids
-            .iter()
-            .all(|id| id.len() == 24 && is_valid(id.as_bytes())));
+        for id in &ids {
+            let u = uuid::Uuid::parse_str(id).unwrap();
+            assert_eq!(u.get_version_num(), 7, "{id}");
+            assert_eq!(u.get_variant(), uuid::Variant::RFC4122, "{id}");
+            assert_eq!(id, &u.hyphenated().to_string(), "lowercase hyphenated");
+            assert!(is_valid(id.as_bytes()));
+        }
     }
 
     #[test]
@@ -127,13 +106,13 @@ mod tests {
         assert_eq!(ensure(&mut h, &X_REQUEST_ID), "client-1");
         h.insert(&X_REQUEST_ID, HeaderValue::from_static("bad id"));
         let made = ensure(&mut h, &X_REQUEST_ID);
-        assert_eq!(made.len(), 24);
+        assert_eq!(made.len(), 36);
         assert_eq!(h[&X_REQUEST_ID], made);
         h.append(&X_REQUEST_ID, HeaderValue::from_static("second"));
         let again = ensure(&mut h, &X_REQUEST_ID);
         assert_ne!(again, made);
         assert_eq!(h.get_all(&X_REQUEST_ID).iter().count(), 1);
         let mut empty = HeaderMap::new();
-        assert_eq!(ensure(&mut empty, &X_REQUEST_ID).len(), 24);
+        assert_eq!(ensure(&mut empty, &X_REQUEST_ID).len(), 36);
     }
 }
