@@ -382,6 +382,7 @@ impl Switchyard {
             info!(path = %config.admin.socket.display(), "admin socket listening");
             tokio::spawn(server.run(l, shutdown.clone()));
         }
+        let api_stop = CancellationToken::new();
         if let Some(l) = metrics_listener {
             if let Ok(addr) = l.local_addr() {
                 info!(%addr, "metrics listening");
@@ -391,7 +392,8 @@ impl Switchyard {
                 control: control.clone(),
                 lifecycle: lifecycle.clone(),
             };
-            tokio::spawn(metrics::http::serve(l, Arc::new(api), shutdown.clone()));
+            // Serves through the drain (`/ready` answers 503 then), and stops when it ends.
+            tokio::spawn(metrics::http::serve(l, Arc::new(api), api_stop.clone()));
         }
         let took_over = takeover.is_some();
         if let Some(t) = takeover {
@@ -427,6 +429,11 @@ impl Switchyard {
 
         shutdown.cancelled().await;
         lifecycle.draining();
+        if control.superseded_by().is_some() {
+            // The successor accepts on the same metrics socket: leave every probe to it
+            // rather than answer half of them `draining`.
+            api_stop.cancel();
+        }
         // Accept loops return on cancellation and drop their listeners: new connections
         // are refused from here on.
         for l in loops {
@@ -447,6 +454,7 @@ impl Switchyard {
             );
         }
         upkeep.abort();
+        api_stop.cancel();
         if let Some(log) = &edge.access_log {
             if !log.flush(Duration::from_secs(2)).await {
                 warn!("access log not flushed within 2s at shutdown");

@@ -31,6 +31,7 @@ use super::Metrics;
 use crate::config::PoolId;
 use crate::control::Control;
 use crate::notify::{Lifecycle, Phase};
+use crate::proxy::route::PoolState;
 
 /// What the endpoints read.
 pub struct Api {
@@ -130,9 +131,11 @@ fn readiness(api: &Api) -> (bool, Option<&'static str>) {
         Phase::Serving => {}
     }
     let t = api.control.routes.load();
-    let can_serve = PoolId::ALL
-        .iter()
-        .any(|&p| t.takes_requests(p) && t.pool(p).in_rotation() > 0);
+    let can_serve = PoolId::ALL.iter().any(|&p| {
+        t.states[p.index()] == PoolState::Ready
+            && t.takes_requests(p)
+            && t.pool(p).in_rotation() > 0
+    });
     if can_serve {
         (true, None)
     } else {
