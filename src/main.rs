@@ -201,8 +201,49 @@ enum Command {
     },
 }
 
+/// The verbs of `ctl`, with their options, for `ctl --help` (no daemon needed): the admin
+/// socket's own list, then what the client adds.
+fn ctl_verbs_help() -> String {
+    use std::fmt::Write;
+    let verbs = switchyard::control::command::VERBS;
+    let width = verbs
+        .iter()
+        .map(|(u, _)| u.len())
+        .max()
+        .unwrap_or(0)
+        .min(48);
+    let mut out = String::from(
+        "Commands (the daemon's `help` verb lists the same; mutations take a trailing `expect-gen N`):\n",
+    );
+    for (usage, purpose) in verbs {
+        if usage.len() > width {
+            let _ = writeln!(out, "  {usage}\n  {:width$}  {purpose}", "");
+        } else {
+            let _ = writeln!(out, "  {usage:width$}  {purpose}");
+        }
+    }
+    out.push_str(
+        "\nOptions the client adds:\n  \
+         rollout start|status ... --wait [--timeout D]\n      \
+         follow the rollout to its end: exit 0 promoted, 3 rolled back by a gate, 4 aborted,\n      \
+         5 timeout, 6 paused; the last stdout line is a JSON summary\n  \
+         rollout start --to POOL --steps 10,50,100 --hold 60s --bake 5m --expect-gen N\n      \
+         the same as the words `to POOL`, `steps ...`, `hold ...`, `bake ...`, `expect-gen N`\n  \
+         wait-drained POOL [--timeout D]\n      \
+         wait until POOL has nothing in flight (default timeout 5m; exit 5 on timeout)\n  \
+         help\n      \
+         this list (answered without a daemon)\n",
+    );
+    out
+}
+
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let command = <Cli as clap::CommandFactory>::command()
+        .mut_subcommand("ctl", |c| c.after_help(ctl_verbs_help()));
+    let parsed = command
+        .try_get_matches()
+        .and_then(|m| <Cli as clap::FromArgMatches>::from_arg_matches(&m));
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
@@ -243,7 +284,12 @@ fn main() -> ExitCode {
             // `ctl status --json` too: no admin command has a `--json` word.
             let trailing_json = words.iter().any(|w| w == "--json");
             words.retain(|w| w != "--json");
-            ctl(client::socket_path(socket), json || trailing_json, words)
+            let json = json || trailing_json;
+            if words == ["help"] {
+                // The list is static: no need to reach a daemon for it.
+                return ctl_help(json);
+            }
+            ctl(client::socket_path(socket), json, words)
         }
     }
 }
@@ -407,6 +453,17 @@ async fn signals(shutdown: CancellationToken, control: Arc<Control>) {
         }
     }
     shutdown.cancel();
+}
+
+fn ctl_help(json: bool) -> ExitCode {
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    if json || !terminal {
+        let reply = switchyard::control::admin::reply_ok(switchyard::control::execute::help());
+        print!("{reply}");
+    } else {
+        print!("{}", ctl_verbs_help());
+    }
+    ExitCode::SUCCESS
 }
 
 fn ctl(socket: PathBuf, json: bool, words: Vec<String>) -> ExitCode {
