@@ -64,7 +64,7 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("cannot create the admin socket {path}: {source}")]
+    #[error("cannot create the admin socket {path}: {source}{}", admin_hint(.source))]
     Admin {
         path: PathBuf,
         source: std::io::Error,
@@ -80,6 +80,19 @@ pub enum StartError {
     AccessLog(std::io::Error),
     #[error("takeover: {0}")]
     Takeover(String),
+}
+
+/// The fix for the usual admin socket failure: a directory the daemon cannot write (a
+/// normal user and the default `/run/switchyard`).
+fn admin_hint(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::NotFound => {
+            "; set [admin] socket to a path in a directory this user can write (the README's \
+             Quick start uses one directory for the socket and the state), or create the \
+             directory with write access for this user (the systemd unit's RuntimeDirectory= does)"
+        }
+        _ => "",
+    }
 }
 
 /// What [`Switchyard::bind_with`] takes besides the config.

@@ -191,6 +191,10 @@ enum Command {
         /// One JSON event per line instead of the progress display.
         #[arg(long)]
         json: bool,
+        /// Only serve a blue and a green demo backend on these addresses (BLUE,GREEN), until
+        /// Ctrl-C: backends for trying a config (README, Quick start).
+        #[arg(long, value_name = "BLUE,GREEN", value_delimiter = ',', num_args = 2)]
+        backends: Option<Vec<std::net::SocketAddr>>,
     },
     /// Print a shell completion script.
     ///
@@ -263,9 +267,19 @@ fn main() -> ExitCode {
             clap_complete::generate(shell, &mut cmd, "switchyard", &mut std::io::stdout());
             ExitCode::SUCCESS
         }
-        Command::Demo { fault, quick, json } => {
-            demo(switchyard::demo::Options { fault, quick, json })
-        }
+        Command::Demo {
+            fault,
+            quick,
+            json,
+            backends,
+        } => match backends.as_deref() {
+            Some(&[blue, green]) => demo_backends(blue, green),
+            Some(_) => {
+                eprintln!("--backends takes two addresses: BLUE,GREEN");
+                ExitCode::from(1)
+            }
+            None => demo(switchyard::demo::Options { fault, quick, json }),
+        },
         Command::Check { config } => match Config::load(&config) {
             Ok(_) => {
                 println!("{}: ok", config.display());
@@ -290,6 +304,26 @@ fn main() -> ExitCode {
                 return ctl_help(json);
             }
             ctl(client::socket_path(socket), json, words)
+        }
+    }
+}
+
+fn demo_backends(blue: std::net::SocketAddr, green: std::net::SocketAddr) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(switchyard::demo::serve_backends(blue, green)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("demo: {e}");
+            ExitCode::from(1)
         }
     }
 }

@@ -257,7 +257,7 @@ impl Metrics {
         let process = metrics_process::Collector::default();
         metrics::with_local_recorder(&recorder, || process.describe());
         let reload_success = gauge(names::CONFIG_LAST_RELOAD_SUCCESS);
-        let reload_timestamp = gauge(names::CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS);
+        let reload_timestamp = gauge(names::RELOAD_SUCCESS_TIME);
         // The config in hand was loaded and validated just before.
         reload_success.set(1.0);
         reload_timestamp.set(unix_now());
@@ -329,7 +329,7 @@ impl Metrics {
                     .unwrap_or("-")
                     .to_string();
                 self.gauge(
-                    names::TLS_CERTIFICATE_EXPIRY_TIMESTAMP_SECONDS,
+                    names::CERT_EXPIRY,
                     vec![
                         Label::new("listener", listen.clone()),
                         Label::new("name", name),

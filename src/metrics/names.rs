@@ -25,11 +25,9 @@ pub const POOL_CONCURRENCY_REJECTED_TOTAL: &str = "switchyard_pool_concurrency_r
 pub const ACCESS_LOG_DROPPED_TOTAL: &str = "switchyard_access_log_dropped_total";
 pub const BUILD_INFO: &str = "switchyard_build_info";
 pub const BACKEND_REQUESTS_TOTAL: &str = "switchyard_backend_requests_total";
-pub const TLS_CERTIFICATE_EXPIRY_TIMESTAMP_SECONDS: &str =
-    "switchyard_tls_certificate_expiry_timestamp_seconds";
+pub const CERT_EXPIRY: &str = "switchyard_tls_certificate_expiry_timestamp_seconds";
 pub const CONFIG_LAST_RELOAD_SUCCESS: &str = "switchyard_config_last_reload_success";
-pub const CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS: &str =
-    "switchyard_config_last_reload_success_timestamp_seconds";
+pub const RELOAD_SUCCESS_TIME: &str = "switchyard_config_last_reload_success_timestamp_seconds";
 
 /// (name, help) for every metric, described once at start-up.
 pub const HELP: &[(&str, &str)] = &[
@@ -56,7 +54,7 @@ pub const HELP: &[(&str, &str)] = &[
     (ACCESS_LOG_DROPPED_TOTAL, "Access log lines not written, by reason (queue_full: the writer fell behind; write_error)."),
     (BUILD_INFO, "Always 1; the labels carry the version and the commit the binary was built from."),
     (BACKEND_REQUESTS_TOTAL, "Responses received from each backend, by pool, backend (host:port) and status class."),
-    (TLS_CERTIFICATE_EXPIRY_TIMESTAMP_SECONDS, "Unix time at which a served certificate expires (notAfter), by TLS listener and the certificate's first name."),
+    (CERT_EXPIRY, "Unix time at which a served certificate expires (notAfter), by TLS listener and the certificate's first name."),
     (CONFIG_LAST_RELOAD_SUCCESS, "1 when the last config load or reload succeeded, 0 when the last reload failed (the old config stays)."),
-    (CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS, "Unix time of the last successful config load (start) or reload."),
+    (RELOAD_SUCCESS_TIME, "Unix time of the last successful config load (start) or reload."),
 ];
