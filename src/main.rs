@@ -193,7 +193,7 @@ enum Command {
         json: bool,
         /// Only serve a blue and a green demo backend on these addresses (BLUE,GREEN), until
         /// Ctrl-C: backends for trying a config (README, Quick start).
-        #[arg(long, value_name = "BLUE,GREEN", value_delimiter = ',', num_args = 2)]
+        #[arg(long, value_name = "BLUE,GREEN", value_delimiter = ',')]
         backends: Option<Vec<std::net::SocketAddr>>,
     },
     /// Print a shell completion script.
