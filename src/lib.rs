@@ -109,6 +109,9 @@ pub struct BindOptions {
     /// `run --takeover`: take the listening sockets, admin socket and state over from the
     /// daemon that serves this config (see [`control::handover`], `docs/upgrade.md`).
     pub takeover: bool,
+    /// With `takeover`: SIGTERM the old process once this one serves (and, under systemd,
+    /// has announced itself with `MAINPID=`), so the hand-over is one command.
+    pub stop_old: bool,
 }
 
 /// A bound, not yet running, proxy.
@@ -127,6 +130,7 @@ pub struct Switchyard {
     /// The hand-over in progress (`--takeover`), confirmed once this process serves.
     takeover: Option<control::handover::Takeover>,
     lifecycle: Arc<notify::Lifecycle>,
+    stop_old: bool,
 }
 
 impl Switchyard {
@@ -257,6 +261,7 @@ impl Switchyard {
             edge,
             takeover,
             lifecycle: Arc::new(notify::Lifecycle::default()),
+            stop_old: options.stop_old,
         })
     }
 
@@ -332,6 +337,7 @@ impl Switchyard {
             edge,
             takeover,
             lifecycle,
+            stop_old,
         } = self;
         // Duplicates of the listening sockets, for a successor's `handover`.
         let mut inheritable = control::handover::Inheritable::default();
@@ -409,14 +415,18 @@ impl Switchyard {
             tokio::spawn(metrics::http::serve(l, Arc::new(api), api_stop.clone()));
         }
         let took_over = takeover.is_some();
+        let mut confirmed_old = None;
         if let Some(t) = takeover {
             // Every accept loop runs: the old daemon may stop now.
             let old = t.old_pid;
             match tokio::task::spawn_blocking(move || t.complete()).await {
-                Ok(Ok(())) => info!(
-                    old.pid = ?old,
-                    "took over: serving on the handed-over sockets; stop the old process with SIGTERM (it drains and exits)"
-                ),
+                Ok(Ok(())) => {
+                    info!(
+                        old.pid = ?old,
+                        "took over: serving on the handed-over sockets; stop the old process with SIGTERM (it drains and exits)"
+                    );
+                    confirmed_old = old;
+                }
                 Ok(Err(e)) => {
                     warn!(old.pid = ?old, "took over, but the old process did not confirm: {e}")
                 }
@@ -424,6 +434,9 @@ impl Switchyard {
             }
         }
         lifecycle.serving(&notify::status_line(&control.status()), took_over);
+        if let (true, Some(pid)) = (stop_old, confirmed_old) {
+            stop_process(pid);
+        }
         tokio::spawn(notify::watchdog(shutdown.clone()));
         tokio::spawn(notify::follow_status(control.clone(), shutdown.clone()));
         let upkeep = {
@@ -441,7 +454,9 @@ impl Switchyard {
         };
 
         shutdown.cancelled().await;
-        lifecycle.draining();
+        // A daemon that handed over is no longer the service: its successor is (it sent
+        // MAINPID=), and a STOPPING=1 from here would read as the whole service stopping.
+        lifecycle.draining(control.superseded_by().is_none());
         if control.superseded_by().is_some() {
             // The successor accepts on the same metrics socket: leave every probe to it
             // rather than answer half of them `draining`.
@@ -474,6 +489,26 @@ impl Switchyard {
             }
         }
         Ok(())
+    }
+}
+
+/// `--stop-old`: SIGTERM to the process that handed its sockets over (it drains and exits).
+fn stop_process(pid: u32) {
+    let target = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw);
+    let Some(target) = target else {
+        warn!(old.pid = pid, "--stop-old: not a process id");
+        return;
+    };
+    match rustix::process::kill_process(target, rustix::process::Signal::TERM) {
+        Ok(()) => info!(
+            old.pid = pid,
+            "--stop-old: sent SIGTERM to the old process; it drains and exits"
+        ),
+        Err(e) => {
+            warn!(old.pid = pid, error = %e, "--stop-old: cannot signal the old process; stop it by hand")
+        }
     }
 }
 

@@ -125,7 +125,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the proxy daemon. SIGHUP re-reads the config; SIGTERM drains and exits.
+    /// Run the proxy daemon. SIGHUP re-reads the config; SIGUSR2 upgrades in place; SIGTERM drains.
     ///
     /// Example: switchyard run --config /etc/switchyard/switchyard.toml
     Run {
@@ -136,6 +136,10 @@ enum Command {
         /// (docs/upgrade.md). Without a running daemon, starts as usual.
         #[arg(long)]
         takeover: bool,
+        /// With --takeover: send SIGTERM to the old process once this one serves, so the
+        /// whole hand-over is this one command (SIGUSR2 to a daemon starts it this way).
+        #[arg(long, requires = "takeover")]
+        stop_old: bool,
         /// Daemon log lines: `text`, `json` (one object per line, for journald and log
         /// shippers), or `auto`: text on a terminal, JSON otherwise.
         #[arg(
@@ -260,8 +264,9 @@ fn main() -> ExitCode {
         Command::Run {
             config,
             takeover,
+            stop_old,
             log_format,
-        } => run(config, takeover, log_format),
+        } => run(config, takeover, stop_old, log_format),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "switchyard", &mut std::io::stdout());
@@ -388,7 +393,7 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn run(path: PathBuf, takeover: bool, log_format: LogFormat) -> ExitCode {
+fn run(path: PathBuf, takeover: bool, stop_old: bool, log_format: LogFormat) -> ExitCode {
     tune_allocator();
     init_logging(log_format);
     let config = match Config::load(&path) {
@@ -416,9 +421,14 @@ fn run(path: PathBuf, takeover: bool, log_format: LogFormat) -> ExitCode {
         }
     };
     rt.block_on(async move {
+        let upgrade = Upgrade {
+            config: path.clone(),
+            log_format,
+        };
         let options = BindOptions {
             config_path: Some(path),
             takeover,
+            stop_old,
             ..BindOptions::default()
         };
         let server = match Switchyard::bind_with(config, options).await {
@@ -429,7 +439,7 @@ fn run(path: PathBuf, takeover: bool, log_format: LogFormat) -> ExitCode {
             }
         };
         let shutdown = CancellationToken::new();
-        tokio::spawn(signals(shutdown.clone(), server.control()));
+        tokio::spawn(signals(shutdown.clone(), server.control(), upgrade));
         tokio::spawn(reopen_access_log(server.access_log()));
         match server.run(shutdown).await {
             Ok(()) => {
@@ -444,7 +454,8 @@ fn run(path: PathBuf, takeover: bool, log_format: LogFormat) -> ExitCode {
     })
 }
 
-/// SIGTERM and SIGINT stop the daemon gracefully; SIGHUP reloads the config.
+/// SIGTERM and SIGINT stop the daemon gracefully; SIGHUP reloads the config; SIGUSR2
+/// starts a successor that takes over (zero-downtime upgrade, see [`Upgrade`]).
 /// SIGUSR1 reopens the access log file (logrotate's `postrotate`). The handler is installed
 /// even when the log is off, so that the signal never kills the daemon.
 async fn reopen_access_log(log: Option<AccessLog>) {
@@ -464,12 +475,65 @@ async fn reopen_access_log(log: Option<AccessLog>) {
     }
 }
 
-async fn signals(shutdown: CancellationToken, control: Arc<Control>) {
+/// What SIGUSR2 needs to start the successor.
+struct Upgrade {
+    config: PathBuf,
+    log_format: LogFormat,
+}
+
+impl Upgrade {
+    /// Starts `<the binary at this daemon's command path> run --config … --takeover
+    /// --stop-old` as a child: it takes the sockets over, tells systemd `MAINPID=` (the unit
+    /// has `NotifyAccess=all`), then SIGTERMs this daemon. The path is the one this daemon
+    /// was started by, so a binary installed over it since is the one that starts. If the
+    /// child fails, this daemon serves on unchanged.
+    fn start(&self) {
+        let Some(bin) = std::env::args_os().next() else {
+            error!("SIGUSR2: cannot tell which binary this daemon was started from");
+            return;
+        };
+        let format = match self.log_format {
+            LogFormat::Auto => "auto",
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        };
+        let mut cmd = std::process::Command::new(&bin);
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&self.config)
+            .args(["--takeover", "--stop-old", "--log-format", format])
+            // systemd's WATCHDOG_PID names this process: the successor pings for itself.
+            .env_remove("WATCHDOG_PID")
+            .stdin(std::process::Stdio::null());
+        match cmd.spawn() {
+            Ok(mut child) => {
+                let pid = child.id();
+                info!(successor.pid = pid, binary = %std::path::Path::new(&bin).display(), "SIGUSR2: started a successor with --takeover --stop-old");
+                // Reaped here, so a successor that fails leaves no zombie.
+                std::thread::spawn(move || match child.wait() {
+                    Ok(status) if status.success() => {}
+                    Ok(status) => {
+                        error!(successor.pid = pid, %status, "the successor exited; this daemon serves on (its log says why)")
+                    }
+                    Err(e) => {
+                        error!(successor.pid = pid, error = %e, "cannot wait for the successor")
+                    }
+                });
+            }
+            Err(e) => {
+                error!(binary = %std::path::Path::new(&bin).display(), error = %e, "SIGUSR2: cannot start a successor")
+            }
+        }
+    }
+}
+
+async fn signals(shutdown: CancellationToken, control: Arc<Control>, upgrade: Upgrade) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup), Ok(mut usr2)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
         signal(SignalKind::hangup()),
+        signal(SignalKind::user_defined2()),
     ) else {
         error!("cannot install signal handlers");
         return;
@@ -478,6 +542,13 @@ async fn signals(shutdown: CancellationToken, control: Arc<Control>) {
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM: shutting down"); break; }
             _ = int.recv() => { info!("SIGINT: shutting down"); break; }
+            _ = usr2.recv() => {
+                if control.superseded_by().is_some() {
+                    info!("SIGUSR2: this daemon already handed over; ignored");
+                } else {
+                    upgrade.start();
+                }
+            }
             _ = hup.recv() => {
                 info!("SIGHUP: reloading the config");
                 let control = control.clone();

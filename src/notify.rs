@@ -9,7 +9,7 @@
 //!   unit follows it; the unit needs `NotifyAccess=all` for that);
 //! - `RELOADING=1` (with `MONOTONIC_USEC=`) when a reload starts, `READY=1` when it ends,
 //!   whatever its outcome (a failed reload keeps the old config: the daemon is ready);
-//! - `STOPPING=1` when the drain starts;
+//! - `STOPPING=1` when the drain starts (not in a daemon that handed over to a successor);
 //! - `STATUS=` with the generation, green's share and the rollout phase, at ready and after
 //!   every change of the route table;
 //! - `WATCHDOG=1` every half `WATCHDOG_USEC` from a task on the daemon's own runtime: a
@@ -68,10 +68,13 @@ impl Lifecycle {
         send(&states);
     }
 
-    /// The drain begins: `STOPPING=1`.
-    pub fn draining(&self) {
+    /// The drain begins; `STOPPING=1` when `tell` (not after a hand-over: the successor
+    /// is the service now).
+    pub fn draining(&self, tell: bool) {
         self.phase.store(Phase::Draining as u8, Ordering::Release);
-        send(&[NotifyState::Stopping, NotifyState::Status("draining")]);
+        if tell {
+            send(&[NotifyState::Stopping, NotifyState::Status("draining")]);
+        }
     }
 }
 

@@ -242,14 +242,88 @@ async fn takeover_hands_the_notify_role_to_the_new_process() {
         );
         assert!(has(&ready, &format!("MAINPID={pid}")), "{ready}");
 
+        // The old process drains without STOPPING=1: the service goes on, in the new one.
         old.signal("TERM");
+        assert_eq!(old.wait_exit(Duration::from_secs(30)), Some(0));
+        new.signal("TERM");
         m.wait(
-            "STOPPING=1 from the old process",
+            "STOPPING=1 from the new process",
             Duration::from_secs(10),
             |s| has(s, "STOPPING=1"),
         );
-        assert_eq!(old.wait_exit(Duration::from_secs(30)), Some(0));
-        new.signal("TERM");
         assert_eq!(new.wait_exit(Duration::from_secs(30)), Some(0));
+        let stops = m.seen.iter().filter(|s| has(s, "STOPPING=1")).count();
+        assert_eq!(stops, 1, "{:?}", m.seen);
+    });
+}
+
+/// Signals a process this test started (directly, or through the daemon's SIGUSR2), by pid.
+fn kill(pid: u32, sig: &str) -> bool {
+    Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr2_starts_a_successor_that_becomes_the_main_pid_and_stops_the_old() {
+    let (blue, green) = (upstream("blue").await, upstream("green").await);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &blue, &green);
+    let socket = dir.path().join("admin.sock");
+    let status = tokio::task::block_in_place(|| {
+        let mut m = Manager::bind(dir.path());
+        let mut old = Proc::start(&config, &m.path, &[], &[("WATCHDOG_USEC", "200000")]);
+        let old_pid = old.child.id();
+        m.wait("READY=1", Duration::from_secs(30), |s| has(s, "READY=1"));
+
+        old.signal("USR2");
+        let ready = m.wait("MAINPID= of the successor", Duration::from_secs(30), |s| {
+            has(s, "READY=1") && s.contains("MAINPID=")
+        });
+        let new_pid: u32 = ready
+            .lines()
+            .find_map(|l| l.strip_prefix("MAINPID="))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_ne!(new_pid, old_pid);
+        // The successor stops the old process (--stop-old), which drains and exits 0.
+        let code = old.wait_exit(Duration::from_secs(30));
+        // The successor pings the watchdog itself (WATCHDOG_PID was dropped for it).
+        m.seen.clear();
+        m.wait(
+            "WATCHDOG=1 from the successor",
+            Duration::from_secs(10),
+            |s| has(s, "WATCHDOG=1"),
+        );
+        (code, new_pid, m)
+    });
+    let (code, new_pid, mut m) = status;
+    let status = admin_at(&socket, "status").await;
+    tokio::task::block_in_place(|| {
+        kill(new_pid, "TERM");
+        assert_eq!(code, Some(0), "the old process's exit");
+        assert_eq!(status["ok"], true, "{status}");
+        m.wait(
+            "STOPPING=1 from the successor",
+            Duration::from_secs(10),
+            |s| has(s, "STOPPING=1"),
+        );
+        let stops = m.seen.iter().filter(|s| has(s, "STOPPING=1")).count();
+        assert_eq!(
+            stops, 1,
+            "only the successor announces a stop: {:?}",
+            m.seen
+        );
+        // Gone once its admin socket is (it removes the path on exit).
+        let start = Instant::now();
+        while socket.exists() && start.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!socket.exists(), "the successor did not exit");
     });
 }
