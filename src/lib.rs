@@ -13,7 +13,8 @@
 //! Two planes: [`proxy`] is the data plane and never waits on the control plane;
 //! [`control`] (admin socket, persisted state, reload, and the rollout controller) changes
 //! what requests see only by publishing a new route table. [`metrics`] exports both. [`config`] turns
-//! the TOML file into a validated [`config::Config`].
+//! the TOML file into a validated [`config::Config`]. [`notify`] holds where the daemon is in
+//! its life (starting, serving, draining) for `GET /ready` and tells systemd (sd_notify).
 //!
 //! [`Switchyard::bind`] then [`Switchyard::run`] is the whole daemon; `main` and the
 //! tests use the same two calls, the tests with `127.0.0.1:0` addresses.
@@ -414,7 +415,9 @@ impl Switchyard {
             // Serves through the drain (`/ready` answers 503 then), and stops when it ends.
             tokio::spawn(metrics::http::serve(l, Arc::new(api), api_stop.clone()));
         }
-        let took_over = takeover.is_some();
+        // Whether the old daemon confirmed the hand-over: only then is this one the service
+        // (MAINPID=), and only then may `--stop-old` stop it.
+        let mut took_over = false;
         let mut confirmed_old = None;
         if let Some(t) = takeover {
             // Every accept loop runs: the old daemon may stop now.
@@ -425,6 +428,7 @@ impl Switchyard {
                         old.pid = ?old,
                         "took over: serving on the handed-over sockets; stop the old process with SIGTERM (it drains and exits)"
                     );
+                    took_over = true;
                     confirmed_old = old;
                 }
                 Ok(Err(e)) => {

@@ -421,6 +421,12 @@ fn run(path: PathBuf, takeover: bool, stop_old: bool, log_format: LogFormat) -> 
         }
     };
     rt.block_on(async move {
+        // Installed before anything can tell a supervisor this daemon is up: systemd may
+        // send SIGHUP right after READY=1, and SIGHUP's default action ends the process.
+        let Some(sigs) = Signals::install() else {
+            error!("cannot install signal handlers");
+            return ExitCode::from(1);
+        };
         let upgrade = Upgrade {
             config: path.clone(),
             log_format,
@@ -439,8 +445,13 @@ fn run(path: PathBuf, takeover: bool, stop_old: bool, log_format: LogFormat) -> 
             }
         };
         let shutdown = CancellationToken::new();
-        tokio::spawn(signals(shutdown.clone(), server.control(), upgrade));
-        tokio::spawn(reopen_access_log(server.access_log()));
+        tokio::spawn(reopen_access_log(sigs.usr1, server.access_log()));
+        tokio::spawn(signals(
+            sigs.main,
+            shutdown.clone(),
+            server.control(),
+            upgrade,
+        ));
         match server.run(shutdown).await {
             Ok(()) => {
                 info!("stopped");
@@ -458,12 +469,7 @@ fn run(path: PathBuf, takeover: bool, stop_old: bool, log_format: LogFormat) -> 
 /// starts a successor that takes over (zero-downtime upgrade, see [`Upgrade`]).
 /// SIGUSR1 reopens the access log file (logrotate's `postrotate`). The handler is installed
 /// even when the log is off, so that the signal never kills the daemon.
-async fn reopen_access_log(log: Option<AccessLog>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut usr1) = signal(SignalKind::user_defined1()) else {
-        error!("cannot install the SIGUSR1 handler");
-        return;
-    };
+async fn reopen_access_log(mut usr1: Signal, log: Option<AccessLog>) {
     while usr1.recv().await.is_some() {
         match &log {
             Some(log) => {
@@ -527,17 +533,50 @@ impl Upgrade {
     }
 }
 
-async fn signals(shutdown: CancellationToken, control: Arc<Control>, upgrade: Upgrade) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup), Ok(mut usr2)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-        signal(SignalKind::user_defined2()),
-    ) else {
-        error!("cannot install signal handlers");
-        return;
-    };
+use tokio::signal::unix::Signal;
+
+/// The daemon's signal handlers, installed at once.
+struct Signals {
+    main: MainSignals,
+    /// Reopen the access log.
+    usr1: Signal,
+}
+
+/// Stop (SIGTERM, SIGINT), reload (SIGHUP), upgrade (SIGUSR2).
+struct MainSignals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+    usr2: Signal,
+}
+
+impl Signals {
+    fn install() -> Option<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Some(Signals {
+            main: MainSignals {
+                term: signal(SignalKind::terminate()).ok()?,
+                int: signal(SignalKind::interrupt()).ok()?,
+                hup: signal(SignalKind::hangup()).ok()?,
+                usr2: signal(SignalKind::user_defined2()).ok()?,
+            },
+            usr1: signal(SignalKind::user_defined1()).ok()?,
+        })
+    }
+}
+
+async fn signals(
+    main: MainSignals,
+    shutdown: CancellationToken,
+    control: Arc<Control>,
+    upgrade: Upgrade,
+) {
+    let MainSignals {
+        mut term,
+        mut int,
+        mut hup,
+        mut usr2,
+    } = main;
     loop {
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM: shutting down"); break; }

@@ -319,11 +319,18 @@ async fn sigusr2_starts_a_successor_that_becomes_the_main_pid_and_stops_the_old(
             "only the successor announces a stop: {:?}",
             m.seen
         );
-        // Gone once its admin socket is (it removes the path on exit).
+        // Not this test's child, so not reaped here: gone once /proc has no live process
+        // under its pid (absent, or a zombie waiting for its new parent).
+        let running = || {
+            std::fs::read_to_string(format!("/proc/{new_pid}/stat"))
+                .ok()
+                .and_then(|s| Some(s.rsplit_once(')')?.1.trim_start().starts_with('Z')))
+                .is_some_and(|zombie| !zombie)
+        };
         let start = Instant::now();
-        while socket.exists() && start.elapsed() < Duration::from_secs(30) {
+        while running() && start.elapsed() < Duration::from_secs(30) {
             std::thread::sleep(Duration::from_millis(20));
         }
-        assert!(!socket.exists(), "the successor did not exit");
+        assert!(!running(), "the successor did not exit");
     });
 }
