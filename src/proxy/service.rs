@@ -139,7 +139,7 @@ pub async fn handle(
     let request_id = edge
         .request_id
         .as_ref()
-        .map(|name| request_id::resolve(req.headers(), name));
+        .map(|name| request_id::resolve_at(req.headers(), name, start));
     let client = client::client_addr(req.headers(), conn.peer, edge.trusted_hops);
     let mut trace = Trace::default();
     let pending = match &conn.shared.edge.access_log {
