@@ -190,8 +190,37 @@ fn run_quick_start(as_user: Option<(u32, u32)>) -> String {
     // Its own process group: whatever it started in the background can be stopped by this
     // group id if the script fails half-way.
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    // `mktemp -d` makes $DIR in here, so that the daemon's and the backends' logs can be
+    // shown if the block fails; open to the other user too (sticky, like /tmp).
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        tmp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+    )
+    .unwrap();
+    let logs = || {
+        let mut all = String::new();
+        for dir in std::fs::read_dir(tmp.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            for f in std::fs::read_dir(dir.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                if f.path().extension().is_some_and(|e| e == "log") {
+                    let text = std::fs::read_to_string(f.path()).unwrap_or_default();
+                    all.push_str(&format!("--- {}\n{text}\n", f.path().display()));
+                }
+            }
+        }
+        all
+    };
     let child = cmd
-        .current_dir(std::env::temp_dir())
+        .current_dir(tmp.path())
+        .env("TMPDIR", tmp.path())
         .env_remove("SWITCHYARD_SOCKET")
         .env_remove("SWITCHYARD_LOG_FORMAT")
         .stdin(std::process::Stdio::null())
@@ -207,10 +236,27 @@ fn run_quick_start(as_user: Option<(u32, u32)>) -> String {
     let out = match rx.recv_timeout(Duration::from_secs(60)) {
         Ok(out) => out.unwrap(),
         Err(_) => {
+            // A command failed half-way (sh -e) and what it started in the background still
+            // holds the output pipes, or something hangs: stop the group, show what it said.
             let _ = std::process::Command::new("kill")
                 .args(["-KILL", "--", &format!("-{pgid}")])
                 .status();
-            panic!("the Quick start did not finish within 60 s");
+            let said = rx
+                .recv_timeout(Duration::from_secs(10))
+                .ok()
+                .and_then(Result::ok)
+                .map(|o| {
+                    format!(
+                        "{}\n{}",
+                        String::from_utf8_lossy(&o.stdout),
+                        String::from_utf8_lossy(&o.stderr)
+                    )
+                })
+                .unwrap_or_default();
+            panic!(
+                "the Quick start did not finish within 60 s:\n{said}\n{}",
+                logs()
+            );
         }
     };
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -220,8 +266,9 @@ fn run_quick_start(as_user: Option<(u32, u32)>) -> String {
             .args(["-TERM", "--", &format!("-{pgid}")])
             .status();
         panic!(
-            "the Quick start failed ({:?}):\n{stdout}\n{stderr}",
-            out.status
+            "the Quick start failed ({:?}):\n{stdout}\n{stderr}\n{}",
+            out.status,
+            logs()
         );
     }
     stdout
