@@ -87,7 +87,10 @@ pub enum StartError {
 /// normal user and the default `/run/switchyard`).
 fn admin_hint(e: &std::io::Error) -> &'static str {
     match e.kind() {
-        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::NotFound => {
+        std::io::ErrorKind::PermissionDenied
+        | std::io::ErrorKind::NotFound
+        | std::io::ErrorKind::NotADirectory
+        | std::io::ErrorKind::ReadOnlyFilesystem => {
             "; set [admin] socket to a path in a directory this user can write (the README's \
              Quick start uses one directory for the socket and the state), or create the \
              directory with write access for this user (the systemd unit's RuntimeDirectory= does)"
