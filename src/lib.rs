@@ -444,7 +444,7 @@ impl Switchyard {
         if let (true, Some(pid)) = (stop_old, confirmed_old) {
             stop_process(pid);
         }
-        tokio::spawn(notify::watchdog(shutdown.clone()));
+        tokio::spawn(notify::watchdog(control.clone(), shutdown.clone()));
         tokio::spawn(notify::follow_status(control.clone(), shutdown.clone()));
         let upkeep = {
             let metrics = metrics.clone();

@@ -14,6 +14,9 @@
 //!   every change of the route table;
 //! - `WATCHDOG=1` every half `WATCHDOG_USEC` from a task on the daemon's own runtime: a
 //!   runtime that stops polling its tasks stops the pings, and systemd restarts the unit.
+//!
+//! A daemon that handed its sockets over (`--takeover`) goes quiet: no STATUS, watchdog
+//! pings or STOPPING from it, since its successor is the service now.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
@@ -118,6 +121,10 @@ pub async fn follow_status(
         tokio::select! {
             r = events.recv() => match r {
                 Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    if control.superseded_by().is_some() {
+                        // The successor speaks for the service now.
+                        return;
+                    }
                     let line = status_line(&control.status());
                     send(&[NotifyState::Status(&line)]);
                 }
@@ -129,8 +136,12 @@ pub async fn follow_status(
 }
 
 /// Pings the watchdog every half `WATCHDOG_USEC` while the runtime runs; returns at once
-/// when the service manager asked for no watchdog.
-pub async fn watchdog(shutdown: CancellationToken) {
+/// when the service manager asked for no watchdog, and stops once this daemon handed over
+/// (its pings would vouch for the successor, which pings for itself).
+pub async fn watchdog(
+    control: std::sync::Arc<crate::control::Control>,
+    shutdown: CancellationToken,
+) {
     let Some(timeout) = sd_notify::watchdog_enabled() else {
         return;
     };
@@ -143,7 +154,12 @@ pub async fn watchdog(shutdown: CancellationToken) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = tick.tick() => send(&[NotifyState::Watchdog]),
+            _ = tick.tick() => {
+                if control.superseded_by().is_some() {
+                    return;
+                }
+                send(&[NotifyState::Watchdog]);
+            }
             _ = shutdown.cancelled() => return,
         }
     }
