@@ -157,11 +157,20 @@ fi
 echo "$SYSUSERS: systemd-sysusers --dry-run passed"
 
 # --- 5. A live scrape ------------------------------------------------------------------
-# Start the binary on loopback, scrape /metrics, pass it through `promtool check metrics`,
-# and check that every metric the alerts and the dashboard use is in the exposition.
+# Start the binary on loopback (with a TLS listener, for the certificate metrics), scrape
+# /metrics, pass it through `promtool check metrics`, check that every metric the alerts and
+# the dashboard use is in the exposition, and that the HTTP read API answers.
+need openssl openssl
+openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=live.test" \
+    -addext "subjectAltName=DNS:live.test" \
+    -keyout "$tmp/live.key" -out "$tmp/live.crt" 2>/dev/null ||
+    fail "openssl could not make a test certificate"
 cat >"$tmp/live.toml" <<TOML
 [proxy]
 listen = ["127.0.0.1:0"]
+[[proxy.tls]]
+listen = "127.0.0.1:0"
+certs = [{ cert = "$tmp/live.crt", key = "$tmp/live.key" }]
 [pools.blue]
 backends = ["127.0.0.1:9"]
 [pools.green]
@@ -173,7 +182,7 @@ listen = "127.0.0.1:0"
 [state]
 path = "$tmp/state.json"
 TOML
-"$bin" run --config "$tmp/live.toml" 2>"$tmp/live.log" &
+"$bin" run --config "$tmp/live.toml" --log-format text 2>"$tmp/live.log" &
 live_pid=$!
 metrics_addr=""
 for _ in $(seq 1 100); do
@@ -186,9 +195,32 @@ if [[ -z "$metrics_addr" ]]; then
     cat "$tmp/live.log" >&2
     fail "the daemon did not report its metrics listener"
 fi
-python3 - "$metrics_addr" >"$tmp/scrape.txt" <<'PY'
-import sys, urllib.request
-print(urllib.request.urlopen(f"http://{sys.argv[1]}/metrics", timeout=5).read().decode(), end="")
+python3 - "$metrics_addr" "$tmp/scrape.txt" <<'PY' || { kill "$live_pid" 2>/dev/null || true; fail "the HTTP read API did not answer as documented"; }
+import json, sys, time, urllib.error, urllib.request
+base, out = f"http://{sys.argv[1]}", sys.argv[2]
+def get(path, method="GET"):
+    req = urllib.request.Request(base + path, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+# /ready is 200 once serving with a backend in rotation (port 9: discard, no health answer,
+# but backends start in rotation until their checks fail three times).
+for _ in range(50):
+    if get("/ready")[0] == 200:
+        break
+    time.sleep(0.1)
+else:
+    sys.exit("/ready never answered 200")
+assert get("/live")[0] == 200, "/live"
+status, body = get("/status")
+assert status == 200 and json.loads(body)["ok"] is True, "/status"
+assert get("/ready", "HEAD") == (200, b""), "HEAD /ready"
+assert get("/status", "POST")[0] == 405, "POST /status must be refused"
+with open(out, "w") as f:
+    f.write(get("/metrics")[1].decode())
+print("HTTP read API: /live, /ready, /status and HEAD answer; POST is refused")
 PY
 kill "$live_pid" 2>/dev/null || true
 wait "$live_pid" 2>/dev/null || true
@@ -201,6 +233,16 @@ for f in "$ALERTS" "$DASHBOARD"; do
             absent=1
         fi
     done < <(grep -oE 'switchyard_[a-z0-9_]+' "$f" | sort -u)
+done
+# What operators look for first, whether or not the alerts use it.
+for name in switchyard_build_info switchyard_backend_requests_total \
+    switchyard_tls_certificate_expiry_timestamp_seconds switchyard_config_last_reload_success \
+    switchyard_config_last_reload_success_timestamp_seconds process_cpu_seconds_total \
+    process_resident_memory_bytes process_open_fds process_max_fds process_start_time_seconds; do
+    if ! grep -qE "^${name}(\{| )" "$tmp/scrape.txt"; then
+        echo "check-ops-files: a running daemon does not export $name" >&2
+        absent=1
+    fi
 done
 [[ "$absent" -eq 0 ]] || fail "metrics missing from a live scrape (see above)"
 echo "live scrape: promtool check metrics passed; every metric used is exported"

@@ -13,7 +13,8 @@
 //! Two planes: [`proxy`] is the data plane and never waits on the control plane;
 //! [`control`] (admin socket, persisted state, reload, and the rollout controller) changes
 //! what requests see only by publishing a new route table. [`metrics`] exports both. [`config`] turns
-//! the TOML file into a validated [`config::Config`].
+//! the TOML file into a validated [`config::Config`]. [`notify`] holds where the daemon is in
+//! its life (starting, serving, draining) for `GET /ready` and tells systemd (sd_notify).
 //!
 //! [`Switchyard::bind`] then [`Switchyard::run`] is the whole daemon; `main` and the
 //! tests use the same two calls, the tests with `127.0.0.1:0` addresses.
@@ -27,6 +28,7 @@ pub mod control;
 pub mod demo;
 pub mod error;
 pub mod metrics;
+pub mod notify;
 pub mod proxy;
 
 use std::net::SocketAddr;
@@ -74,7 +76,7 @@ pub enum StartError {
         /// Who holds it, when known (` by pid N (name); the switchyard daemon on ...`).
         holder: String,
     },
-    #[error("cannot create the admin socket {path}: {source}")]
+    #[error("cannot create the admin socket {path}: {source}{}", admin_hint(.source))]
     Admin {
         path: PathBuf,
         source: std::io::Error,
@@ -92,6 +94,22 @@ pub enum StartError {
     Takeover(String),
 }
 
+/// The fix for the usual admin socket failure: a directory the daemon cannot write (a
+/// normal user and the default `/run/switchyard`).
+fn admin_hint(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied
+        | std::io::ErrorKind::NotFound
+        | std::io::ErrorKind::NotADirectory
+        | std::io::ErrorKind::ReadOnlyFilesystem => {
+            "; set [admin] socket to a path in a directory this user can write (the README's \
+             Quick start uses one directory for the socket and the state), or create the \
+             directory with write access for this user (the systemd unit's RuntimeDirectory= does)"
+        }
+        _ => "",
+    }
+}
+
 /// What [`Switchyard::bind_with`] takes besides the config.
 #[derive(Default)]
 pub struct BindOptions {
@@ -106,6 +124,9 @@ pub struct BindOptions {
     /// `run --takeover`: take the listening sockets, admin socket and state over from the
     /// daemon that serves this config (see [`control::handover`], `docs/upgrade.md`).
     pub takeover: bool,
+    /// With `takeover`: SIGTERM the old process once this one serves (and, under systemd,
+    /// has announced itself with `MAINPID=`), so the hand-over is one command.
+    pub stop_old: bool,
 }
 
 /// A bound, not yet running, proxy.
@@ -123,6 +144,8 @@ pub struct Switchyard {
     edge: Arc<Edge>,
     /// The hand-over in progress (`--takeover`), confirmed once this process serves.
     takeover: Option<control::handover::Takeover>,
+    lifecycle: Arc<notify::Lifecycle>,
+    stop_old: bool,
 }
 
 impl Switchyard {
@@ -141,6 +164,11 @@ impl Switchyard {
             config.rollout.window,
         ));
         let table = proxy::initial_table(&config).map_err(StartError::Pools)?;
+        for pool in &table.pools {
+            for b in pool.backends.iter() {
+                metrics.register_backend(pool.id, b);
+            }
+        }
         let routes = Arc::new(RouteHandle::new(table));
         let edge = Arc::new(Edge::new(&config, &metrics).map_err(StartError::AccessLog)?);
         // First, with --takeover, the running daemon's sockets: it stops changing (and
@@ -250,7 +278,14 @@ impl Switchyard {
             strict_admin_lists,
             edge,
             takeover,
+            lifecycle: Arc::new(notify::Lifecycle::default()),
+            stop_old: options.stop_old,
         })
+    }
+
+    /// Starting, serving or draining: what `GET /ready` and systemd are told.
+    pub fn lifecycle(&self) -> Arc<notify::Lifecycle> {
+        self.lifecycle.clone()
     }
 
     /// Addresses of the plain HTTP listeners, in config order.
@@ -319,6 +354,8 @@ impl Switchyard {
             strict_admin_lists,
             edge,
             takeover,
+            lifecycle,
+            stop_old,
         } = self;
         // Duplicates of the listening sockets, for a successor's `handover`.
         let mut inheritable = control::handover::Inheritable::default();
@@ -383,26 +420,47 @@ impl Switchyard {
             info!(path = %config.admin.socket.display(), "admin socket listening");
             tokio::spawn(server.run(l, shutdown.clone()));
         }
+        let api_stop = CancellationToken::new();
         if let Some(l) = metrics_listener {
             if let Ok(addr) = l.local_addr() {
                 info!(%addr, "metrics listening");
             }
-            tokio::spawn(metrics::http::serve(l, metrics.clone(), shutdown.clone()));
+            let api = metrics::http::Api {
+                metrics: metrics.clone(),
+                control: control.clone(),
+                lifecycle: lifecycle.clone(),
+            };
+            // Serves through the drain (`/ready` answers 503 then), and stops when it ends.
+            tokio::spawn(metrics::http::serve(l, Arc::new(api), api_stop.clone()));
         }
+        // Whether the old daemon confirmed the hand-over: only then is this one the service
+        // (MAINPID=), and only then may `--stop-old` stop it.
+        let mut took_over = false;
+        let mut confirmed_old = None;
         if let Some(t) = takeover {
             // Every accept loop runs: the old daemon may stop now.
             let old = t.old_pid;
             match tokio::task::spawn_blocking(move || t.complete()).await {
-                Ok(Ok(())) => info!(
-                    old.pid = ?old,
-                    "took over: serving on the handed-over sockets; stop the old process with SIGTERM (it drains and exits)"
-                ),
+                Ok(Ok(())) => {
+                    info!(
+                        old.pid = ?old,
+                        "took over: serving on the handed-over sockets; stop the old process with SIGTERM (it drains and exits)"
+                    );
+                    took_over = true;
+                    confirmed_old = old;
+                }
                 Ok(Err(e)) => {
                     warn!(old.pid = ?old, "took over, but the old process did not confirm: {e}")
                 }
                 Err(e) => warn!(old.pid = ?old, "took over, but confirming failed: {e}"),
             }
         }
+        lifecycle.serving(&notify::status_line(&control.status()), took_over);
+        if let (true, Some(pid)) = (stop_old, confirmed_old) {
+            stop_process(pid);
+        }
+        tokio::spawn(notify::watchdog(control.clone(), shutdown.clone()));
+        tokio::spawn(notify::follow_status(control.clone(), shutdown.clone()));
         let upkeep = {
             let metrics = metrics.clone();
             let shutdown = shutdown.clone();
@@ -418,6 +476,14 @@ impl Switchyard {
         };
 
         shutdown.cancelled().await;
+        // A daemon that handed over is no longer the service: its successor is (it sent
+        // MAINPID=), and a STOPPING=1 from here would read as the whole service stopping.
+        lifecycle.draining(control.superseded_by().is_none());
+        if control.superseded_by().is_some() {
+            // The successor accepts on the same metrics socket: leave every probe to it
+            // rather than answer half of them `draining`.
+            api_stop.cancel();
+        }
         // Accept loops return on cancellation and drop their listeners: new connections
         // are refused from here on.
         for l in loops {
@@ -438,12 +504,33 @@ impl Switchyard {
             );
         }
         upkeep.abort();
+        api_stop.cancel();
         if let Some(log) = &edge.access_log {
             if !log.flush(Duration::from_secs(2)).await {
                 warn!("access log not flushed within 2s at shutdown");
             }
         }
         Ok(())
+    }
+}
+
+/// `--stop-old`: SIGTERM to the process that handed its sockets over (it drains and exits).
+fn stop_process(pid: u32) {
+    let target = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw);
+    let Some(target) = target else {
+        warn!(old.pid = pid, "--stop-old: not a process id");
+        return;
+    };
+    match rustix::process::kill_process(target, rustix::process::Signal::TERM) {
+        Ok(()) => info!(
+            old.pid = pid,
+            "--stop-old: sent SIGTERM to the old process; it drains and exits"
+        ),
+        Err(e) => {
+            warn!(old.pid = pid, error = %e, "--stop-old: cannot signal the old process; stop it by hand")
+        }
     }
 }
 

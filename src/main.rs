@@ -126,7 +126,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the proxy daemon. SIGHUP re-reads the config; SIGTERM drains and exits.
+    /// Run the proxy daemon. SIGHUP re-reads the config; SIGUSR2 upgrades in place; SIGTERM drains.
     ///
     /// Example: switchyard run --config /etc/switchyard/switchyard.toml
     Run {
@@ -137,6 +137,19 @@ enum Command {
         /// (docs/upgrade.md). Without a running daemon, starts as usual.
         #[arg(long)]
         takeover: bool,
+        /// With --takeover: send SIGTERM to the old process once this one serves, so the
+        /// whole hand-over is this one command (SIGUSR2 to a daemon starts it this way).
+        #[arg(long, requires = "takeover")]
+        stop_old: bool,
+        /// Daemon log lines: `text`, `json` (one object per line, for journald and log
+        /// shippers), or `auto`: text on a terminal, JSON otherwise.
+        #[arg(
+            long,
+            value_enum,
+            env = "SWITCHYARD_LOG_FORMAT",
+            default_value = "auto"
+        )]
+        log_format: LogFormat,
     },
     /// Validate a config file and the certificates, keys and CA files it names.
     ///
@@ -193,6 +206,10 @@ enum Command {
         /// One JSON event per line instead of the progress display.
         #[arg(long)]
         json: bool,
+        /// Only serve a blue and a green demo backend on these addresses (BLUE,GREEN), until
+        /// Ctrl-C: backends for trying a config (README, Quick start).
+        #[arg(long, value_name = "BLUE,GREEN", value_delimiter = ',')]
+        backends: Option<Vec<std::net::SocketAddr>>,
     },
     /// Print a shell completion script.
     ///
@@ -203,9 +220,50 @@ enum Command {
     },
 }
 
+/// The verbs of `ctl`, with their options, for `ctl --help` (no daemon needed): the admin
+/// socket's own list, then what the client adds.
+fn ctl_verbs_help() -> String {
+    use std::fmt::Write;
+    let verbs = switchyard::control::command::VERBS;
+    let width = verbs
+        .iter()
+        .map(|(u, _)| u.len())
+        .max()
+        .unwrap_or(0)
+        .min(48);
+    let mut out = String::from(
+        "Commands (the daemon's `help` verb lists the same; mutations take a trailing `expect-gen N`):\n",
+    );
+    for (usage, purpose) in verbs {
+        if usage.len() > width {
+            let _ = writeln!(out, "  {usage}\n  {:width$}  {purpose}", "");
+        } else {
+            let _ = writeln!(out, "  {usage:width$}  {purpose}");
+        }
+    }
+    out.push_str(
+        "\nOptions the client adds:\n  \
+         rollout start|status ... --wait [--timeout D]\n      \
+         follow the rollout to its end: exit 0 promoted, 3 rolled back by a gate, 4 aborted,\n      \
+         5 timeout, 6 paused; the last stdout line is a JSON summary\n  \
+         rollout start --to POOL --steps 10,50,100 --hold 60s --bake 5m --expect-gen N\n      \
+         the same as the words `to POOL`, `steps ...`, `hold ...`, `bake ...`, `expect-gen N`\n  \
+         wait-drained POOL [--timeout D]\n      \
+         wait until POOL has nothing in flight (default timeout 5m; exit 5 on timeout)\n  \
+         help\n      \
+         this list (answered without a daemon)\n",
+    );
+    out
+}
+
 fn main() -> ExitCode {
     quiet_broken_pipe();
-    let cli = match Cli::try_parse() {
+    let command = <Cli as clap::CommandFactory>::command()
+        .mut_subcommand("ctl", |c| c.after_help(ctl_verbs_help()));
+    let parsed = command
+        .try_get_matches()
+        .and_then(|m| <Cli as clap::FromArgMatches>::from_arg_matches(&m));
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
@@ -215,7 +273,12 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Run { config, takeover } => run(config, takeover),
+        Command::Run {
+            config,
+            takeover,
+            stop_old,
+            log_format,
+        } => run(config, takeover, stop_old, log_format),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             let mut script = Vec::new();
@@ -224,9 +287,19 @@ fn main() -> ExitCode {
             let _ = std::io::Write::write_all(&mut std::io::stdout(), &script);
             ExitCode::SUCCESS
         }
-        Command::Demo { fault, quick, json } => {
-            demo(switchyard::demo::Options { fault, quick, json })
-        }
+        Command::Demo {
+            fault,
+            quick,
+            json,
+            backends,
+        } => match backends.as_deref() {
+            Some(&[blue, green]) => demo_backends(blue, green),
+            Some(_) => {
+                eprintln!("--backends takes two addresses: BLUE,GREEN");
+                ExitCode::from(1)
+            }
+            None => demo(switchyard::demo::Options { fault, quick, json }),
+        },
         Command::Check {
             config,
             config_only,
@@ -239,7 +312,32 @@ fn main() -> ExitCode {
             // `ctl status --json` too: no admin command has a `--json` word.
             let trailing_json = words.iter().any(|w| w == "--json");
             words.retain(|w| w != "--json");
-            ctl(client::socket_path(socket), json || trailing_json, words)
+            let json = json || trailing_json;
+            if words == ["help"] {
+                // The list is static: no need to reach a daemon for it.
+                return ctl_help(json);
+            }
+            ctl(client::socket_path(socket), json, words)
+        }
+    }
+}
+
+fn demo_backends(blue: std::net::SocketAddr, green: std::net::SocketAddr) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(switchyard::demo::serve_backends(blue, green)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("demo: {e}");
+            ExitCode::from(1)
         }
     }
 }
@@ -308,19 +406,41 @@ fn demo(opts: switchyard::demo::Options) -> ExitCode {
     }
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Auto,
+    Text,
+    Json,
 }
 
-fn run(path: PathBuf, takeover: bool) -> ExitCode {
+/// Under systemd, stderr is a pipe to journald: `auto` picks JSON there, so each line keeps
+/// its fields (`journalctl -o cat | jq`, log shippers) rather than a text rendering of them.
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let json = match format {
+        LogFormat::Auto => !terminal,
+        LogFormat::Text => false,
+        LogFormat::Json => true,
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init();
+    } else {
+        builder.with_ansi(terminal).init();
+    }
+}
+
+fn run(path: PathBuf, takeover: bool, stop_old: bool, log_format: LogFormat) -> ExitCode {
     tune_allocator();
-    init_logging();
+    init_logging(log_format);
     let config = match Config::load(&path) {
         Ok(c) => c,
         Err(e) => {
@@ -346,9 +466,20 @@ fn run(path: PathBuf, takeover: bool) -> ExitCode {
         }
     };
     rt.block_on(async move {
+        // Installed before anything can tell a supervisor this daemon is up: systemd may
+        // send SIGHUP right after READY=1, and SIGHUP's default action ends the process.
+        let Some(sigs) = Signals::install() else {
+            error!("cannot install signal handlers");
+            return ExitCode::from(1);
+        };
+        let upgrade = Upgrade {
+            config: path.clone(),
+            log_format,
+        };
         let options = BindOptions {
             config_path: Some(path),
             takeover,
+            stop_old,
             ..BindOptions::default()
         };
         let server = match Switchyard::bind_with(config, options).await {
@@ -359,8 +490,13 @@ fn run(path: PathBuf, takeover: bool) -> ExitCode {
             }
         };
         let shutdown = CancellationToken::new();
-        tokio::spawn(signals(shutdown.clone(), server.control()));
-        tokio::spawn(reopen_access_log(server.access_log()));
+        tokio::spawn(reopen_access_log(sigs.usr1, server.access_log()));
+        tokio::spawn(signals(
+            sigs.main,
+            shutdown.clone(),
+            server.control(),
+            upgrade,
+        ));
         match server.run(shutdown).await {
             Ok(()) => {
                 info!("stopped");
@@ -374,15 +510,11 @@ fn run(path: PathBuf, takeover: bool) -> ExitCode {
     })
 }
 
-/// SIGTERM and SIGINT stop the daemon gracefully; SIGHUP reloads the config.
+/// SIGTERM and SIGINT stop the daemon gracefully; SIGHUP reloads the config; SIGUSR2
+/// starts a successor that takes over (zero-downtime upgrade, see [`Upgrade`]).
 /// SIGUSR1 reopens the access log file (logrotate's `postrotate`). The handler is installed
 /// even when the log is off, so that the signal never kills the daemon.
-async fn reopen_access_log(log: Option<AccessLog>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut usr1) = signal(SignalKind::user_defined1()) else {
-        error!("cannot install the SIGUSR1 handler");
-        return;
-    };
+async fn reopen_access_log(mut usr1: Signal, log: Option<AccessLog>) {
     while usr1.recv().await.is_some() {
         match &log {
             Some(log) => {
@@ -394,20 +526,113 @@ async fn reopen_access_log(log: Option<AccessLog>) {
     }
 }
 
-async fn signals(shutdown: CancellationToken, control: Arc<Control>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        error!("cannot install signal handlers");
-        return;
-    };
+/// What SIGUSR2 needs to start the successor.
+struct Upgrade {
+    config: PathBuf,
+    log_format: LogFormat,
+}
+
+impl Upgrade {
+    /// Starts `<the binary at this daemon's command path> run --config … --takeover
+    /// --stop-old` as a child: it takes the sockets over, tells systemd `MAINPID=` (the unit
+    /// has `NotifyAccess=all`), then SIGTERMs this daemon. The path is the one this daemon
+    /// was started by, so a binary installed over it since is the one that starts. If the
+    /// child fails, this daemon serves on unchanged.
+    fn start(&self) {
+        let Some(bin) = std::env::args_os().next() else {
+            error!("SIGUSR2: cannot tell which binary this daemon was started from");
+            return;
+        };
+        let format = match self.log_format {
+            LogFormat::Auto => "auto",
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        };
+        let mut cmd = std::process::Command::new(&bin);
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&self.config)
+            .args(["--takeover", "--stop-old", "--log-format", format])
+            // systemd's WATCHDOG_PID names this process: the successor pings for itself.
+            .env_remove("WATCHDOG_PID")
+            .stdin(std::process::Stdio::null());
+        match cmd.spawn() {
+            Ok(mut child) => {
+                let pid = child.id();
+                info!(successor.pid = pid, binary = %std::path::Path::new(&bin).display(), "SIGUSR2: started a successor with --takeover --stop-old");
+                // Reaped here, so a successor that fails leaves no zombie.
+                std::thread::spawn(move || match child.wait() {
+                    Ok(status) if status.success() => {}
+                    Ok(status) => {
+                        error!(successor.pid = pid, %status, "the successor exited; this daemon serves on (its log says why)")
+                    }
+                    Err(e) => {
+                        error!(successor.pid = pid, error = %e, "cannot wait for the successor")
+                    }
+                });
+            }
+            Err(e) => {
+                error!(binary = %std::path::Path::new(&bin).display(), error = %e, "SIGUSR2: cannot start a successor")
+            }
+        }
+    }
+}
+
+use tokio::signal::unix::Signal;
+
+/// The daemon's signal handlers, installed at once.
+struct Signals {
+    main: MainSignals,
+    /// Reopen the access log.
+    usr1: Signal,
+}
+
+/// Stop (SIGTERM, SIGINT), reload (SIGHUP), upgrade (SIGUSR2).
+struct MainSignals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+    usr2: Signal,
+}
+
+impl Signals {
+    fn install() -> Option<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Some(Signals {
+            main: MainSignals {
+                term: signal(SignalKind::terminate()).ok()?,
+                int: signal(SignalKind::interrupt()).ok()?,
+                hup: signal(SignalKind::hangup()).ok()?,
+                usr2: signal(SignalKind::user_defined2()).ok()?,
+            },
+            usr1: signal(SignalKind::user_defined1()).ok()?,
+        })
+    }
+}
+
+async fn signals(
+    main: MainSignals,
+    shutdown: CancellationToken,
+    control: Arc<Control>,
+    upgrade: Upgrade,
+) {
+    let MainSignals {
+        mut term,
+        mut int,
+        mut hup,
+        mut usr2,
+    } = main;
     loop {
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM: shutting down"); break; }
             _ = int.recv() => { info!("SIGINT: shutting down"); break; }
+            _ = usr2.recv() => {
+                if control.superseded_by().is_some() {
+                    info!("SIGUSR2: this daemon already handed over; ignored");
+                } else {
+                    upgrade.start();
+                }
+            }
             _ = hup.recv() => {
                 info!("SIGHUP: reloading the config");
                 let control = control.clone();
@@ -417,6 +642,17 @@ async fn signals(shutdown: CancellationToken, control: Arc<Control>) {
         }
     }
     shutdown.cancel();
+}
+
+fn ctl_help(json: bool) -> ExitCode {
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    if json || !terminal {
+        let reply = switchyard::control::admin::reply_ok(switchyard::control::execute::help());
+        print!("{reply}");
+    } else {
+        print!("{}", ctl_verbs_help());
+    }
+    ExitCode::SUCCESS
 }
 
 fn ctl(socket: PathBuf, json: bool, words: Vec<String>) -> ExitCode {

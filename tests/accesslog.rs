@@ -41,11 +41,13 @@ async fn wait_lines(path: &Path, n: usize) -> Vec<serde_json::Value> {
     }
 }
 
-const FIELDS: [&str; 19] = [
+const FIELDS: [&str; 21] = [
     "time",
     "client",
     "method",
     "path",
+    "host",
+    "user_agent",
     "status",
     "pool",
     "backend",
@@ -75,7 +77,12 @@ async fn every_line_is_json_with_every_field() {
     );
     let p = proxy(&blue, &green, &sections).await;
     let c = client();
-    assert_eq!(send(&c, get(&p.url("/a/b?token=secret"))).await.0, 200);
+    let mut first = get(&p.url("/a/b?token=secret"));
+    first.headers_mut().insert(
+        "user-agent",
+        http::HeaderValue::from_static("probe/1.0 \"x\""),
+    );
+    assert_eq!(send(&c, first).await.0, 200);
     let upload = http::Request::post(p.url("/upload"))
         .header(HASH_HEADER, HASH)
         .body(Full::new(Bytes::from_static(b"hello")))
@@ -99,7 +106,7 @@ async fn every_line_is_json_with_every_field() {
         assert_eq!(l["complete"], true);
         assert!(l["time"].as_str().unwrap().ends_with('Z'));
         assert!(l["total_ms"].as_f64().unwrap() >= 0.0);
-        assert!(l["request_id"].as_str().unwrap().len() == 24);
+        assert!(l["request_id"].as_str().unwrap().len() == 36);
     }
     let by_path = |p: &str| {
         lines
@@ -121,6 +128,9 @@ async fn every_line_is_json_with_every_field() {
         (Some(0), Some(4))
     );
     assert_eq!(ok["generation"], 1);
+    assert_eq!(ok["host"], p.addr.to_string());
+    assert_eq!(ok["user_agent"], "probe/1.0 \"x\"");
+    assert_eq!(by_path("/upload")["user_agent"], serde_json::Value::Null);
     assert!(ok["upstream_ms"].as_f64().unwrap() <= ok["total_ms"].as_f64().unwrap());
     assert_eq!(
         (ok["hash_request"].as_str(), ok["hash_response"].as_str()),

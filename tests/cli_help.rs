@@ -44,3 +44,33 @@ fn completions_for_bash_zsh_and_fish() {
         );
     }
 }
+
+#[test]
+fn ctl_help_lists_every_verb_and_its_options_without_a_daemon() {
+    let (code, text) = run(&["ctl", "--help"]);
+    assert_eq!(code, Some(0));
+    for (usage, _) in switchyard::control::command::VERBS {
+        assert!(text.contains(usage), "ctl --help lacks {usage:?}:\n{text}");
+    }
+    for option in [
+        "--wait",
+        "--timeout",
+        "--to",
+        "--steps",
+        "--hold",
+        "expect-gen",
+    ] {
+        assert!(text.contains(option), "ctl --help lacks {option}:\n{text}");
+    }
+    // `ctl help` answers from the binary: no socket is reached.
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("none.sock");
+    let (code, text) = run(&["ctl", "--socket", missing.to_str().unwrap(), "help"]);
+    assert_eq!(code, Some(0), "{text}");
+    let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+    assert_eq!(v["ok"], true);
+    assert_eq!(
+        v["commands"].as_array().unwrap().len(),
+        switchyard::control::command::VERBS.len()
+    );
+}

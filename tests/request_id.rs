@@ -29,11 +29,13 @@ fn upstream_id(u: &Upstream) -> Vec<String> {
         .collect()
 }
 
+/// A proxy-made id: a UUIDv7 (RFC 9562) in lowercase hyphenated form.
 fn is_generated(id: &str) -> bool {
-    id.len() == 24
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    uuid::Uuid::parse_str(id).is_ok_and(|u| {
+        u.get_version_num() == 7
+            && u.get_variant() == uuid::Variant::RFC4122
+            && u.hyphenated().to_string() == id
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -41,6 +41,8 @@ impl Proc {
         }
         let mut child = cmd
             .env("RUST_LOG", "info")
+            // These helpers read the text form (`addr=`); JSON lines are tested in tests/notify.rs.
+            .env("SWITCHYARD_LOG_FORMAT", "text")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

@@ -32,6 +32,7 @@ impl Control {
         command: &str,
         expect_gen: Option<u64>,
     ) -> Result<(Applied, Vec<&'static str>), AdminError> {
+        let _reloading = crate::notify::Reloading::begin();
         let mut restart = Vec::new();
         let result = self.update(actor, command, expect_gen, |d| {
             let path = self.config_path.as_ref().ok_or_else(|| {
@@ -82,6 +83,7 @@ impl Control {
             self.config.store(Arc::new(new));
             Ok(())
         });
+        self.metrics.config_reloaded(result.is_ok());
         match &result {
             Ok(applied) => {
                 info!(

@@ -11,6 +11,7 @@ mod report;
 mod traffic;
 mod upstream;
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -144,6 +145,30 @@ impl Drop for Scratch {
 }
 
 /// Runs the demo; the outcome says whether both rollouts ended as they should.
+/// `switchyard demo --backends BLUE,GREEN`: only the two demo upstreams, on fixed
+/// addresses, until Ctrl-C or SIGTERM; for trying a real config (README, Quick start).
+/// Each answers every path with 200, its pool's name and the constitutional hash, `/health`
+/// included.
+pub async fn serve_backends(blue: SocketAddr, green: SocketAddr) -> Result<(), String> {
+    let b = DemoUpstream::start_at(blue, PoolId::Blue, HASH)
+        .await
+        .map_err(|e| format!("cannot listen on {blue} (blue): {e}"))?;
+    let g = DemoUpstream::start_at(green, PoolId::Green, HASH)
+        .await
+        .map_err(|e| format!("cannot listen on {green} (green): {e}"))?;
+    eprintln!(
+        "demo backends: blue on {}, green on {} (hash {HASH}); Ctrl-C stops them",
+        b.addr, g.addr
+    );
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
 pub async fn run(opts: Options) -> Result<Outcome, String> {
     let pace = Pace::of(opts.quick);
     let epoch = Instant::now();

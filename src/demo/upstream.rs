@@ -71,7 +71,16 @@ impl Drop for DemoUpstream {
 
 impl DemoUpstream {
     pub async fn start(pool: PoolId, hash: &'static str) -> std::io::Result<DemoUpstream> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_at("127.0.0.1:0".parse().expect("a valid address"), pool, hash).await
+    }
+
+    /// [`DemoUpstream::start`] on `addr` (`switchyard demo --backends`).
+    pub async fn start_at(
+        addr: SocketAddr,
+        pool: PoolId,
+        hash: &'static str,
+    ) -> std::io::Result<DemoUpstream> {
+        let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let fault = Arc::new(AtomicU8::new(HEALTHY));
         let stop = CancellationToken::new();

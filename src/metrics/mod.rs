@@ -16,6 +16,14 @@ use metrics_exporter_prometheus::{
 };
 
 use crate::config::PoolId;
+use crate::proxy::route::Backend;
+
+/// The commit the binary was built from: `SWITCHYARD_COMMIT` in the build's environment
+/// (release builds set it, see docs/operations.md), else `unknown`.
+pub const COMMIT: &str = match option_env!("SWITCHYARD_COMMIT") {
+    Some(c) => c,
+    None => "unknown",
+};
 
 /// Who a request is charged to in `switchyard_requests_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,6 +163,9 @@ pub struct Metrics {
     pool_concurrency_rejected: [Counter; 2],
     /// `[queue_full, write_error]`
     pub access_log_dropped: [Counter; 2],
+    reload_success: Gauge,
+    reload_timestamp: Gauge,
+    process: metrics_process::Collector,
 }
 
 /// Latency buckets in seconds: dense below the 5 ms P99 target, sparse above.
@@ -237,7 +248,30 @@ impl Metrics {
             )
         });
 
+        recorder
+            .register_gauge(
+                &Key::from_parts(
+                    names::BUILD_INFO,
+                    vec![
+                        Label::new("version", env!("CARGO_PKG_VERSION")),
+                        Label::new("commit", COMMIT),
+                    ],
+                ),
+                &meta(),
+            )
+            .set(1.0);
+        let process = metrics_process::Collector::default();
+        metrics::with_local_recorder(&recorder, || process.describe());
+        let reload_success = gauge(names::CONFIG_LAST_RELOAD_SUCCESS);
+        let reload_timestamp = gauge(names::RELOAD_SUCCESS_TIME);
+        // The config in hand was loaded and validated just before.
+        reload_success.set(1.0);
+        reload_timestamp.set(unix_now());
+
         Arc::new(Metrics {
+            reload_success,
+            reload_timestamp,
+            process,
             requests,
             duration,
             upstream_errors,
@@ -272,9 +306,74 @@ impl Metrics {
         })
     }
 
-    /// The Prometheus text exposition of every metric.
+    /// The Prometheus text exposition of every metric. The `process_*` values are read
+    /// from /proc here (a few small file reads per scrape), never on the request path.
     pub fn render(&self) -> String {
+        metrics::with_local_recorder(&self.recorder, || self.process.collect());
         self.handle.render()
+    }
+
+    /// The outcome of a config reload: success 1 and the time, or success 0 (time kept).
+    pub fn config_reloaded(&self, ok: bool) {
+        self.reload_success.set(if ok { 1.0 } else { 0.0 });
+        if ok {
+            self.reload_timestamp.set(unix_now());
+        }
+    }
+
+    /// Sets the expiry gauges from a `status` reply's `tls` list (scrape time).
+    pub fn observe_certificates(&self, tls: &serde_json::Value) {
+        for listener in tls.as_array().into_iter().flatten() {
+            let listen = listener["listen"].as_str().unwrap_or("-").to_string();
+            for cert in listener["certificates"].as_array().into_iter().flatten() {
+                let Some(not_after) = cert["not_after_unix"].as_i64() else {
+                    continue;
+                };
+                let name = cert["names"][0]
+                    .as_str()
+                    .or_else(|| cert["file"].as_str())
+                    .unwrap_or("-")
+                    .to_string();
+                self.gauge(
+                    names::CERT_EXPIRY,
+                    vec![
+                        Label::new("listener", listen.clone()),
+                        Label::new("name", name),
+                    ],
+                )
+                .set(not_after as f64);
+            }
+        }
+    }
+
+    /// Registers `backend`'s response counters now, so that its first request finds them.
+    pub fn register_backend(&self, pool: PoolId, backend: &Backend) {
+        backend
+            .responses
+            .get_or_init(|| self.backend_counters(pool, &backend.addr));
+    }
+
+    fn backend_counters(&self, pool: PoolId, addr: &str) -> [Counter; 5] {
+        ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|class| {
+            self.counter(
+                names::BACKEND_REQUESTS_TOTAL,
+                vec![
+                    Label::new("pool", pool.as_str()),
+                    Label::new("backend", addr.to_string()),
+                    Label::new("code_class", class),
+                ],
+            )
+        })
+    }
+
+    /// A response from `backend`: one load of its handles (registered with the route table;
+    /// a backend added by a reload registers at its first response) and one atomic add.
+    pub fn backend_response(&self, pool: PoolId, backend: &Backend, status: u16) {
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        backend
+            .responses
+            .get_or_init(|| self.backend_counters(pool, &backend.addr))[class]
+            .increment(1);
     }
 
     /// Folds recorded histogram samples into their buckets; run periodically.
@@ -340,4 +439,10 @@ impl Metrics {
     pub fn pool_concurrency_rejected(&self, pool: PoolId) {
         self.pool_concurrency_rejected[pool.index()].increment(1);
     }
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }

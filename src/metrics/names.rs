@@ -25,6 +25,11 @@ pub const POOL_CONCURRENCY_REJECTED_TOTAL: &str = "switchyard_pool_concurrency_r
 pub const ACCESS_LOG_DROPPED_TOTAL: &str = "switchyard_access_log_dropped_total";
 pub const STATE_SAVE_FAILURES_TOTAL: &str = "switchyard_state_save_failures_total";
 pub const FAILOVER_ACTIVE: &str = "switchyard_failover_active";
+pub const BUILD_INFO: &str = "switchyard_build_info";
+pub const BACKEND_REQUESTS_TOTAL: &str = "switchyard_backend_requests_total";
+pub const CERT_EXPIRY: &str = "switchyard_tls_certificate_expiry_timestamp_seconds";
+pub const CONFIG_LAST_RELOAD_SUCCESS: &str = "switchyard_config_last_reload_success";
+pub const RELOAD_SUCCESS_TIME: &str = "switchyard_config_last_reload_success_timestamp_seconds";
 
 /// (name, help) for every metric, described once at start-up.
 pub const HELP: &[(&str, &str)] = &[
@@ -51,4 +56,9 @@ pub const HELP: &[(&str, &str)] = &[
     (STATE_SAVE_FAILURES_TOTAL, "Route table or rollout changes whose state could not be written to the state file (refused, or applied unsaved for rollbacks and the daemon's own changes)."),
     (FAILOVER_ACTIVE, "1 while new requests go to the other pool because this pool has no backend in rotation (split.failover), else 0; by pool."),
     (ACCESS_LOG_DROPPED_TOTAL, "Access log lines not written, by reason (queue_full: the writer fell behind; write_error)."),
+    (BUILD_INFO, "Always 1; the labels carry the version and the commit the binary was built from."),
+    (BACKEND_REQUESTS_TOTAL, "Responses received from each backend, by pool, backend (host:port) and status class."),
+    (CERT_EXPIRY, "Unix time at which a served certificate expires (notAfter), by TLS listener and the certificate's first name."),
+    (CONFIG_LAST_RELOAD_SUCCESS, "1 when the last config load or reload succeeded, 0 when the last reload failed (the old config stays)."),
+    (RELOAD_SUCCESS_TIME, "Unix time of the last successful config load (start) or reload."),
 ];

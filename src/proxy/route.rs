@@ -51,6 +51,9 @@ pub struct Backend {
     pub(crate) check_streak: std::sync::atomic::AtomicI32,
     /// Passive ejection: out of rotation until this time (ms on [`clock_ms`]); 0 = in.
     ejected_until: AtomicU64,
+    /// `switchyard_backend_requests_total` by status class, registered once (see
+    /// [`crate::metrics::Metrics::backend_response`]).
+    pub(crate) responses: std::sync::OnceLock<[metrics::Counter; 5]>,
 }
 
 /// Milliseconds since the process's first call: a cheap monotonic clock for ejections.
@@ -74,6 +77,7 @@ impl Backend {
             fails: AtomicU32::new(0),
             check_streak: std::sync::atomic::AtomicI32::new(0),
             ejected_until: AtomicU64::new(0),
+            responses: std::sync::OnceLock::new(),
         })
     }
 

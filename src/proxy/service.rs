@@ -140,7 +140,7 @@ pub async fn handle(
     let request_id = edge
         .request_id
         .as_ref()
-        .map(|name| request_id::resolve(req.headers(), name));
+        .map(|name| request_id::resolve_at(req.headers(), name, start));
     let client = client::client_addr(req.headers(), conn.peer, edge.trusted_hops);
     let mut trace = Trace::default();
     let pending = match &conn.shared.edge.access_log {
@@ -152,6 +152,7 @@ pub async fn handle(
                 client,
                 method: req.method(),
                 uri: req.uri(),
+                headers: req.headers(),
                 proto: conn.proto,
                 generation: table.generation,
                 include_query: edge.include_query,
@@ -502,6 +503,7 @@ async fn handle_inner<'a>(
         backend.record_success();
     }
     metrics.request(Charge::Pool(pool_id), status.as_u16());
+    metrics.backend_response(pool_id, &backend, status.as_u16());
     conn.shared
         .stats
         .record_at(conn.shared.stats.ms_of(now), pool_id, latency, outcome);

@@ -31,6 +31,8 @@ pub fn start(config: &Path, socket: &Path) -> Daemon {
         .args(["run", "--config"])
         .arg(config)
         .env("RUST_LOG", "info")
+        // These helpers read the text form (`addr=`); JSON lines are tested in tests/notify.rs.
+        .env("SWITCHYARD_LOG_FORMAT", "text")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

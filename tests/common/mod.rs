@@ -541,6 +541,8 @@ impl Daemon {
             .args(["run", "--config"])
             .arg(config)
             .env("RUST_LOG", "info")
+            // These helpers read the text form (`addr=`); JSON lines are tested in tests/notify.rs.
+            .env("SWITCHYARD_LOG_FORMAT", "text")
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())

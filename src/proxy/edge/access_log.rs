@@ -8,7 +8,9 @@
 //! (SIGUSR1) makes it reopen the file before the next line, for logrotate.
 //!
 //! Line fields, in order: `time` (request start, RFC 3339 UTC with ms), `client`, `method`,
-//! `path` (query only with `include_query`), `status`, `pool`, `backend`, `generation`,
+//! `path` (query only with `include_query`), `host` (the Host header, or the authority of
+//! an HTTP/2 request), `user_agent` (both cut to [`MAX_HEADER_FIELD`] bytes, JSON-escaped,
+//! invalid UTF-8 replaced; `null` when absent), `status`, `pool`, `backend`, `generation`,
 //! `bytes_in`, `bytes_out`, `upstream_ms` (to the response head), `total_ms` (to the end of
 //! the response body), `hash_request`, `hash_response`, `request_id`, `rate_limit`,
 //! `proto`, `error` (the proxy's error code when it answered itself) and `complete`
@@ -31,6 +33,10 @@ use tracing::{info, warn};
 use crate::config::{AccessLogConfig, AccessLogTarget, PoolId};
 use crate::metrics::HashReason;
 use crate::proxy::route::Backend;
+
+/// Longest `host` or `user_agent` written, in bytes; the rest is cut (a client chooses
+/// these, and a line should stay one short line).
+pub const MAX_HEADER_FIELD: usize = 256;
 
 /// The constitutional-hash verdict on one direction of a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -88,6 +94,9 @@ pub struct Entry {
     pub method: Method,
     pub uri: Uri,
     pub include_query: bool,
+    /// The request's Host (or `:authority`) and User-Agent, as sent (a reference count, no copy).
+    pub host: Option<HeaderValue>,
+    pub user_agent: Option<HeaderValue>,
     pub status: u16,
     pub pool: Option<PoolId>,
     pub backend: Option<Arc<Backend>>,
@@ -118,6 +127,10 @@ impl Entry {
             (true, Some(pq)) => json_str(out, pq.as_str()),
             _ => json_str(out, self.uri.path()),
         }
+        out.extend_from_slice(b",\"host\":");
+        header_field(out, self.host.as_ref());
+        out.extend_from_slice(b",\"user_agent\":");
+        header_field(out, self.user_agent.as_ref());
         let _ = write!(out, ",\"status\":{},\"pool\":", self.status);
         match self.pool {
             Some(p) => json_str(out, p.as_str()),
@@ -161,6 +174,21 @@ impl Entry {
             None => out.extend_from_slice(b"null"),
         }
         let _ = writeln!(out, ",\"complete\":{}}}", self.complete);
+    }
+}
+
+/// A client-chosen header value: cut to [`MAX_HEADER_FIELD`] bytes, invalid UTF-8 (or a
+/// character split by the cut) replaced by U+FFFD, then escaped as a JSON string.
+fn header_field(out: &mut Vec<u8>, v: Option<&HeaderValue>) {
+    match v {
+        Some(v) => {
+            let b = v.as_bytes();
+            json_str(
+                out,
+                &String::from_utf8_lossy(&b[..b.len().min(MAX_HEADER_FIELD)]),
+            );
+        }
+        None => out.extend_from_slice(b"null"),
     }
 }
 
@@ -349,6 +377,8 @@ mod tests {
             method: Method::POST,
             uri: "/a/b?secret=1".parse().unwrap(),
             include_query: false,
+            host: Some(HeaderValue::from_static("example.com")),
+            user_agent: Some(HeaderValue::from_static("curl/8 \"quoted\"\\")),
             status: 200,
             pool: Some(PoolId::Green),
             backend: None,
@@ -378,7 +408,9 @@ mod tests {
         assert_eq!(v["hash_response"], "missing");
         assert_eq!(v["request_id"], "r\"1");
         assert_eq!(v["error"], serde_json::Value::Null);
-        assert_eq!(v.as_object().unwrap().len(), 19);
+        assert_eq!(v["host"], "example.com");
+        assert_eq!(v["user_agent"], "curl/8 \"quoted\"\\");
+        assert_eq!(v.as_object().unwrap().len(), 21);
         let with_query = Entry {
             include_query: true,
             pool: None,
@@ -390,5 +422,25 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["path"], "/a/b?secret=1");
         assert_eq!(v["pool"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn a_long_or_binary_user_agent_is_cut_and_escaped() {
+        let mut long = vec![b'a'; MAX_HEADER_FIELD - 1];
+        long.extend_from_slice("é tail".as_bytes());
+        let mut out = Vec::new();
+        header_field(&mut out, Some(&HeaderValue::from_bytes(&long).unwrap()));
+        let v: String = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v, format!("{}\u{fffd}", "a".repeat(MAX_HEADER_FIELD - 1)));
+        out.clear();
+        header_field(
+            &mut out,
+            Some(&HeaderValue::from_bytes(b"x\xff\ty").unwrap()),
+        );
+        let v: String = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v, "x\u{fffd}\ty");
+        out.clear();
+        header_field(&mut out, None);
+        assert_eq!(out, b"null");
     }
 }

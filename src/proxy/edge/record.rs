@@ -17,7 +17,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Uri};
+use http::{header, HeaderMap, HeaderValue, Method, Uri};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
@@ -51,6 +51,7 @@ pub struct Arrival<'a> {
     pub client: IpAddr,
     pub method: &'a Method,
     pub uri: &'a Uri,
+    pub headers: &'a HeaderMap,
     pub proto: &'static str,
     pub generation: u64,
     pub include_query: bool,
@@ -73,6 +74,11 @@ impl<'a> Pending<'a> {
             method: a.method.clone(),
             uri: a.uri.clone(),
             include_query: a.include_query,
+            host: a.headers.get(header::HOST).cloned().or_else(|| {
+                let authority = a.uri.authority()?.as_str();
+                HeaderValue::from_str(authority).ok()
+            }),
+            user_agent: a.headers.get(header::USER_AGENT).cloned(),
             status: 499,
             pool: None,
             backend: None,
