@@ -79,6 +79,8 @@ pub enum StartError {
     AccessLog(std::io::Error),
     #[error("takeover: {0}")]
     Takeover(String),
+    #[error("[fleet]: {0}")]
+    Fleet(String),
 }
 
 /// What [`Switchyard::bind_with`] takes besides the config.
@@ -112,6 +114,8 @@ pub struct Switchyard {
     edge: Arc<Edge>,
     /// The hand-over in progress (`--takeover`), confirmed once this process serves.
     takeover: Option<control::handover::Takeover>,
+    /// `[fleet]`: the etcd store this instance follows.
+    fleet: Option<Arc<control::fleet::store::EtcdStore>>,
 }
 
 impl Switchyard {
@@ -203,9 +207,17 @@ impl Switchyard {
         );
         // Restore only once every socket is ours: a daemon that cannot bind must not
         // touch the state of the one that holds them.
-        let store = options
-            .state_store
-            .unwrap_or_else(|| Arc::new(FileStateStore::new(config.state.path.clone())));
+        // With `[fleet]` the state lives in etcd (the file is not read: a joining or
+        // restarting instance takes the fleet's table).
+        let fleet = match &config.fleet {
+            Some(f) => Some(control::fleet::store(f).map_err(StartError::Fleet)?),
+            None => None,
+        };
+        let store = match (options.state_store, &fleet) {
+            (Some(s), _) => s,
+            (None, Some(f)) => f.clone(),
+            (None, None) => Arc::new(FileStateStore::new(config.state.path.clone())),
+        };
         let control = Arc::new(Control::start(
             config.clone(),
             options.config_path,
@@ -236,6 +248,7 @@ impl Switchyard {
             strict_admin_lists,
             edge,
             takeover,
+            fleet,
         })
     }
 
@@ -305,6 +318,7 @@ impl Switchyard {
             strict_admin_lists,
             edge,
             takeover,
+            fleet,
         } = self;
         // Duplicates of the listening sockets, for a successor's `handover`.
         let mut inheritable = control::handover::Inheritable::default();
@@ -357,6 +371,13 @@ impl Switchyard {
             shutdown.clone(),
         ));
         tokio::spawn(control::controller::run(control.clone(), shutdown.clone()));
+        if let Some(store) = fleet {
+            tokio::spawn(control::fleet::run(
+                control.clone(),
+                store,
+                shutdown.clone(),
+            ));
+        }
         if !terminators.is_empty() {
             tokio::spawn(proxy::tls::watch_files(terminators, shutdown.clone()));
         }

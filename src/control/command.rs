@@ -48,6 +48,10 @@ pub const ERROR_CODES: &[(&str, &str)] = &[
         "`expect-gen N` did not match the current generation; nothing changed",
     ),
     (
+        "store_unavailable",
+        "the fleet's etcd cannot be reached; nothing changed (`rollback` still works)",
+    ),
+    (
         "rollout_active",
         "a manual weight change while a rollout progresses",
     ),

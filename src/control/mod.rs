@@ -21,6 +21,7 @@ pub mod controller;
 mod draft;
 pub mod drain;
 pub mod execute;
+pub mod fleet;
 pub mod follow;
 pub mod handover;
 pub mod reload;
@@ -51,7 +52,9 @@ use access::Peer;
 use audit::AuditLog;
 use command::{state_from_str, state_str, AdminError};
 use controller::Controller;
-use state::{BackendRef, PersistedState, PoolStates, Restore, StateStore, STATE_VERSION};
+use state::{
+    BackendRef, PersistedState, PoolStates, Restore, StateError, StateStore, STATE_VERSION,
+};
 
 /// How many events a slow `watch` client may fall behind before it is told it lagged.
 const EVENT_BUFFER: usize = 1024;
@@ -330,6 +333,31 @@ impl Control {
                 table: current,
             });
         }
+        // A shared store (the fleet's etcd) takes the change first: a lost race or an
+        // unreachable store must leave this instance's table as it was.
+        if self.store.shared() {
+            let next = persisted_parts(
+                current.generation + 1,
+                draft.green_bp,
+                draft.states,
+                &draft.pools,
+                draft.stable,
+                &draft.rollout,
+                &draft.disabled,
+            );
+            if let Err(e) = self.store.save(&next) {
+                let e = match e {
+                    StateError::Conflict(m) => AdminError::new("conflict", m),
+                    other => AdminError::new(
+                        "store_unavailable",
+                        format!("{other}; nothing changed (only `rollback` works while the fleet store is unreachable)"),
+                    ),
+                };
+                warn!(actor = %json!(actor), command, code = e.code, "refused: {}", e.message);
+                self.audit(actor, command, current.generation, Err(&e));
+                return Err(e);
+            }
+        }
         // Backend flags live on the shared `Backend`s; they flip in this critical section,
         // right before the table of the same change is published.
         for pool in &draft.pools {
@@ -351,7 +379,12 @@ impl Control {
             rollout: draft.rollout,
             disabled: draft.disabled,
         };
-        let warning = self.store.save(&self.persisted(&next, &extra)).err().map(|e| {
+        let saved = if self.store.shared() {
+            Ok(())
+        } else {
+            self.store.save(&self.persisted(&next, &extra))
+        };
+        let warning = saved.err().map(|e| {
             error!(error = %e, generation = next.generation, "change applied but the state was not saved");
             format!("applied, but the state was not saved: {e}")
         });
@@ -414,29 +447,65 @@ impl Control {
     }
 
     fn persisted(&self, t: &RouteTable, extra: &Extra) -> PersistedState {
-        let addrs = |id: PoolId| {
-            t.pool(id)
-                .backends
-                .iter()
-                .map(|b| b.addr.as_str())
-                .collect::<Vec<_>>()
-        };
-        PersistedState {
-            version: STATE_VERSION,
-            generation: t.generation,
-            green_bp: t.green_bp,
-            states: PoolStates {
-                blue: state_str(t.states[0]).into(),
-                green: state_str(t.states[1]).into(),
-            },
-            disabled_backends: extra.disabled.iter().cloned().collect(),
-            stable: extra.stable.as_str().into(),
-            rollout: extra.rollout.clone(),
-            pools_fingerprint: state::pools_fingerprint([
-                &addrs(PoolId::Blue),
-                &addrs(PoolId::Green),
-            ]),
+        persisted_parts(
+            t.generation,
+            t.green_bp,
+            t.states,
+            &t.pools,
+            extra.stable,
+            &extra.rollout,
+            &extra.disabled,
+        )
+    }
+
+    /// A fleet member adopts the table another instance wrote (`s`, from the shared
+    /// store): one swap to exactly that generation, as a local change would publish.
+    /// `accept` runs under the route writer and decides whether `s` is still news (the
+    /// store compares revisions there); returns whether the table was applied.
+    pub fn apply_shared(
+        &self,
+        s: &PersistedState,
+        accept: impl FnOnce() -> bool,
+    ) -> Result<bool, String> {
+        let writer = self.routes.writer();
+        let mut extra = self.lock_extra();
+        let current = writer.current();
+        if !accept() {
+            return Ok(false);
         }
+        let own = state::config_fingerprint(&self.config());
+        if s.pools_fingerprint != own {
+            warn!(shared = %s.pools_fingerprint, own = %own,
+                "the fleet's table was written for other pools than this instance's config; applying its weights and states anyway");
+        }
+        let (d, e) = draft_from_state(s, &current)?;
+        let next = writer.publish_exact(RouteTable {
+            generation: s.generation,
+            green_bp: d.green_bp,
+            states: d.states,
+            ..current.derive()
+        });
+        *extra = e;
+        drop(extra);
+        drop(writer);
+        self.pool_states_changed(&current, &next);
+        self.publish_gauges(&next);
+        info!(
+            generation = next.generation,
+            green_percent = percent(next.green_bp),
+            "route table changed by the fleet"
+        );
+        self.publish_event(json!({
+            "event": "route",
+            "time": audit::rfc3339(SystemTime::now()),
+            "generation": next.generation,
+            "command": "fleet",
+            "actor": Actor::internal("fleet"),
+            "changes": [],
+            "green_percent": percent(next.green_bp),
+            "effective_green_percent": percent(next.effective_green_bp()),
+        }));
+        Ok(true)
     }
 
     fn publish_gauges(&self, t: &RouteTable) {
@@ -533,6 +602,38 @@ impl Control {
             )),
             None => Ok(()),
         }
+    }
+}
+
+/// The saved form of a table's values (see [`Control::update`] and [`state`]).
+fn persisted_parts(
+    generation: u64,
+    green_bp: u16,
+    states: [PoolState; 2],
+    pools: &[Arc<crate::proxy::route::Pool>; 2],
+    stable: PoolId,
+    rollout: &Value,
+    disabled: &BTreeSet<BackendRef>,
+) -> PersistedState {
+    let addrs = |id: PoolId| {
+        pools[id.index()]
+            .backends
+            .iter()
+            .map(|b| b.addr.as_str())
+            .collect::<Vec<_>>()
+    };
+    PersistedState {
+        version: STATE_VERSION,
+        generation,
+        green_bp,
+        states: PoolStates {
+            blue: state_str(states[0]).into(),
+            green: state_str(states[1]).into(),
+        },
+        disabled_backends: disabled.iter().cloned().collect(),
+        stable: stable.as_str().into(),
+        rollout: rollout.clone(),
+        pools_fingerprint: state::pools_fingerprint([&addrs(PoolId::Blue), &addrs(PoolId::Green)]),
     }
 }
 
