@@ -371,7 +371,10 @@ impl Switchyard {
             shutdown.clone(),
         ));
         tokio::spawn(control::controller::run(control.clone(), shutdown.clone()));
-        if let Some(store) = fleet {
+        if let (Some(store), Some(cfg)) = (fleet, &config.fleet) {
+            let members =
+                control::fleet::members::Members::new(control.clone(), store.clone(), cfg);
+            tokio::spawn(members.run(shutdown.clone()));
             tokio::spawn(control::fleet::run(
                 control.clone(),
                 store,

@@ -84,6 +84,54 @@ async fn weight_reaches_every_instance(etcd: Etcd, prefix: &str) {
         assert!(g > g0, "{r}");
         all_apply(&fleet.iter().collect::<Vec<_>>(), g, pct * 100).await;
     }
+    // Every instance registered under its lease; exactly one leads; `status`, `fleet`
+    // and the gauges show it.
+    wait_for("three live instances and one leader", DEADLINE, || async {
+        let mut leaders = 0.0;
+        for i in &fleet {
+            if i.proxy.gauge("switchyard_fleet_instances").await != 3.0
+                || i.proxy.gauge("switchyard_store_up").await != 1.0
+            {
+                return false;
+            }
+            leaders += i.proxy.gauge("switchyard_fleet_leader").await;
+        }
+        leaders == 1.0
+    })
+    .await;
+    let status = fleet[2].proxy.admin("status").await;
+    let names: Vec<&str> = status["fleet"]["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["edge-1", "edge-2", "edge-3"], "{status}");
+    assert!(status["fleet"]["leader"].is_string(), "{status}");
+    // `ctl ... --wait-applied` returns once every live instance runs the new generation.
+    let (code, view, _) = ctl(
+        &fleet[1].proxy.socket,
+        &["weight", "20", "--wait-applied"],
+        DEADLINE,
+    )
+    .await;
+    assert_eq!(code, 0, "{view}");
+    let g = view["generation"].as_u64().unwrap();
+    for i in &fleet {
+        assert!(
+            generation(i) >= g,
+            "returned before every instance applied {g}: {view}"
+        );
+        assert_eq!(green_bp(i), 2000);
+    }
+    assert_eq!(fleet[0].proxy.admin("fleet").await["all_applied"], true);
+    let r = fleet[0].proxy.admin("weight 100").await;
+    all_apply(
+        &fleet.iter().collect::<Vec<_>>(),
+        r["generation"].as_u64().unwrap(),
+        10_000,
+    )
+    .await;
     // At 100% every instance sends traffic to green.
     let c = client();
     for i in &fleet {

@@ -96,7 +96,13 @@ pub async fn run(socket: &Path, words: &[String], json_out: bool) -> u8 {
             &format!("argument {bad:?} contains a control character"),
         );
     }
-    let (words, follow) = match super::follow::take(words) {
+    let wait_applied = words.iter().any(|w| w == "--wait-applied");
+    let words: Vec<String> = words
+        .iter()
+        .filter(|w| *w != "--wait-applied")
+        .cloned()
+        .collect();
+    let (words, follow) = match super::follow::take(&words) {
         Ok(x) => x,
         Err(msg) => return out.fail(EXIT_USAGE, "usage", &msg),
     };
@@ -149,6 +155,11 @@ pub async fn run(socket: &Path, words: &[String], json_out: bool) -> u8 {
     if follow.wait {
         return super::follow::follow(&mut conn, &reply, &follow, out.json).await;
     }
+    if wait_applied {
+        if let Some(g) = reply["generation"].as_u64() {
+            return wait_applied_by_fleet(&mut conn, g, &out).await;
+        }
+    }
     if verb == "watch" {
         loop {
             let event = tokio::select! {
@@ -163,6 +174,49 @@ pub async fn run(socket: &Path, words: &[String], json_out: bool) -> u8 {
         }
     }
     EXIT_OK
+}
+
+/// How long `--wait-applied` waits for the fleet before it exits 5.
+const WAIT_APPLIED_LIMIT: Duration = Duration::from_secs(30);
+
+/// `--wait-applied`: asks `fleet` until every live instance runs generation `g` or later.
+/// Alone (no `[fleet]`) the reply already means applied.
+async fn wait_applied_by_fleet(conn: &mut Connection, g: u64, out: &Output) -> u8 {
+    let start = std::time::Instant::now();
+    loop {
+        let view = match conn.send("fleet").await {
+            Ok(()) => conn.next().await,
+            Err(e) => Err(e),
+        };
+        let view = match view {
+            Ok(Some(v)) => v,
+            Ok(None) => {
+                return out.fail(EXIT_USAGE, "internal", "the daemon closed the connection")
+            }
+            Err(e) => return out.fail(EXIT_USAGE, "internal", &e.to_string()),
+        };
+        if view["ok"] != true {
+            return EXIT_OK;
+        }
+        let instances = view["instances"].as_array().cloned().unwrap_or_default();
+        let behind: Vec<String> = instances
+            .iter()
+            .filter(|i| i["generation"].as_u64().unwrap_or(0) < g)
+            .map(|i| i["name"].as_str().unwrap_or("?").to_string())
+            .collect();
+        if !instances.is_empty() && behind.is_empty() {
+            out.print("fleet", &view);
+            return EXIT_OK;
+        }
+        if start.elapsed() > WAIT_APPLIED_LIMIT {
+            let msg = format!(
+                "not every instance applied generation {g} within {WAIT_APPLIED_LIMIT:?}; behind: {}",
+                behind.join(", ")
+            );
+            return out.fail(EXIT_TIMEOUT, "timeout", &msg);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// The socket from `--socket`, else `$SWITCHYARD_SOCKET`, else [`DEFAULT_SOCKET`].

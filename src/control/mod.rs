@@ -28,6 +28,7 @@ pub mod reload;
 pub mod rollout;
 pub mod state;
 
+use std::cell::Cell;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -128,7 +129,17 @@ pub struct Control {
     /// The TLS listeners' certificates, for `status` and `reload`.
     tls: OnceLock<Vec<Arc<TlsTerminator>>>,
     controller: OnceLock<Arc<Controller>>,
+    /// `[fleet]`: the fleet's view (instances, leader) for `status` and `fleet`.
+    fleet_view: OnceLock<FleetView>,
 }
+
+thread_local! {
+    /// Set by [`Control::local_first`] for the updates its closure makes on this thread.
+    static LOCAL_FIRST: Cell<bool> = const { Cell::new(false) };
+}
+
+/// What `status` shows of the fleet, kept current by [`fleet`].
+pub type FleetView = Arc<dyn Fn() -> Value + Send + Sync>;
 
 impl Control {
     /// Takes over `routes` (built from `config`), restores the saved state unless the
@@ -183,6 +194,7 @@ impl Control {
             superseded_by: std::sync::atomic::AtomicU32::new(0),
             tls: OnceLock::new(),
             controller: OnceLock::new(),
+            fleet_view: OnceLock::new(),
         };
         let source = control.store.describe();
         match restore {
@@ -231,6 +243,29 @@ impl Control {
     /// reference back: its methods are handed this `Control`.
     pub fn attach_controller(&self, controller: Arc<Controller>) {
         let _ = self.controller.set(controller);
+    }
+
+    /// Runs `f` with its updates marked emergency: with a shared store that cannot be
+    /// reached they apply here at once and reach the store when it returns (`rollback`).
+    pub fn local_first<T>(f: impl FnOnce() -> T) -> T {
+        struct Reset(bool);
+        impl Drop for Reset {
+            fn drop(&mut self) {
+                LOCAL_FIRST.with(|c| c.set(self.0));
+            }
+        }
+        let _reset = Reset(LOCAL_FIRST.with(|c| c.replace(true)));
+        f()
+    }
+
+    /// Attaches the fleet's view (once, with `[fleet]`): `status` then shows it.
+    pub fn attach_fleet_view(&self, view: FleetView) {
+        let _ = self.fleet_view.set(view);
+    }
+
+    /// The fleet's instances, leader and lag; `None` without `[fleet]`.
+    pub fn fleet_view(&self) -> Option<Value> {
+        self.fleet_view.get().map(|v| v())
     }
 
     /// The rollout controller, once attached (by `Switchyard::bind_with`).
@@ -334,7 +369,9 @@ impl Control {
             });
         }
         // A shared store (the fleet's etcd) takes the change first: a lost race or an
-        // unreachable store must leave this instance's table as it was.
+        // unreachable store must leave this instance's table as it was (except for a
+        // change made under [`Control::local_first`]).
+        let mut store_warning = None;
         if self.store.shared() {
             let next = persisted_parts(
                 current.generation + 1,
@@ -345,17 +382,25 @@ impl Control {
                 &draft.rollout,
                 &draft.disabled,
             );
-            if let Err(e) = self.store.save(&next) {
-                let e = match e {
+            let saved = if LOCAL_FIRST.with(Cell::get) {
+                self.store.save_local_first(&next)
+            } else {
+                self.store.save(&next).map(|()| None)
+            };
+            match saved {
+                Ok(w) => store_warning = w,
+                Err(e) => {
+                    let e = match e {
                     StateError::Conflict(m) => AdminError::new("conflict", m),
                     other => AdminError::new(
                         "store_unavailable",
                         format!("{other}; nothing changed (only `rollback` works while the fleet store is unreachable)"),
                     ),
                 };
-                warn!(actor = %json!(actor), command, code = e.code, "refused: {}", e.message);
-                self.audit(actor, command, current.generation, Err(&e));
-                return Err(e);
+                    warn!(actor = %json!(actor), command, code = e.code, "refused: {}", e.message);
+                    self.audit(actor, command, current.generation, Err(&e));
+                    return Err(e);
+                }
             }
         }
         // Backend flags live on the shared `Backend`s; they flip in this critical section,
@@ -387,7 +432,7 @@ impl Control {
         let warning = saved.err().map(|e| {
             error!(error = %e, generation = next.generation, "change applied but the state was not saved");
             format!("applied, but the state was not saved: {e}")
-        });
+        }).or(store_warning);
         let summary = Value::Array(changes.clone());
         info!(actor = %json!(actor), command, generation = next.generation, changes = %summary, "route table changed");
         self.publish_gauges(&next);
@@ -546,7 +591,7 @@ impl Control {
                 )
             })
             .collect();
-        json!({
+        let mut v = json!({
             "generation": t.generation,
             "green_percent": percent(t.green_bp),
             "blue_percent": percent(FULL_BP - t.green_bp),
@@ -556,7 +601,11 @@ impl Control {
             "rollout": rollout,
             "tls": self.tls_status(),
             "superseded_by": self.superseded_by(),
-        })
+        });
+        if let Some(f) = self.fleet_view() {
+            v["fleet"] = f;
+        }
+        v
     }
 
     /// Gives the control plane the TLS listeners (once, at start): `status` shows their

@@ -95,6 +95,12 @@ pub trait StateStore: Send + Sync {
     fn shared(&self) -> bool {
         false
     }
+    /// An emergency change (`rollback`) that must not depend on the store: a shared store
+    /// that cannot be reached keeps it to write when it returns and answers `Ok` with a
+    /// warning for the reply. Other stores save as usual.
+    fn save_local_first(&self, state: &PersistedState) -> Result<Option<String>, StateError> {
+        self.save(state).map(|()| None)
+    }
 }
 
 /// The state as one JSON file (`[state] path`).

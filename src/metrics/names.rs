@@ -23,6 +23,10 @@ pub const RATE_LIMIT_KEYS_MAX: &str = "switchyard_rate_limit_keys_max";
 pub const RATE_LIMIT_EVICTIONS_TOTAL: &str = "switchyard_rate_limit_evictions_total";
 pub const POOL_CONCURRENCY_REJECTED_TOTAL: &str = "switchyard_pool_concurrency_rejected_total";
 pub const ACCESS_LOG_DROPPED_TOTAL: &str = "switchyard_access_log_dropped_total";
+pub const FLEET_INSTANCES: &str = "switchyard_fleet_instances";
+pub const FLEET_LEADER: &str = "switchyard_fleet_leader";
+pub const FLEET_LAG_SECONDS: &str = "switchyard_fleet_lag_seconds";
+pub const STORE_UP: &str = "switchyard_store_up";
 
 /// (name, help) for every metric, described once at start-up.
 pub const HELP: &[(&str, &str)] = &[
@@ -46,5 +50,9 @@ pub const HELP: &[(&str, &str)] = &[
     (RATE_LIMIT_KEYS_MAX, "Most clients the rate-limit table holds (proxy.rate_limit.max_keys, rounded down to whole shards)."),
     (RATE_LIMIT_EVICTIONS_TOTAL, "Clients evicted from the full rate-limit table to make room for new ones."),
     (POOL_CONCURRENCY_REJECTED_TOTAL, "Requests answered 503 because their pool was at its in-flight cap (the proxy's decision, not a backend error), by pool."),
+    (FLEET_INSTANCES, "[fleet] Live instances registered in etcd (their lease is current)."),
+    (FLEET_LEADER, "[fleet] 1 when this instance holds the leader key, else 0."),
+    (FLEET_LAG_SECONDS, "[fleet] Age of the newest table change that a live instance has not applied yet (0 when all agree)."),
+    (STORE_UP, "[fleet] 1 when this instance's last call to etcd succeeded, else 0."),
     (ACCESS_LOG_DROPPED_TOTAL, "Access log lines not written, by reason (queue_full: the writer fell behind; write_error)."),
 ];

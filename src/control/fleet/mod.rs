@@ -11,6 +11,7 @@
 //! [`etcd`] is the client: etcd's JSON gateway over hyper, no `protoc` at build time.
 
 pub mod etcd;
+pub mod members;
 pub mod store;
 
 use std::sync::Arc;
@@ -70,6 +71,7 @@ async fn follow(
     store: &Arc<EtcdStore>,
     backoff: &mut Duration,
 ) -> Result<std::convert::Infallible, EtcdError> {
+    store.flush_pending().await?;
     let snapshot = store.read().await?;
     let start = snapshot.revision + 1;
     adopt(control, store, snapshot).await;
@@ -120,6 +122,12 @@ async fn follow(
                     ),
                 });
             }
+            if store.has_pending() {
+                // An emergency change waits: write it before adopting anything from etcd.
+                return Err(EtcdError::Unreachable(
+                    "a change made locally waits for etcd".into(),
+                ));
+            }
             let changed = result["events"].as_array().is_some_and(|e| !e.is_empty());
             if changed {
                 // The event is a trigger: the table and the rollout record are read
@@ -136,6 +144,9 @@ async fn adopt(control: &Arc<Control>, store: &Arc<EtcdStore>, snapshot: Snapsho
     let Some(state) = snapshot.state else {
         return;
     };
+    if store.has_pending() {
+        return;
+    }
     let rev = snapshot.mod_revision;
     if rev <= store.applied_revision() {
         return;

@@ -13,7 +13,7 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -37,6 +37,8 @@ pub struct EtcdStore {
     /// `mod_revision` of the table this instance has applied or written.
     applied: AtomicI64,
     up: AtomicBool,
+    /// An emergency change applied here while etcd was unreachable, to write when it returns.
+    pending: Mutex<Option<PersistedState>>,
     bridge: tokio::runtime::Handle,
     stop: CancellationToken,
 }
@@ -63,6 +65,7 @@ impl EtcdStore {
             prefix: prefix.to_string(),
             applied: AtomicI64::new(0),
             up: AtomicBool::new(true),
+            pending: Mutex::new(None),
             bridge,
             stop,
         })
@@ -90,6 +93,49 @@ impl EtcdStore {
     fn note<T>(&self, r: &Result<T, EtcdError>) {
         let up = !matches!(r, Err(EtcdError::Unreachable(_)));
         self.up.store(up, Ordering::Relaxed);
+    }
+
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, Option<PersistedState>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether an emergency change waits to be written to etcd.
+    pub fn has_pending(&self) -> bool {
+        self.lock_pending().is_some()
+    }
+
+    /// Writes the change kept while etcd was unreachable, over whatever etcd holds now
+    /// (an emergency rollback wins over what happened meanwhile), with a generation above
+    /// both. The watch then applies it like any other change.
+    pub async fn flush_pending(&self) -> Result<(), EtcdError> {
+        let Some(mut state) = self.lock_pending().clone() else {
+            return Ok(());
+        };
+        let kept = state.clone();
+        for _ in 0..10 {
+            let snap = self.read().await?;
+            let in_store = snap.state.as_ref().map_or(0, |s| s.generation);
+            state.generation = kept.generation.max(in_store + 1);
+            let keys = (self.key("table"), self.key("rollout"));
+            let r = Self::write(self.etcd.clone(), keys, snap.mod_revision, state.clone()).await;
+            self.note(&r);
+            if let Ok(rev) = r? {
+                let mut pending = self.lock_pending();
+                if pending.as_ref() == Some(&kept) {
+                    *pending = None;
+                }
+                tracing::info!(
+                    generation = state.generation,
+                    revision = rev,
+                    "fleet: the change made while etcd was unreachable is now in etcd"
+                );
+                return Ok(());
+            }
+        }
+        Err(EtcdError::Refused {
+            path: self.key("table"),
+            message: "the table kept changing while the kept change was written; retrying".into(),
+        })
     }
 
     /// Runs `f` on the store's thread and waits for it (any calling context).
@@ -123,6 +169,8 @@ impl EtcdStore {
         let mut table = serde_json::to_value(&state).unwrap_or(Value::Null);
         if let Some(m) = table.as_object_mut() {
             m.remove("rollout");
+            // For the fleet's lag: how long ago this generation was written.
+            m.insert("written_unix_ms".into(), json!(super::members::now_ms()));
         }
         let (tkey, rkey) = (b64(keys.0.as_bytes()), b64(keys.1.as_bytes()));
         let body = json!({
@@ -178,6 +226,27 @@ impl StateStore for EtcdStore {
                 state.generation.saturating_sub(1)
             ))),
             Err(e) => Err(StateError::Unavailable(e.to_string())),
+        }
+    }
+
+    fn save_local_first(&self, state: &PersistedState) -> Result<Option<String>, StateError> {
+        // Known down, or a change already waits: do not wait for another timeout.
+        let r = if self.is_up() && !self.has_pending() {
+            self.save(state)
+        } else {
+            Err(StateError::Unavailable("etcd unreachable".into()))
+        };
+        match r {
+            Ok(()) => Ok(None),
+            Err(StateError::Unavailable(why)) => {
+                *self.lock_pending() = Some(state.clone());
+                tracing::warn!(generation = state.generation, reason = %why,
+                    "fleet: etcd unreachable; applied on this instance only, to be written to etcd when it returns");
+                Ok(Some(format!(
+                    "applied on this instance; the fleet's etcd is unreachable ({why}): the change is written there when it returns"
+                )))
+            }
+            Err(e) => Err(e),
         }
     }
 
