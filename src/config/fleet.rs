@@ -197,10 +197,14 @@ fn endpoint(key: &str, url: &str) -> Result<EtcdEndpoint, ConfigError> {
     })
 }
 
+/// The kernel's host name, else `/etc/hostname` (the unit's `ProcSubset=pid` hides
+/// `/proc/sys`).
 fn hostname() -> Option<String> {
-    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
-    let name = name.trim();
-    (!name.is_empty()).then(|| name.to_string())
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .map(|n| n.trim().to_string())
+        .find(|n| !n.is_empty())
 }
 
 #[cfg(test)]
