@@ -233,7 +233,13 @@ impl Switchyard {
             metrics.clone(),
         ));
         control.attach_controller(controller.clone());
-        controller.restore(&control);
+        if config.fleet.is_some() {
+            // The fleet's rollout goes on as recorded (only the leader steps it); a joining
+            // instance must not pause it as a restart would.
+            controller.adopt(&control, &control.restored_rollout());
+        } else {
+            controller.restore(&control);
+        }
         let strict_admin_lists = options.strict_admin_lists;
         Ok(Switchyard {
             config,

@@ -131,11 +131,27 @@ pub struct Control {
     controller: OnceLock<Arc<Controller>>,
     /// `[fleet]`: the fleet's view (instances, leader) for `status` and `fleet`.
     fleet_view: OnceLock<FleetView>,
+    /// `[fleet]`: whether this instance holds the leader key.
+    leader: OnceLock<Arc<AtomicBool>>,
 }
 
 thread_local! {
     /// Set by [`Control::local_first`] for the updates its closure makes on this thread.
     static LOCAL_FIRST: Cell<bool> = const { Cell::new(false) };
+    /// Set by [`Control::as_leader`]: a fleet store fences these updates on the leader key.
+    static AS_LEADER: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Sets `flag` for the duration of `f` on this thread.
+fn with_flag<T>(flag: &'static std::thread::LocalKey<Cell<bool>>, f: impl FnOnce() -> T) -> T {
+    struct Reset(&'static std::thread::LocalKey<Cell<bool>>, bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            self.0.with(|c| c.set(self.1));
+        }
+    }
+    let _reset = Reset(flag, flag.with(|c| c.replace(true)));
+    f()
 }
 
 /// What `status` shows of the fleet, kept current by [`fleet`].
@@ -195,6 +211,7 @@ impl Control {
             tls: OnceLock::new(),
             controller: OnceLock::new(),
             fleet_view: OnceLock::new(),
+            leader: OnceLock::new(),
         };
         let source = control.store.describe();
         match restore {
@@ -248,14 +265,28 @@ impl Control {
     /// Runs `f` with its updates marked emergency: with a shared store that cannot be
     /// reached they apply here at once and reach the store when it returns (`rollback`).
     pub fn local_first<T>(f: impl FnOnce() -> T) -> T {
-        struct Reset(bool);
-        impl Drop for Reset {
-            fn drop(&mut self) {
-                LOCAL_FIRST.with(|c| c.set(self.0));
-            }
-        }
-        let _reset = Reset(LOCAL_FIRST.with(|c| c.replace(true)));
-        f()
+        with_flag(&LOCAL_FIRST, f)
+    }
+
+    /// Runs `f` with its updates made as the fleet's leader: the store's transaction also
+    /// checks that this instance still holds the leader key (fencing).
+    pub fn as_leader<T>(f: impl FnOnce() -> T) -> T {
+        with_flag(&AS_LEADER, f)
+    }
+
+    /// Whether the update being made runs under [`Control::as_leader`].
+    pub fn acting_as_leader() -> bool {
+        AS_LEADER.with(Cell::get)
+    }
+
+    /// Whether this instance leads: always alone, the leader key's holder in a fleet.
+    pub fn leads(&self) -> bool {
+        self.leader.get().is_none_or(|f| f.load(Ordering::Acquire))
+    }
+
+    /// Attaches the fleet's leader flag (once, with `[fleet]`).
+    pub fn attach_leader_flag(&self, flag: Arc<AtomicBool>) {
+        let _ = self.leader.set(flag);
     }
 
     /// Attaches the fleet's view (once, with `[fleet]`): `status` then shows it.
@@ -524,6 +555,7 @@ impl Control {
                 "the fleet's table was written for other pools than this instance's config; applying its weights and states anyway");
         }
         let (d, e) = draft_from_state(s, &current)?;
+        let rollout_changed = e.rollout != extra.rollout;
         let next = writer.publish_exact(RouteTable {
             generation: s.generation,
             green_bp: d.green_bp,
@@ -533,6 +565,12 @@ impl Control {
         *extra = e;
         drop(extra);
         drop(writer);
+        // The controller's lock comes before Control's: adopt once both are released.
+        if rollout_changed {
+            if let Some(c) = self.controller() {
+                c.adopt(self, &s.rollout);
+            }
+        }
         self.pool_states_changed(&current, &next);
         self.publish_gauges(&next);
         info!(

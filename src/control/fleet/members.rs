@@ -30,7 +30,7 @@ pub struct Members {
     ttl: Duration,
     interval: Duration,
     view: Mutex<Value>,
-    leader: AtomicBool,
+    leader: Arc<AtomicBool>,
     gauges: Gauges,
 }
 
@@ -66,11 +66,12 @@ impl Members {
             name: cfg.instance.clone(),
             ttl: cfg.lease_ttl,
             interval: cfg.publish_interval,
-            leader: AtomicBool::new(false),
+            leader: Arc::new(AtomicBool::new(false)),
             gauges,
         });
         let view = members.clone();
         control.attach_fleet_view(Arc::new(move || view.view()));
+        control.attach_leader_flag(members.leader.clone());
         members
     }
 
@@ -100,6 +101,9 @@ impl Members {
     }
 
     fn set_leader(&self, leads: bool) {
+        if !leads {
+            self.store.set_fence(None);
+        }
         let was = self.leader.swap(leads, Ordering::AcqRel);
         self.gauges.leader.set(if leads { 1.0 } else { 0.0 });
         if leads && !was {
@@ -218,6 +222,9 @@ impl Members {
                 .get(0)
                 .and_then(Kv::from_json)
                 .is_some_and(|kv| kv.lease == lease && kv.value == self.name.as_bytes());
+        if leads {
+            self.store.set_fence(Some((self.name.clone(), lease)));
+        }
         self.set_leader(leads);
         Ok(())
     }

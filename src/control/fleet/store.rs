@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::etcd::{b64, int, Etcd, EtcdError, Kv};
 use crate::control::state::{PersistedState, StateError, StateStore, STATE_VERSION};
+use crate::control::Control;
 
 /// The table and rollout record as read from etcd, with the table's revision.
 #[derive(Debug, Clone)]
@@ -39,6 +40,8 @@ pub struct EtcdStore {
     up: AtomicBool,
     /// An emergency change applied here while etcd was unreachable, to write when it returns.
     pending: Mutex<Option<PersistedState>>,
+    /// While this instance leads: its name and lease, which the leader's writes compare.
+    fence: Mutex<Option<(String, i64)>>,
     bridge: tokio::runtime::Handle,
     stop: CancellationToken,
 }
@@ -66,6 +69,7 @@ impl EtcdStore {
             applied: AtomicI64::new(0),
             up: AtomicBool::new(true),
             pending: Mutex::new(None),
+            fence: Mutex::new(None),
             bridge,
             stop,
         })
@@ -95,6 +99,11 @@ impl EtcdStore {
         self.up.store(up, Ordering::Relaxed);
     }
 
+    /// Set by the membership loop: `Some((name, lease))` while this instance leads.
+    pub fn set_fence(&self, fence: Option<(String, i64)>) {
+        *self.fence.lock().unwrap_or_else(|e| e.into_inner()) = fence;
+    }
+
     fn lock_pending(&self) -> std::sync::MutexGuard<'_, Option<PersistedState>> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -117,7 +126,14 @@ impl EtcdStore {
             let in_store = snap.state.as_ref().map_or(0, |s| s.generation);
             state.generation = kept.generation.max(in_store + 1);
             let keys = (self.key("table"), self.key("rollout"));
-            let r = Self::write(self.etcd.clone(), keys, snap.mod_revision, state.clone()).await;
+            let r = Self::write(
+                self.etcd.clone(),
+                keys,
+                snap.mod_revision,
+                state.clone(),
+                None,
+            )
+            .await;
             self.note(&r);
             if let Ok(rev) = r? {
                 let mut pending = self.lock_pending();
@@ -165,6 +181,7 @@ impl EtcdStore {
         keys: (String, String),
         expected: i64,
         state: PersistedState,
+        fence: Option<(String, String, i64)>,
     ) -> Result<Result<i64, u64>, EtcdError> {
         let mut table = serde_json::to_value(&state).unwrap_or(Value::Null);
         if let Some(m) = table.as_object_mut() {
@@ -173,8 +190,16 @@ impl EtcdStore {
             m.insert("written_unix_ms".into(), json!(super::members::now_ms()));
         }
         let (tkey, rkey) = (b64(keys.0.as_bytes()), b64(keys.1.as_bytes()));
+        let mut compare = vec![
+            json!({ "target": "MOD", "key": tkey, "mod_revision": expected.to_string(), "result": "EQUAL" }),
+        ];
+        if let Some((leader_key, name, lease)) = &fence {
+            let lkey = b64(leader_key.as_bytes());
+            compare.push(json!({ "target": "VALUE", "key": lkey, "value": b64(name.as_bytes()), "result": "EQUAL" }));
+            compare.push(json!({ "target": "LEASE", "key": lkey, "lease": lease.to_string(), "result": "EQUAL" }));
+        }
         let body = json!({
-            "compare": [{ "target": "MOD", "key": tkey, "mod_revision": expected.to_string(), "result": "EQUAL" }],
+            "compare": compare,
             "success": [
                 { "request_put": { "key": tkey, "value": b64(table.to_string().as_bytes()) } },
                 { "request_put": { "key": rkey, "value": b64(state.rollout.to_string().as_bytes()) } },
@@ -213,7 +238,20 @@ impl StateStore for EtcdStore {
     fn save(&self, state: &PersistedState) -> Result<(), StateError> {
         let expected = self.applied_revision();
         let keys = (self.key("table"), self.key("rollout"));
-        let fut = Self::write(self.etcd.clone(), keys, expected, state.clone());
+        // The leader's own decisions are fenced: they apply only while it holds the key.
+        let fence = if Control::acting_as_leader() {
+            let held = self.fence.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            match held {
+                Some((name, lease)) => Some((self.key("leader"), name, lease)),
+                None => return Err(StateError::Conflict(
+                    "this instance no longer holds the fleet's leader key; the new leader decides"
+                        .into(),
+                )),
+            }
+        } else {
+            None
+        };
+        let fut = Self::write(self.etcd.clone(), keys, expected, state.clone(), fence);
         let r = self.block(fut);
         self.note(&r);
         match r {
@@ -222,7 +260,7 @@ impl StateStore for EtcdStore {
                 Ok(())
             }
             Ok(Err(generation)) => Err(StateError::Conflict(format!(
-                "another instance changed the fleet's table first (generation {generation} in etcd, {} here); nothing changed; re-read status and retry",
+                "another instance changed the fleet's table first, or this one no longer leads (generation {generation} in etcd, {} here); nothing changed; re-read status and retry",
                 state.generation.saturating_sub(1)
             ))),
             Err(e) => Err(StateError::Unavailable(e.to_string())),
