@@ -234,6 +234,8 @@ impl Switchyard {
         ));
         control.attach_controller(controller.clone());
         if config.fleet.is_some() {
+            // A follower until the fleet's membership says otherwise.
+            control.leader_flag();
             // The fleet's rollout goes on as recorded (only the leader steps it); a joining
             // instance must not pause it as a restart would.
             controller.adopt(&control, &control.restored_rollout());

@@ -284,9 +284,12 @@ impl Control {
         self.leader.get().is_none_or(|f| f.load(Ordering::Acquire))
     }
 
-    /// Attaches the fleet's leader flag (once, with `[fleet]`).
-    pub fn attach_leader_flag(&self, flag: Arc<AtomicBool>) {
-        let _ = self.leader.set(flag);
+    /// The fleet's leader flag: created (false) on the first call, which makes this
+    /// instance a follower until the fleet's membership says it leads.
+    pub fn leader_flag(&self) -> Arc<AtomicBool> {
+        self.leader
+            .get_or_init(|| Arc::new(AtomicBool::new(false)))
+            .clone()
     }
 
     /// Attaches the fleet's view (once, with `[fleet]`): `status` then shows it.

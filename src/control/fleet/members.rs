@@ -66,12 +66,11 @@ impl Members {
             name: cfg.instance.clone(),
             ttl: cfg.lease_ttl,
             interval: cfg.publish_interval,
-            leader: Arc::new(AtomicBool::new(false)),
+            leader: control.leader_flag(),
             gauges,
         });
         let view = members.clone();
         control.attach_fleet_view(Arc::new(move || view.view()));
-        control.attach_leader_flag(members.leader.clone());
         members
     }
 
