@@ -286,6 +286,7 @@ pub fn render(verb: &str, v: &Value) -> String {
                 .unwrap_or_default()
         ),
         "help" => render_help(v),
+        "fleet" => render_fleet(v),
         "watch" => format!(
             "watching from generation {}; Ctrl-C to stop",
             v["generation"]
@@ -296,6 +297,39 @@ pub fn render(verb: &str, v: &Value) -> String {
         _ if v.get("changes").is_some() => render_change(v),
         _ => v.to_string(),
     }
+}
+
+/// `fleet` (and the end of `status` with `[fleet]`): the leader, then one line per instance.
+fn render_fleet(v: &Value) -> String {
+    let store = if v["store_up"] == true {
+        "etcd up"
+    } else {
+        "etcd UNREACHABLE (serving the last table)"
+    };
+    let mut s = format!(
+        "fleet  generation {}  leader {}  {store}\n",
+        v["generation"],
+        v["leader"].as_str().unwrap_or("none")
+    );
+    for i in v["instances"].as_array().into_iter().flatten() {
+        let applied = if i["applied"] == true {
+            "applied".to_string()
+        } else {
+            format!("LAGGING {}s", i["lag_seconds"])
+        };
+        let leads = if i["leader"] == true {
+            "  (leader)"
+        } else {
+            ""
+        };
+        s.push_str(&format!(
+            "       {:<16} generation {:<6} {applied:<16} version {}{leads}\n",
+            i["name"].as_str().unwrap_or("?"),
+            i["generation"],
+            i["version"].as_str().unwrap_or("?")
+        ));
+    }
+    s
 }
 
 fn render_status(v: &Value) -> String {
@@ -355,6 +389,9 @@ fn render_status(v: &Value) -> String {
                 c["file"].as_str().unwrap_or("?")
             ));
         }
+    }
+    if v["fleet"].is_object() {
+        s.push_str(&render_fleet(&v["fleet"]));
     }
     if let Some(pid) = v["superseded_by"].as_u64() {
         s.push_str(&format!(
@@ -496,6 +533,29 @@ fn render_event(v: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fleet_view_renders_one_line_per_instance() {
+        let v = json!({
+            "generation": 7, "leader": "edge-1", "store_up": true,
+            "instances": [
+                { "name": "edge-1", "generation": 7, "applied": true, "lag_seconds": 0.0, "version": "0.1.0", "leader": true },
+                { "name": "edge-2", "generation": 6, "applied": false, "lag_seconds": 1.5, "version": "0.1.0", "leader": false },
+            ],
+        });
+        let text = render("fleet", &v);
+        assert!(
+            text.starts_with("fleet  generation 7  leader edge-1  etcd up"),
+            "{text}"
+        );
+        assert!(
+            text.contains("edge-1") && text.contains("(leader)"),
+            "{text}"
+        );
+        assert!(text.contains("LAGGING 1.5s"), "{text}");
+        let down = render("fleet", &json!({ "store_up": false, "instances": [] }));
+        assert!(down.contains("UNREACHABLE"), "{down}");
+    }
 
     #[test]
     fn exit_codes_follow_the_design_table() {

@@ -30,6 +30,8 @@ pub struct Snapshot {
     pub mod_revision: i64,
     /// The store's revision when read (a watch starts after it).
     pub revision: i64,
+    /// When the table was written (`written_unix_ms`; 0 if unknown).
+    pub written_unix_ms: u64,
 }
 
 pub struct EtcdStore {
@@ -39,7 +41,7 @@ pub struct EtcdStore {
     applied: AtomicI64,
     up: AtomicBool,
     /// An emergency change applied here while etcd was unreachable, to write when it returns.
-    pending: Mutex<Option<PersistedState>>,
+    pending: Mutex<Option<(PersistedState, u64)>>,
     /// While this instance leads: its name and lease, which the leader's writes compare.
     fence: Mutex<Option<(String, i64)>>,
     bridge: tokio::runtime::Handle,
@@ -104,7 +106,8 @@ impl EtcdStore {
         *self.fence.lock().unwrap_or_else(|e| e.into_inner()) = fence;
     }
 
-    fn lock_pending(&self) -> std::sync::MutexGuard<'_, Option<PersistedState>> {
+    /// The kept change and when it was made (Unix ms).
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, Option<(PersistedState, u64)>> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -113,16 +116,37 @@ impl EtcdStore {
         self.lock_pending().is_some()
     }
 
-    /// Writes the change kept while etcd was unreachable, over whatever etcd holds now
-    /// (an emergency rollback wins over what happened meanwhile), with a generation above
-    /// both. The watch then applies it like any other change.
+    /// Writes the change kept while etcd was unreachable, with a generation above the one
+    /// in etcd, unless etcd already holds the same values (another instance's rollback got
+    /// there first) or a change written after this one was made (a later decision wins).
+    /// Either way the watch then brings this instance to etcd's table.
     pub async fn flush_pending(&self) -> Result<(), EtcdError> {
-        let Some(mut state) = self.lock_pending().clone() else {
+        let Some((kept, made_ms)) = self.lock_pending().clone() else {
             return Ok(());
         };
-        let kept = state.clone();
+        let done = |why: &str, generation: u64| {
+            let mut pending = self.lock_pending();
+            if pending.as_ref().map(|(s, _)| s) == Some(&kept) {
+                *pending = None;
+            }
+            tracing::info!(
+                generation,
+                "fleet: the change made while etcd was unreachable: {why}"
+            );
+        };
         for _ in 0..10 {
             let snap = self.read().await?;
+            if let Some(current) = &snap.state {
+                if same_values(current, &kept) {
+                    done("etcd already holds it", current.generation);
+                    return Ok(());
+                }
+                if snap.written_unix_ms > made_ms {
+                    done("etcd holds a later change, which wins", current.generation);
+                    return Ok(());
+                }
+            }
+            let mut state = kept.clone();
             let in_store = snap.state.as_ref().map_or(0, |s| s.generation);
             state.generation = kept.generation.max(in_store + 1);
             let keys = (self.key("table"), self.key("rollout"));
@@ -135,16 +159,8 @@ impl EtcdStore {
             )
             .await;
             self.note(&r);
-            if let Ok(rev) = r? {
-                let mut pending = self.lock_pending();
-                if pending.as_ref() == Some(&kept) {
-                    *pending = None;
-                }
-                tracing::info!(
-                    generation = state.generation,
-                    revision = rev,
-                    "fleet: the change made while etcd was unreachable is now in etcd"
-                );
+            if r?.is_ok() {
+                done("written to etcd", state.generation);
                 return Ok(());
             }
         }
@@ -277,7 +293,7 @@ impl StateStore for EtcdStore {
         match r {
             Ok(()) => Ok(None),
             Err(StateError::Unavailable(why)) => {
-                *self.lock_pending() = Some(state.clone());
+                *self.lock_pending() = Some((state.clone(), super::members::now_ms()));
                 tracing::warn!(generation = state.generation, reason = %why,
                     "fleet: etcd unreachable; applied on this instance only, to be written to etcd when it returns");
                 Ok(Some(format!(
@@ -318,6 +334,7 @@ pub async fn read_snapshot(etcd: &Etcd, prefix: &str) -> Result<Snapshot, EtcdEr
             state: None,
             mod_revision: 0,
             revision,
+            written_unix_ms: 0,
         });
     };
     let bad = |e: serde_json::Error| EtcdError::Refused {
@@ -325,6 +342,7 @@ pub async fn read_snapshot(etcd: &Etcd, prefix: &str) -> Result<Snapshot, EtcdEr
         message: format!("not a route table ({e})"),
     };
     let mut record: Value = serde_json::from_slice(&table.value).map_err(bad)?;
+    let written_unix_ms = record["written_unix_ms"].as_u64().unwrap_or(0);
     record["rollout"] = kv(1)
         .and_then(|r| serde_json::from_slice(&r.value).ok())
         .unwrap_or(Value::Null);
@@ -333,5 +351,14 @@ pub async fn read_snapshot(etcd: &Etcd, prefix: &str) -> Result<Snapshot, EtcdEr
         state: Some(state),
         mod_revision: table.mod_revision,
         revision,
+        written_unix_ms,
     })
+}
+
+/// The same route-table values, whatever the generation.
+fn same_values(a: &PersistedState, b: &PersistedState) -> bool {
+    PersistedState {
+        generation: b.generation,
+        ..a.clone()
+    } == *b
 }
