@@ -124,7 +124,11 @@ async fn weight_reaches_every_instance(etcd: Etcd, prefix: &str) {
         );
         assert_eq!(green_bp(i), 2000);
     }
-    assert_eq!(fleet[0].proxy.admin("fleet").await["all_applied"], true);
+    wait_for("every view says all applied", DEADLINE, || async {
+        let v = fleet[0].proxy.admin("fleet").await;
+        v["all_applied"] == true && v["generation"].as_u64() >= Some(g)
+    })
+    .await;
     let r = fleet[0].proxy.admin("weight 100").await;
     all_apply(
         &fleet.iter().collect::<Vec<_>>(),

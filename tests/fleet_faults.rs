@@ -179,7 +179,23 @@ async fn etcd_down_keeps_serving_refuses_weight_and_rollback_applies_locally_the
         },
     )
     .await;
-    // Changes work again.
+    // Every instance on etcd's revision, nothing kept back: changes work again.
+    wait_for(
+        "every instance on etcd's table revision",
+        DEADLINE,
+        || async {
+            let mut ok = true;
+            for p in &fleet {
+                let v = p.admin("fleet").await;
+                ok &= v["store_up"] == true
+                    && v["rollback_pending"] == false
+                    && v["table_revision"].as_i64().is_some_and(|r| r > 0)
+                    && v["table_revision"] == v["applied_revision"];
+            }
+            ok
+        },
+    )
+    .await;
     let r = fleet[1].admin("weight 5").await;
     assert_eq!(r["ok"], true, "{r}");
 

@@ -177,14 +177,24 @@ impl Members {
                 }
                 kept = Instant::now();
             }
+            // One slow or failed call does not end the session: only the lease (kept
+            // alive above) does. Meanwhile this instance does not count itself leader.
             let generation = self.control.routes.load().generation;
-            if registered != Some(generation) {
-                self.register(lease, generation).await?;
-                registered = Some(generation);
+            let round = async {
+                if registered != Some(generation) {
+                    self.register(lease, generation).await?;
+                    registered = Some(generation);
+                }
+                self.campaign(lease).await?;
+                self.refresh().await
+            };
+            match round.await {
+                Ok(()) => self.set_up(true),
+                Err(e) => {
+                    tracing::debug!(error = %e, "fleet: membership round failed; retrying");
+                    self.set_up(false);
+                }
             }
-            self.campaign(lease).await?;
-            self.refresh().await?;
-            self.set_up(true);
         }
     }
 
@@ -276,11 +286,17 @@ impl Members {
             .collect();
         self.gauges.instances.set(instances.len() as f64);
         self.gauges.lag.set(max_lag);
+        let table_revision = kvs(2).first().map_or(0, |kv| kv.mod_revision);
         *self.view.lock().unwrap_or_else(|e| e.into_inner()) = json!({
             "instance": self.name,
             "store_up": true,
             "leader": leader,
             "generation": fleet_generation,
+            // This instance is on etcd's table when the two revisions are equal.
+            "table_revision": table_revision,
+            "applied_revision": self.store.applied_revision(),
+            // A rollback made while etcd was unreachable, not written there yet.
+            "rollback_pending": self.store.has_pending(),
             "all_applied": instances.iter().all(|i| i["applied"] == true),
             "instances": instances,
         });

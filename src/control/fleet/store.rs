@@ -159,7 +159,11 @@ impl EtcdStore {
             )
             .await;
             self.note(&r);
-            if r?.is_ok() {
+            if let Ok(rev) = r? {
+                // This instance already serves exactly what was written.
+                if state.generation == kept.generation {
+                    self.advance(rev);
+                }
                 done("written to etcd", state.generation);
                 return Ok(());
             }
