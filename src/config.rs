@@ -13,6 +13,7 @@ use std::time::Duration;
 mod backend;
 mod edge;
 mod fields;
+mod fleet;
 mod locate;
 mod pool;
 mod raw;
@@ -23,6 +24,7 @@ mod validate;
 #[cfg(test)]
 mod tests;
 
+pub use fleet::{EtcdEndpoint, FleetConfig};
 pub use units::{parse_duration, parse_percent_bp};
 
 /// One of the two upstream pools.
@@ -114,6 +116,8 @@ pub struct Config {
     pub security_headers: SecurityHeadersConfig,
     pub request_id: RequestIdConfig,
     pub access_log: AccessLogConfig,
+    /// `[fleet]`: several instances sharing one route table on etcd; `None` without it.
+    pub fleet: Option<FleetConfig>,
 }
 
 impl Config {

@@ -92,6 +92,8 @@ pub enum StartError {
     AccessLog(std::io::Error),
     #[error("takeover: {0}")]
     Takeover(String),
+    #[error("[fleet]: {0}")]
+    Fleet(String),
 }
 
 /// The fix for the usual admin socket failure: a directory the daemon cannot write (a
@@ -146,6 +148,8 @@ pub struct Switchyard {
     takeover: Option<control::handover::Takeover>,
     lifecycle: Arc<notify::Lifecycle>,
     stop_old: bool,
+    /// `[fleet]`: the etcd store this instance follows.
+    fleet: Option<Arc<control::fleet::store::EtcdStore>>,
 }
 
 impl Switchyard {
@@ -245,9 +249,17 @@ impl Switchyard {
         );
         // Restore only once every socket is ours: a daemon that cannot bind must not
         // touch the state of the one that holds them.
-        let store = options
-            .state_store
-            .unwrap_or_else(|| Arc::new(FileStateStore::new(config.state.path.clone())));
+        // With `[fleet]` the state lives in etcd (the file is not read: a joining or
+        // restarting instance takes the fleet's table).
+        let fleet = match &config.fleet {
+            Some(f) => Some(control::fleet::store(f).map_err(StartError::Fleet)?),
+            None => None,
+        };
+        let store = match (options.state_store, &fleet) {
+            (Some(s), _) => s,
+            (None, Some(f)) => f.clone(),
+            (None, None) => Arc::new(FileStateStore::new(config.state.path.clone())),
+        };
         let control = Arc::new(Control::start(
             config.clone(),
             options.config_path,
@@ -263,7 +275,15 @@ impl Switchyard {
             metrics.clone(),
         ));
         control.attach_controller(controller.clone());
-        controller.restore(&control);
+        if config.fleet.is_some() {
+            // A follower until the fleet's membership says otherwise.
+            control.leader_flag();
+            // The fleet's rollout goes on as recorded (only the leader steps it); a joining
+            // instance must not pause it as a restart would.
+            controller.adopt(&control, &control.restored_rollout());
+        } else {
+            controller.restore(&control);
+        }
         let strict_admin_lists = options.strict_admin_lists;
         Ok(Switchyard {
             config,
@@ -280,6 +300,7 @@ impl Switchyard {
             takeover,
             lifecycle: Arc::new(notify::Lifecycle::default()),
             stop_old: options.stop_old,
+            fleet,
         })
     }
 
@@ -356,6 +377,7 @@ impl Switchyard {
             takeover,
             lifecycle,
             stop_old,
+            fleet,
         } = self;
         // Duplicates of the listening sockets, for a successor's `handover`.
         let mut inheritable = control::handover::Inheritable::default();
@@ -409,6 +431,16 @@ impl Switchyard {
         ));
         tokio::spawn(control::controller::run(control.clone(), shutdown.clone()));
         tokio::spawn(control::failover::run(control.clone(), shutdown.clone()));
+        if let (Some(store), Some(cfg)) = (fleet, &config.fleet) {
+            let members =
+                control::fleet::members::Members::new(control.clone(), store.clone(), cfg);
+            tokio::spawn(members.run(shutdown.clone()));
+            tokio::spawn(control::fleet::run(
+                control.clone(),
+                store,
+                shutdown.clone(),
+            ));
+        }
         if !terminators.is_empty() {
             tokio::spawn(proxy::tls::watch_files(terminators, shutdown.clone()));
         }

@@ -178,7 +178,8 @@ enum Command {
     ///
     /// Examples: switchyard ctl status; switchyard ctl weight green 10 expect-gen 4;
     /// switchyard ctl rollout start --to green --wait --timeout 30m;
-    /// switchyard ctl rollback to blue; switchyard ctl watch
+    /// switchyard ctl rollback to blue; switchyard ctl watch. With [fleet], a change followed
+    /// by --wait-applied returns once every live instance runs it (exit 5 after 30 s).
     Ctl {
         /// Admin socket [default: $SWITCHYARD_SOCKET, else /run/switchyard/admin.sock]
         #[arg(long, env = "SWITCHYARD_SOCKET", hide_env = true)]

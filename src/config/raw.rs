@@ -21,6 +21,7 @@ pub(crate) struct RawConfig {
     pub security_headers: Option<RawSecurityHeaders>,
     pub request_id: Option<RawRequestId>,
     pub access_log: Option<RawAccessLog>,
+    pub fleet: Option<RawFleet>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -167,6 +168,21 @@ pub(crate) struct RawMetrics {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawState {
     pub path: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawFleet {
+    pub etcd: Option<Vec<String>>,
+    pub prefix: Option<String>,
+    pub instance: Option<String>,
+    pub lease_ttl: Option<RawDuration>,
+    pub publish_interval: Option<RawDuration>,
+    pub ca: Option<String>,
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    pub username: Option<String>,
+    pub password_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -70,6 +70,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let security_headers =
         super::edge::security_headers(raw.security_headers.unwrap_or_default(), &reserved)?;
     let access_log = super::edge::access_log(raw.access_log.unwrap_or_default())?;
+    let fleet = raw.fleet.map(super::fleet::fleet).transpose()?;
     Ok(Config {
         proxy,
         pools,
@@ -82,6 +83,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         security_headers,
         request_id,
         access_log,
+        fleet,
     })
 }
 

@@ -103,7 +103,13 @@ pub async fn run(socket: &Path, words: &[String], json_out: bool) -> u8 {
             &format!("argument {bad:?} contains a control character"),
         );
     }
-    let (words, follow) = match super::follow::take(words) {
+    let wait_applied = words.iter().any(|w| w == "--wait-applied");
+    let words: Vec<String> = words
+        .iter()
+        .filter(|w| *w != "--wait-applied")
+        .cloned()
+        .collect();
+    let (words, follow) = match super::follow::take(&words) {
         Ok(x) => x,
         Err(msg) => return out.fail(EXIT_USAGE, "usage", &msg),
     };
@@ -166,6 +172,11 @@ pub async fn run(socket: &Path, words: &[String], json_out: bool) -> u8 {
     if follow.wait {
         return super::follow::follow(&mut conn, &reply, &follow, out.json).await;
     }
+    if wait_applied {
+        if let Some(g) = reply["generation"].as_u64() {
+            return wait_applied_by_fleet(&mut conn, g, &out).await;
+        }
+    }
     if verb == "watch" {
         loop {
             let event = tokio::select! {
@@ -186,6 +197,49 @@ pub async fn run(socket: &Path, words: &[String], json_out: bool) -> u8 {
         }
     }
     EXIT_OK
+}
+
+/// How long `--wait-applied` waits for the fleet before it exits 5.
+const WAIT_APPLIED_LIMIT: Duration = Duration::from_secs(30);
+
+/// `--wait-applied`: asks `fleet` until every live instance runs generation `g` or later.
+/// Alone (no `[fleet]`) the reply already means applied.
+async fn wait_applied_by_fleet(conn: &mut Connection, g: u64, out: &Output) -> u8 {
+    let start = std::time::Instant::now();
+    loop {
+        let view = match conn.send("fleet").await {
+            Ok(()) => conn.next().await,
+            Err(e) => Err(e),
+        };
+        let view = match view {
+            Ok(Some(v)) => v,
+            Ok(None) => {
+                return out.fail(EXIT_USAGE, "internal", "the daemon closed the connection")
+            }
+            Err(e) => return out.fail(EXIT_USAGE, "internal", &e.to_string()),
+        };
+        if view["ok"] != true {
+            return EXIT_OK;
+        }
+        let instances = view["instances"].as_array().cloned().unwrap_or_default();
+        let behind: Vec<String> = instances
+            .iter()
+            .filter(|i| i["generation"].as_u64().unwrap_or(0) < g)
+            .map(|i| i["name"].as_str().unwrap_or("?").to_string())
+            .collect();
+        if !instances.is_empty() && behind.is_empty() {
+            out.print("fleet", &view);
+            return EXIT_OK;
+        }
+        if start.elapsed() > WAIT_APPLIED_LIMIT {
+            let msg = format!(
+                "not every instance applied generation {g} within {WAIT_APPLIED_LIMIT:?}; behind: {}",
+                behind.join(", ")
+            );
+            return out.fail(EXIT_TIMEOUT, "timeout", &msg);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// The socket from `--socket`, else `$SWITCHYARD_SOCKET`, else [`DEFAULT_SOCKET`].
@@ -296,6 +350,7 @@ pub fn render(verb: &str, v: &Value) -> String {
                 .unwrap_or_default()
         ),
         "help" => render_help(v),
+        "fleet" => render_fleet(v),
         "watch" => format!(
             "watching from generation {}; Ctrl-C to stop",
             v["generation"]
@@ -306,6 +361,39 @@ pub fn render(verb: &str, v: &Value) -> String {
         _ if v.get("changes").is_some() => render_change(v),
         _ => v.to_string(),
     }
+}
+
+/// `fleet` (and the end of `status` with `[fleet]`): the leader, then one line per instance.
+fn render_fleet(v: &Value) -> String {
+    let store = if v["store_up"] == true {
+        "etcd up"
+    } else {
+        "etcd UNREACHABLE (serving the last table)"
+    };
+    let mut s = format!(
+        "fleet  generation {}  leader {}  {store}\n",
+        v["generation"],
+        v["leader"].as_str().unwrap_or("none")
+    );
+    for i in v["instances"].as_array().into_iter().flatten() {
+        let applied = if i["applied"] == true {
+            "applied".to_string()
+        } else {
+            format!("LAGGING {}s", i["lag_seconds"])
+        };
+        let leads = if i["leader"] == true {
+            "  (leader)"
+        } else {
+            ""
+        };
+        s.push_str(&format!(
+            "       {:<16} generation {:<6} {applied:<16} version {}{leads}\n",
+            i["name"].as_str().unwrap_or("?"),
+            i["generation"],
+            i["version"].as_str().unwrap_or("?")
+        ));
+    }
+    s
 }
 
 fn render_status(v: &Value) -> String {
@@ -380,6 +468,9 @@ fn render_status(v: &Value) -> String {
                 c["file"].as_str().unwrap_or("?")
             ));
         }
+    }
+    if v["fleet"].is_object() {
+        s.push_str(&render_fleet(&v["fleet"]));
     }
     if let Some(pid) = v["superseded_by"].as_u64() {
         s.push_str(&format!(
@@ -529,6 +620,29 @@ fn render_event(v: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fleet_view_renders_one_line_per_instance() {
+        let v = json!({
+            "generation": 7, "leader": "edge-1", "store_up": true,
+            "instances": [
+                { "name": "edge-1", "generation": 7, "applied": true, "lag_seconds": 0.0, "version": "0.1.0", "leader": true },
+                { "name": "edge-2", "generation": 6, "applied": false, "lag_seconds": 1.5, "version": "0.1.0", "leader": false },
+            ],
+        });
+        let text = render("fleet", &v);
+        assert!(
+            text.starts_with("fleet  generation 7  leader edge-1  etcd up"),
+            "{text}"
+        );
+        assert!(
+            text.contains("edge-1") && text.contains("(leader)"),
+            "{text}"
+        );
+        assert!(text.contains("LAGGING 1.5s"), "{text}");
+        let down = render("fleet", &json!({ "store_up": false, "instances": [] }));
+        assert!(down.contains("UNREACHABLE"), "{down}");
+    }
 
     #[test]
     fn exit_codes_follow_the_design_table() {

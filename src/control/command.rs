@@ -48,6 +48,10 @@ pub const ERROR_CODES: &[(&str, &str)] = &[
         "`expect-gen N` did not match the current generation; nothing changed",
     ),
     (
+        "store_unavailable",
+        "the fleet's etcd cannot be reached; nothing changed (`rollback` still works)",
+    ),
+    (
         "rollout_active",
         "a manual weight change while a rollout progresses",
     ),
@@ -145,6 +149,10 @@ pub const VERBS: &[(&str, &str)] = &[
         "handover",
         "hand the listening sockets to a new process (`switchyard run --takeover` sends it)",
     ),
+    (
+        "fleet",
+        "with [fleet]: every live instance, its generation and lag, and the leader",
+    ),
     ("help", "this list"),
 ];
 
@@ -230,6 +238,8 @@ pub enum AdminCommand {
     WaitDrained { pool: PoolId, timeout: Duration },
     /// `handover`: a new process takes over the listening sockets (`run --takeover`).
     Handover,
+    /// `fleet`: the fleet's instances and leader (`[fleet]`).
+    Fleet,
 }
 
 /// Verbs that change state: they need admin rights and are audited even when refused.
@@ -337,6 +347,7 @@ impl AdminCommand {
             "gates" => no_args(AdminCommand::Gates),
             "wait-drained" => parse_wait_drained(args, expect_gen),
             "handover" => no_args(AdminCommand::Handover),
+            "fleet" => no_args(AdminCommand::Fleet),
             other => Err(AdminError::new(
                 "unknown_command",
                 format!("unknown command `{other}`; try `help`"),

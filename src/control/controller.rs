@@ -204,6 +204,30 @@ impl Controller {
         }
     }
 
+    /// Fleet: the rollout record another instance wrote (applied from etcd) becomes this
+    /// controller's rollout, so whichever instance leads next goes on from it.
+    pub fn adopt(&self, control: &Control, saved: &Value) {
+        if saved.is_null() {
+            return;
+        }
+        let Some((rollout, meta)) = record::parse(saved) else {
+            warn!("the fleet's rollout record is not one this version reads; ignoring it");
+            return;
+        };
+        let mut inner = self.lock();
+        let previous = inner.rollout.take();
+        inner.violations_base = self.stats.violations_total(rollout.candidate());
+        inner.rollout = Some(rollout.taken_over(self.now()));
+        inner.meta = meta;
+        self.after(
+            control,
+            &mut inner,
+            previous.as_ref(),
+            &json!("fleet"),
+            None,
+        );
+    }
+
     /// One evaluation of the live rollout, if any; applies what it decides.
     pub fn tick(&self, control: &Control) {
         let mut inner = self.lock();
@@ -437,13 +461,25 @@ pub async fn run(control: Arc<Control>, shutdown: CancellationToken) {
         if next < now {
             next = now;
         }
-        tokio::select! {
-            _ = tokio::time::sleep_until(next) => {}
-            _ = controller.stats.tripwire().notified() => {}
+        let tripwire = tokio::select! {
+            _ = tokio::time::sleep_until(next) => false,
+            _ = controller.stats.tripwire().notified() => true,
             _ = shutdown.cancelled() => return,
+        };
+        // In a fleet only the leader steps the rollout; any instance acts on a tripwire.
+        let leads = control.leads();
+        if !leads && !tripwire {
+            continue;
         }
         let (c, k) = (controller.clone(), control.clone());
-        if let Err(e) = tokio::task::spawn_blocking(move || c.tick(&k)).await {
+        let tick = move || {
+            if leads {
+                Control::as_leader(|| c.tick(&k))
+            } else {
+                c.tick(&k)
+            }
+        };
+        if let Err(e) = tokio::task::spawn_blocking(tick).await {
             error!(error = %e, "rollout tick failed");
         }
     }

@@ -23,6 +23,9 @@ pub fn execute(
     match cmd {
         AdminCommand::Status => Ok(control.status()),
         AdminCommand::Help => Ok(help()),
+        AdminCommand::Fleet => control.fleet_view().ok_or_else(|| {
+            AdminError::bad_argument("this instance runs alone (no [fleet] in its config)")
+        }),
         AdminCommand::Watch => Err(AdminError::new(
             "internal",
             "watch is served by the socket loop",
@@ -50,13 +53,14 @@ pub fn execute(
         }
         AdminCommand::Rollback { to, expect_gen } => {
             // With a controller, a live rollout ends in the same swap (rolled back by operator).
-            let applied = match control.controller() {
-                Some(c) => c.rollback(control, actor, line, to, expect_gen)?,
+            // Local first: in a fleet whose etcd is unreachable it applies here at once.
+            let applied = Control::local_first(|| match control.controller() {
+                Some(c) => c.rollback(control, actor, line, to, expect_gen),
                 None => control.update(actor, line, expect_gen, |d| {
                     send_all_to(d, to.unwrap_or(d.stable));
                     Ok(())
-                })?,
-            };
+                }),
+            })?;
             Ok(reply(applied))
         }
         AdminCommand::RolloutStart { args, expect_gen } => {

@@ -24,6 +24,7 @@ mod draft;
 pub mod drain;
 pub mod execute;
 pub mod failover;
+pub mod fleet;
 pub mod follow;
 pub mod handover;
 pub mod occupant;
@@ -31,6 +32,7 @@ pub mod reload;
 pub mod rollout;
 pub mod state;
 
+use std::cell::Cell;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -55,7 +57,9 @@ use access::Peer;
 use audit::AuditLog;
 use command::{state_from_str, state_str, AdminError};
 use controller::Controller;
-use state::{BackendRef, PersistedState, PoolStates, Restore, StateStore, STATE_VERSION};
+use state::{
+    BackendRef, PersistedState, PoolStates, Restore, StateError, StateStore, STATE_VERSION,
+};
 
 /// How many events a slow `watch` client may fall behind before it is told it lagged.
 const EVENT_BUFFER: usize = 1024;
@@ -135,7 +139,33 @@ pub struct Control {
     controller: OnceLock<Arc<Controller>>,
     /// The last failed state save (`null` if none since start), for `status`.
     last_save_failure: Mutex<Value>,
+    /// `[fleet]`: the fleet's view (instances, leader) for `status` and `fleet`.
+    fleet_view: OnceLock<FleetView>,
+    /// `[fleet]`: whether this instance holds the leader key.
+    leader: OnceLock<Arc<AtomicBool>>,
 }
+
+thread_local! {
+    /// Set by [`Control::local_first`] for the updates its closure makes on this thread.
+    static LOCAL_FIRST: Cell<bool> = const { Cell::new(false) };
+    /// Set by [`Control::as_leader`]: a fleet store fences these updates on the leader key.
+    static AS_LEADER: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Sets `flag` for the duration of `f` on this thread.
+fn with_flag<T>(flag: &'static std::thread::LocalKey<Cell<bool>>, f: impl FnOnce() -> T) -> T {
+    struct Reset(&'static std::thread::LocalKey<Cell<bool>>, bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            self.0.with(|c| c.set(self.1));
+        }
+    }
+    let _reset = Reset(flag, flag.with(|c| c.replace(true)));
+    f()
+}
+
+/// What `status` shows of the fleet, kept current by [`fleet`].
+pub type FleetView = Arc<dyn Fn() -> Value + Send + Sync>;
 
 impl Control {
     /// Takes over `routes` (built from `config`), restores the saved state unless the
@@ -191,6 +221,8 @@ impl Control {
             tls: OnceLock::new(),
             controller: OnceLock::new(),
             last_save_failure: Mutex::new(Value::Null),
+            fleet_view: OnceLock::new(),
+            leader: OnceLock::new(),
         };
         // Exported from the start, so an alert on its increase sees the zero.
         control
@@ -245,6 +277,46 @@ impl Control {
     /// reference back: its methods are handed this `Control`.
     pub fn attach_controller(&self, controller: Arc<Controller>) {
         let _ = self.controller.set(controller);
+    }
+
+    /// Runs `f` with its updates marked emergency: with a shared store that cannot be
+    /// reached they apply here at once and reach the store when it returns (`rollback`).
+    pub fn local_first<T>(f: impl FnOnce() -> T) -> T {
+        with_flag(&LOCAL_FIRST, f)
+    }
+
+    /// Runs `f` with its updates made as the fleet's leader: the store's transaction also
+    /// checks that this instance still holds the leader key (fencing).
+    pub fn as_leader<T>(f: impl FnOnce() -> T) -> T {
+        with_flag(&AS_LEADER, f)
+    }
+
+    /// Whether the update being made runs under [`Control::as_leader`].
+    pub fn acting_as_leader() -> bool {
+        AS_LEADER.with(Cell::get)
+    }
+
+    /// Whether this instance leads: always alone, the leader key's holder in a fleet.
+    pub fn leads(&self) -> bool {
+        self.leader.get().is_none_or(|f| f.load(Ordering::Acquire))
+    }
+
+    /// The fleet's leader flag: created (false) on the first call, which makes this
+    /// instance a follower until the fleet's membership says it leads.
+    pub fn leader_flag(&self) -> Arc<AtomicBool> {
+        self.leader
+            .get_or_init(|| Arc::new(AtomicBool::new(false)))
+            .clone()
+    }
+
+    /// Attaches the fleet's view (once, with `[fleet]`): `status` then shows it.
+    pub fn attach_fleet_view(&self, view: FleetView) {
+        let _ = self.fleet_view.set(view);
+    }
+
+    /// The fleet's instances, leader and lag; `None` without `[fleet]`.
+    pub fn fleet_view(&self) -> Option<Value> {
+        self.fleet_view.get().map(|v| v())
     }
 
     /// The rollout controller, once attached (by `Switchyard::bind_with`).
@@ -364,10 +436,37 @@ impl Control {
             rollout: draft.rollout,
             disabled: draft.disabled,
         };
-        // Saved before it is published: a change the state file cannot hold is refused
-        // and changes nothing, unless it must apply anyway (see `must_persist`).
+        // Saved before it is published. A shared store (the fleet's etcd) takes the change
+        // first: a lost race or an unreachable store leaves this instance's table as it was
+        // (except for a change made under [`Control::local_first`]). A state file that
+        // cannot hold the change refuses it, unless it must apply anyway (`must_persist`).
         let mut warning = None;
-        if let Err(e) = self.store.save(&self.persisted(&next, &next_extra)) {
+        let saved = self.persisted(&next, &next_extra);
+        if self.store.shared() {
+            let outcome = if LOCAL_FIRST.with(Cell::get) {
+                self.store.save_local_first(&saved)
+            } else {
+                self.store.save(&saved).map(|()| None)
+            };
+            match outcome {
+                Ok(w) => warning = w,
+                Err(e) => {
+                    let e = match e {
+                        StateError::Conflict(m) => AdminError::new("conflict", m),
+                        other => AdminError::new(
+                            "store_unavailable",
+                            format!(
+                                "{other}; nothing changed (only `rollback` works while the \
+                                 fleet store is unreachable)"
+                            ),
+                        ),
+                    };
+                    warn!(actor = %json!(actor), command, code = e.code, "refused: {}", e.message);
+                    self.audit(actor, command, current.generation, Err(&e));
+                    return Err(e);
+                }
+            }
+        } else if let Err(e) = self.store.save(&saved) {
             self.state_save_failed(&e.to_string(), next.generation);
             if must_persist(actor, command) {
                 let e = AdminError::new(
@@ -475,29 +574,72 @@ impl Control {
     }
 
     fn persisted(&self, t: &RouteTable, extra: &Extra) -> PersistedState {
-        let addrs = |id: PoolId| {
-            t.pool(id)
-                .backends
-                .iter()
-                .map(|b| b.addr.as_str())
-                .collect::<Vec<_>>()
-        };
-        PersistedState {
-            version: STATE_VERSION,
-            generation: t.generation,
-            green_bp: t.green_bp,
-            states: PoolStates {
-                blue: state_str(t.states[0]).into(),
-                green: state_str(t.states[1]).into(),
-            },
-            disabled_backends: extra.disabled.iter().cloned().collect(),
-            stable: extra.stable.as_str().into(),
-            rollout: extra.rollout.clone(),
-            pools_fingerprint: state::pools_fingerprint([
-                &addrs(PoolId::Blue),
-                &addrs(PoolId::Green),
-            ]),
+        persisted_parts(
+            t.generation,
+            t.green_bp,
+            t.states,
+            &t.pools,
+            extra.stable,
+            &extra.rollout,
+            &extra.disabled,
+        )
+    }
+
+    /// A fleet member adopts the table another instance wrote (`s`, from the shared
+    /// store): one swap to exactly that generation, as a local change would publish.
+    /// `accept` runs under the route writer and decides whether `s` is still news (the
+    /// store compares revisions there); returns whether the table was applied.
+    pub fn apply_shared(
+        &self,
+        s: &PersistedState,
+        accept: impl FnOnce() -> bool,
+    ) -> Result<bool, String> {
+        let writer = self.routes.writer();
+        let mut extra = self.lock_extra();
+        let current = writer.current();
+        if !accept() {
+            return Ok(false);
         }
+        let own = state::config_fingerprint(&self.config());
+        if s.pools_fingerprint != own {
+            warn!(shared = %s.pools_fingerprint, own = %own,
+                "the fleet's table was written for other pools than this instance's config; applying its weights and states anyway");
+        }
+        let (d, e) = draft_from_state(s, &current)?;
+        let rollout_changed = e.rollout != extra.rollout;
+        let next = writer.publish_exact(RouteTable {
+            generation: s.generation,
+            green_bp: d.green_bp,
+            states: d.states,
+            ..current.derive()
+        });
+        *extra = e;
+        drop(extra);
+        drop(writer);
+        // The controller's lock comes before Control's: adopt once both are released.
+        if rollout_changed {
+            if let Some(c) = self.controller() {
+                c.adopt(self, &s.rollout);
+            }
+        }
+        self.pool_states_changed(&current, &next);
+        self.publish_gauges(&next);
+        info!(
+            generation = next.generation,
+            green_percent = percent(next.green_bp),
+            "route table changed by the fleet"
+        );
+        self.publish_event(json!({
+            "event": "route",
+            "time": audit::rfc3339(SystemTime::now()),
+            "generation": next.generation,
+            "command": "fleet",
+            "actor": Actor::internal("fleet"),
+            "changes": [],
+            "green_percent": percent(next.green_bp),
+            "effective_green_percent": percent(next.effective_green_bp()),
+        }));
+        Ok(true)
     }
 
     fn publish_gauges(&self, t: &RouteTable) {
@@ -547,7 +689,7 @@ impl Control {
                 )
             })
             .collect();
-        json!({
+        let mut v = json!({
             "pid": std::process::id(),
             "generation": t.generation,
             "green_percent": percent(t.green_bp),
@@ -561,7 +703,11 @@ impl Control {
             "rollout": rollout,
             "tls": self.tls_status(),
             "superseded_by": self.superseded_by(),
-        })
+        });
+        if let Some(f) = self.fleet_view() {
+            v["fleet"] = f;
+        }
+        v
     }
 
     /// Gives the control plane the TLS listeners (once, at start): `status` shows their
@@ -615,6 +761,38 @@ impl Control {
 /// rollbacks, failover, SIGHUP) apply unsaved rather than not at all.
 fn must_persist(actor: &Actor, command: &str) -> bool {
     actor.kind == "admin" && command.split_whitespace().next() != Some("rollback")
+}
+
+/// The saved form of a table's values (see [`Control::update`] and [`state`]).
+fn persisted_parts(
+    generation: u64,
+    green_bp: u16,
+    states: [PoolState; 2],
+    pools: &[Arc<crate::proxy::route::Pool>; 2],
+    stable: PoolId,
+    rollout: &Value,
+    disabled: &BTreeSet<BackendRef>,
+) -> PersistedState {
+    let addrs = |id: PoolId| {
+        pools[id.index()]
+            .backends
+            .iter()
+            .map(|b| b.addr.as_str())
+            .collect::<Vec<_>>()
+    };
+    PersistedState {
+        version: STATE_VERSION,
+        generation,
+        green_bp,
+        states: PoolStates {
+            blue: state_str(states[0]).into(),
+            green: state_str(states[1]).into(),
+        },
+        disabled_backends: disabled.iter().cloned().collect(),
+        stable: stable.as_str().into(),
+        rollout: rollout.clone(),
+        pools_fingerprint: state::pools_fingerprint([&addrs(PoolId::Blue), &addrs(PoolId::Green)]),
+    }
 }
 
 /// Basis points as a percent with up to two decimals.

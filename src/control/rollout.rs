@@ -323,6 +323,18 @@ impl Rollout {
         self
     }
 
+    /// A rollout recorded by another instance of a fleet, taken over here: its phase stays
+    /// (a running one keeps running), its clocks re-anchored on `now`, so the current
+    /// step's hold starts again on this instance's own samples.
+    pub fn taken_over(mut self, now: Duration) -> Rollout {
+        if self.is_live() {
+            self.stage_started = now;
+            self.samples_from = now;
+            self.streaks = [0; 4];
+        }
+        self
+    }
+
     pub fn phase(&self) -> &Phase {
         &self.phase
     }

@@ -73,6 +73,12 @@ pub enum StateError {
     },
     #[error("{path} is not a valid state file: {message}")]
     Corrupt { path: PathBuf, message: String },
+    /// A shared store holds a newer state than the one this change was made on.
+    #[error("{0}")]
+    Conflict(String),
+    /// A shared store cannot be reached.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// Where the state lives.
@@ -83,6 +89,18 @@ pub trait StateStore: Send + Sync {
     fn save(&self, state: &PersistedState) -> Result<(), StateError>;
     /// For logs: where the state lives.
     fn describe(&self) -> String;
+    /// True when other instances share this state (the fleet's etcd store): a change is
+    /// then saved before it is published, and a refused save ([`StateError::Conflict`],
+    /// [`StateError::Unavailable`]) changes nothing.
+    fn shared(&self) -> bool {
+        false
+    }
+    /// An emergency change (`rollback`) that must not depend on the store: a shared store
+    /// that cannot be reached keeps it to write when it returns and answers `Ok` with a
+    /// warning for the reply. Other stores save as usual.
+    fn save_local_first(&self, state: &PersistedState) -> Result<Option<String>, StateError> {
+        self.save(state).map(|()| None)
+    }
 }
 
 /// The state as one JSON file (`[state] path`).

@@ -30,6 +30,10 @@ pub const BACKEND_REQUESTS_TOTAL: &str = "switchyard_backend_requests_total";
 pub const CERT_EXPIRY: &str = "switchyard_tls_certificate_expiry_timestamp_seconds";
 pub const CONFIG_LAST_RELOAD_SUCCESS: &str = "switchyard_config_last_reload_success";
 pub const RELOAD_SUCCESS_TIME: &str = "switchyard_config_last_reload_success_timestamp_seconds";
+pub const FLEET_INSTANCES: &str = "switchyard_fleet_instances";
+pub const FLEET_LEADER: &str = "switchyard_fleet_leader";
+pub const FLEET_LAG_SECONDS: &str = "switchyard_fleet_lag_seconds";
+pub const STORE_UP: &str = "switchyard_store_up";
 
 /// (name, help) for every metric, described once at start-up.
 pub const HELP: &[(&str, &str)] = &[
@@ -55,6 +59,10 @@ pub const HELP: &[(&str, &str)] = &[
     (POOL_CONCURRENCY_REJECTED_TOTAL, "Requests answered 503 because their pool was at its in-flight cap (the proxy's decision, not a backend error), by pool."),
     (STATE_SAVE_FAILURES_TOTAL, "Route table or rollout changes whose state could not be written to the state file (refused, or applied unsaved for rollbacks and the daemon's own changes)."),
     (FAILOVER_ACTIVE, "1 while new requests go to the other pool because this pool has no backend in rotation (split.failover), else 0; by pool."),
+    (FLEET_INSTANCES, "[fleet] Live instances registered in etcd (their lease is current)."),
+    (FLEET_LEADER, "[fleet] 1 when this instance holds the leader key, else 0."),
+    (FLEET_LAG_SECONDS, "[fleet] Age of the newest table change that a live instance has not applied yet (0 when all agree)."),
+    (STORE_UP, "[fleet] 1 when this instance's last call to etcd succeeded, else 0."),
     (ACCESS_LOG_DROPPED_TOTAL, "Access log lines not written, by reason (queue_full: the writer fell behind; write_error)."),
     (BUILD_INFO, "Always 1; the labels carry the version and the commit the binary was built from."),
     (BACKEND_REQUESTS_TOTAL, "Responses received from each backend, by pool, backend (host:port) and status class."),

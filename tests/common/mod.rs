@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod daemon;
+pub mod etcd;
 pub mod rollout;
 
 use std::convert::Infallible;
