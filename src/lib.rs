@@ -28,6 +28,7 @@ pub mod demo;
 pub mod error;
 pub mod metrics;
 pub mod proxy;
+pub mod sim;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -172,6 +172,11 @@ enum Command {
     /// only when both rollouts end as they should.
     ///
     /// Example: switchyard demo --fault latency
+    /// Simulate many rollouts of the real rollout controller on synthetic traffic and print
+    /// the false-rollback and detection rates (see bench/RESULTS.md).
+    ///
+    /// Example: switchyard simulate --rollouts 2000 --compare
+    Simulate(switchyard::sim::Args),
     Demo {
         /// How the second rollout's build goes bad.
         #[arg(long, value_enum, default_value = "hash")]
@@ -212,6 +217,13 @@ fn main() -> ExitCode {
         Command::Demo { fault, quick, json } => {
             demo(switchyard::demo::Options { fault, quick, json })
         }
+        Command::Simulate(args) => match switchyard::sim::main(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
+        },
         Command::Check { config } => match Config::load(&config) {
             Ok(_) => {
                 println!("{}: ok", config.display());

@@ -237,8 +237,14 @@ fn gate_row(g: &Value) -> String {
         (Some("inconclusive"), None) => " (not at this rate)".into(),
         _ => String::new(),
     };
+    // The sequential gates' estimate, bounds, limit and verdict, in words.
+    let bounds = if g.get("lower").is_some() || g.get("upper").is_some() {
+        format!("\n         {}", g["detail"].as_str().unwrap_or(""))
+    } else {
+        String::new()
+    };
     format!(
-        "  {:<6} {:<20} {:>10} / {:<10} {:>6}/{:<6} {}{eta}",
+        "  {:<6} {:<20} {:>10} / {:<10} {:>6}/{:<6} {}{eta}{bounds}",
         g["pool"].as_str().unwrap_or("?"),
         g["gate"].as_str().unwrap_or("?"),
         value(&g["value"], unit),
