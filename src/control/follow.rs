@@ -341,7 +341,7 @@ impl Display {
                 .into_iter()
                 .flatten()
                 .filter(|g| g["pool"] == view["candidate"])
-                .map(|g| json!({ "gate": g["gate"], "value": g["value"], "limit": g["limit"], "verdict": g["verdict"] }))
+                .map(|g| json!({ "gate": g["gate"], "value": g["value"], "lower": g["lower"], "upper": g["upper"], "limit": g["limit"], "verdict": g["verdict"] }))
                 .collect();
             let line = json!({
                 "event": "rollout", "id": view["id"], "phase": view["phase"], "step": view["step"],

@@ -9,6 +9,7 @@
 //! controller does, and calls `Rollout::step` with the tick's time. Nothing sleeps.
 
 pub mod dist;
+mod record;
 mod run;
 
 use std::path::PathBuf;
@@ -34,8 +35,9 @@ pub struct Args {
     /// Total request rates for the regression rows.
     #[arg(long, value_delimiter = ',', default_value = "100,1000")]
     pub regression_rates: Vec<f64>,
-    /// Latency distribution: heavy-tail (lognormal with a slow mode), bimodal, or a file of
-    /// microseconds (one a line), e.g. recorded from a test upstream.
+    /// Latency distribution: heavy-tail (lognormal with a slow mode), bimodal, upstream
+    /// (5,000 requests timed against an in-process upstream on loopback first), or a file of
+    /// microseconds (one a line).
     #[arg(long, default_value = "heavy-tail")]
     pub latency: String,
     /// Both pools' base error rate (a fraction).
@@ -87,6 +89,7 @@ pub fn main(args: &Args) -> Result<(), String> {
     let latency = match args.latency.as_str() {
         "heavy-tail" => Latency::HeavyTail,
         "bimodal" => Latency::Bimodal,
+        "upstream" => Latency::Recorded(record::upstream_latencies(5000)?),
         path => Latency::read(std::path::Path::new(path))?,
     };
     let mut methods = vec![("sequential", plan.clone())];

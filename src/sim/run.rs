@@ -36,11 +36,11 @@ pub struct Tally {
 
 impl Tally {
     pub fn header() -> &'static str {
-        "| method | req/s | candidate | rolled back | by gate | promoted | paused (insufficient_data) | median / P95 time to roll back | run time |"
+        "| method | req/s | candidate | rolled back | by gate | promoted | paused: insufficient_data / other | undecided | median / P95 time to roll back | run time |"
     }
 
     pub fn rule() -> &'static str {
-        "|---|---:|---|---:|---|---:|---:|---:|---:|"
+        "|---|---:|---|---:|---|---:|---:|---:|---:|---:|"
     }
 
     /// The `q`-quantile of the rollback times, in seconds.
@@ -65,13 +65,15 @@ impl Tally {
             _ => "-".into(),
         };
         format!(
-            "| {method} | {rate} | {} | {:.2}% ({}) | {} | {:.1}% | {:.1}% | {times} | {:.1} s |",
+            "| {method} | {rate} | {} | {:.2}% ({}) | {} | {:.1}% | {:.1}% / {:.1}% | {} | {times} | {:.1} s |",
             change.describe(),
             pct(self.rolled_back),
             self.rolled_back,
             if gates.is_empty() { "-".into() } else { gates },
             pct(self.promoted),
             pct(self.paused_insufficient),
+            pct(self.paused_other),
+            self.undecided,
             took.as_secs_f64()
         )
     }
@@ -169,9 +171,12 @@ struct TickDraw {
 }
 
 /// A sliding window of ticks, as the ring of buckets gives the controller.
+/// One tick of a pool: its start (ms), its (bin, count) pairs, its errors.
+type Tick = (u64, Vec<(usize, u64)>, u64);
+
 #[derive(Default)]
 struct Sliding {
-    ticks: VecDeque<(u64, Vec<(usize, u64)>, u64)>,
+    ticks: VecDeque<Tick>,
     sum: Summary,
 }
 

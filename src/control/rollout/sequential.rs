@@ -74,12 +74,14 @@ pub fn bernoulli_bounds(k: u64, n: u64, alpha: f64, prior: Prior) -> (f64, f64) 
     let lower = if k == 0 {
         0.0
     } else {
-        bisect(1e-12, centre, |p| rejects(p))
+        bisect(1e-12, centre, rejects)
     };
     let upper = if k == n {
         1.0
     } else {
-        1.0 - bisect(1e-12, 1.0 - centre, |q| rejects(1.0 - q))
+        1.0 - bisect(1e-12, 1.0 - centre, |q| {
+            ln_mixture(k, n, 1.0 - q, prior) >= threshold
+        })
     };
     (lower, upper)
 }
