@@ -172,11 +172,6 @@ enum Command {
     /// only when both rollouts end as they should.
     ///
     /// Example: switchyard demo --fault latency
-    /// Simulate many rollouts of the real rollout controller on synthetic traffic and print
-    /// the false-rollback and detection rates (see bench/RESULTS.md).
-    ///
-    /// Example: switchyard simulate --rollouts 2000 --compare
-    Simulate(switchyard::sim::Args),
     Demo {
         /// How the second rollout's build goes bad.
         #[arg(long, value_enum, default_value = "hash")]
@@ -188,6 +183,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Simulate rollouts of the rollout controller on synthetic traffic (bench/RESULTS.md).
+    ///
+    /// Prints, per traffic level and candidate change, how often it is rolled back and how
+    /// fast: the false-rollback rate (A/A) and the detection rate.
+    ///
+    /// Example: switchyard simulate --rollouts 2000 --compare
+    Simulate(switchyard::sim::Args),
     /// Print a shell completion script.
     ///
     /// Example: switchyard completions bash > /etc/bash_completion.d/switchyard
