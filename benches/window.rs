@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use switchyard::config::PoolId;
-use switchyard::metrics::window::{LiveStats, Outcome};
+use switchyard::metrics::window::{LiveStats, Outcome, Summary};
 
 fn stats() -> LiveStats {
     LiveStats::new(Duration::from_secs(1), Duration::from_secs(30))
@@ -74,5 +74,20 @@ fn merge(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, record, merge);
+/// The controller's per-tick work for the sequential gates: one completed bucket merged
+/// into a step's summary.
+fn summary(c: &mut Criterion) {
+    let s = stats();
+    let mut rng = fastrand::Rng::with_seed(1);
+    for ms in (0..30_000).step_by(2) {
+        let latency = Duration::from_micros(rng.u64(200..20_000));
+        s.record_at(ms, PoolId::Green, latency, Outcome::Success);
+    }
+    let mut step = Summary::default();
+    c.bench_function("window/summary_merge_bucket", |b| {
+        b.iter(|| step.merge(&s.summary(PoolId::Green, black_box(28), 28)))
+    });
+}
+
+criterion_group!(benches, record, merge, summary);
 criterion_main!(benches);

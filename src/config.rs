@@ -416,6 +416,12 @@ pub struct GatesConfig {
     pub p99_max: Duration,
     pub p99_ratio_max: f64,
     pub p99_min_delta: Duration,
+    /// How much slower the candidate's median may be than stable's (sequential method).
+    pub p50_max_delta: Duration,
+    /// `sequential` (anytime-valid tests, the default) or `window` (point estimates).
+    pub method: crate::control::rollout::Method,
+    /// The false-rollback budget of one rollout, split over its sequential tests.
+    pub alpha: f64,
     pub error_rate_max: f64,
     pub error_rate_margin: f64,
     pub min_requests: u64,

@@ -30,6 +30,7 @@ pub mod error;
 pub mod metrics;
 pub mod notify;
 pub mod proxy;
+pub mod sim;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

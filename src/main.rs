@@ -212,6 +212,13 @@ enum Command {
         #[arg(long, value_name = "BLUE,GREEN", value_delimiter = ',')]
         backends: Option<Vec<std::net::SocketAddr>>,
     },
+    /// Simulate rollouts of the rollout controller on synthetic traffic (bench/RESULTS.md).
+    ///
+    /// Prints, per traffic level and candidate change, how often it is rolled back and how
+    /// fast: the false-rollback rate (A/A) and the detection rate.
+    ///
+    /// Example: switchyard simulate --rollouts 2000 --compare
+    Simulate(switchyard::sim::Args),
     /// Print a shell completion script.
     ///
     /// Example: switchyard completions bash > /etc/bash_completion.d/switchyard
@@ -300,6 +307,13 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
             None => demo(switchyard::demo::Options { fault, quick, json }),
+        },
+        Command::Simulate(args) => match switchyard::sim::main(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
         },
         Command::Check {
             config,

@@ -18,7 +18,7 @@ fn run(args: &[&str]) -> (Option<i32>, String) {
 
 #[test]
 fn every_subcommand_has_a_purpose_and_an_example() {
-    for sub in ["run", "check", "ctl", "demo", "completions"] {
+    for sub in ["run", "check", "ctl", "demo", "simulate", "completions"] {
         let (code, text) = run(&[sub, "--help"]);
         assert_eq!(code, Some(0), "{sub} --help");
         let purpose = text.lines().next().unwrap_or_default();

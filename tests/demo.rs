@@ -42,7 +42,10 @@ fn demo_promotes_once_and_rolls_back_by_the_matching_gate() {
                 "consecutive_errors",
             ][..],
         ),
-        ("latency", &["p99_absolute", "p99_relative"][..]),
+        (
+            "latency",
+            &["p50_relative", "p99_absolute", "p99_relative"][..],
+        ),
     ] {
         let r = demo(fault);
         assert_eq!(r["ok"], true, "{r}");

@@ -7,6 +7,7 @@ use super::fields::{
 };
 use super::raw::{RawGates, RawPercent, RawRollout};
 use super::{ConfigError, GatesConfig, RolloutConfig};
+use crate::control::rollout::Method;
 
 /// Besides ranges: `max_hold >= hold`, `tick <= window`, `settle < max_hold`.
 pub(super) fn rollout(raw: RawRollout) -> Result<RolloutConfig, ConfigError> {
@@ -139,10 +140,19 @@ fn gates(raw: RawGates) -> Result<GatesConfig, ConfigError> {
             Duration::ZERO,
             None,
         )?,
+        p50_max_delta: duration_between(
+            "rollout.gates.p50_max_delta",
+            raw.p50_max_delta,
+            Duration::from_millis(1),
+            Duration::ZERO,
+            None,
+        )?,
+        method: method(raw.method.as_deref())?,
+        alpha: fraction("alpha", raw.alpha, 0.01, false)?,
         error_rate_max: fraction("error_rate_max", raw.error_rate_max, 0.01, false)?,
         error_rate_margin: fraction("error_rate_margin", raw.error_rate_margin, 0.005, true)?,
         min_requests: at_least_one("min_requests", raw.min_requests, 300)?,
-        min_latency_samples: at_least_one("min_latency_samples", raw.min_latency_samples, 1000)?,
+        min_latency_samples: at_least_one("min_latency_samples", raw.min_latency_samples, 300)?,
         fail_windows: at_least_one("fail_windows", raw.fail_windows, 2)?,
         consecutive_errors: at_least_one("consecutive_errors", raw.consecutive_errors, 5)?,
         hash_violations_max: at_least_one("hash_violations_max", raw.hash_violations_max, 1)?,
@@ -153,6 +163,18 @@ fn gates(raw: RawGates) -> Result<GatesConfig, ConfigError> {
             20,
         )?,
     })
+}
+
+/// `rollout.gates.method`: how the judgment gates decide.
+fn method(raw: Option<&str>) -> Result<Method, ConfigError> {
+    match raw {
+        None | Some("sequential") => Ok(Method::Sequential),
+        Some("window") => Ok(Method::Window),
+        Some(other) => Err(invalid(
+            "rollout.gates.method",
+            format!("{other:?} is not a method; use \"sequential\" (anytime-valid tests, the default) or \"window\" (point estimates over the window, the gates of earlier releases)"),
+        )),
+    }
 }
 
 /// A count that must be at least 1.

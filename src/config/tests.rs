@@ -277,7 +277,7 @@ fn minimal_config_gets_documented_defaults() {
         (5 * MS, 1.5, MS)
     );
     assert_eq!((g.error_rate_max, g.error_rate_margin), (0.01, 0.005));
-    assert_eq!((g.min_requests, g.min_latency_samples), (300, 1000));
+    assert_eq!((g.min_requests, g.min_latency_samples), (300, 300));
     assert_eq!(
         (g.fail_windows, g.consecutive_errors, g.hash_violations_max),
         (2, 5, 1)

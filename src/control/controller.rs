@@ -18,6 +18,7 @@
 //! `update` closures here only edit the draft. Ticks run on the blocking pool (an update
 //! fsyncs the state file); the route swap itself is published before that fsync.
 
+mod accum;
 mod record;
 mod verbs;
 
@@ -67,6 +68,8 @@ struct Inner {
     meta: Meta,
     /// The candidate's `violations_total` when the current phase or weight began.
     violations_base: u64,
+    /// The sequential gates' summaries of the current rollout.
+    accum: accum::Accumulator,
 }
 
 /// Green's share for the candidate's share `candidate_bp`.
@@ -97,6 +100,7 @@ impl Controller {
                 rollout: None,
                 meta: Meta::default(),
                 violations_base: 0,
+                accum: accum::Accumulator::default(),
             }),
             phase_gauges,
             gate_gauges: Mutex::new(HashMap::new()),
@@ -235,7 +239,19 @@ impl Controller {
             return;
         };
         let now = self.now();
-        let (obs, violations) = self.observe(control, current, now, inner.violations_base);
+        let (now_ms, since_ms) = (record::millis(now), record::millis(current.samples_since()));
+        let key = (inner.meta.id, current.candidate());
+        let window = current.plan().window;
+        inner
+            .accum
+            .update(&self.stats, key, since_ms, now_ms, window);
+        let Some(current) = inner.rollout.as_ref() else {
+            return;
+        };
+        let (mut obs, violations) = self.observe(control, current, now, inner.violations_base);
+        obs.candidate_step.clone_from(&inner.accum.candidate_step);
+        obs.stable_step.clone_from(&inner.accum.stable_step);
+        obs.stable_rollout.clone_from(&inner.accum.stable_rollout);
         let mut next = current.clone();
         let decision = next.step(now, &obs);
         self.set_gate_gauges(next.gates());
@@ -277,6 +293,7 @@ impl Controller {
             candidate_violations: violations.saturating_sub(violations_base),
             candidate_healthy: table.pool(candidate).in_rotation() > 0,
             stable_healthy: table.pool(stable).in_rotation() > 0,
+            ..Observation::default()
         };
         (obs, violations)
     }

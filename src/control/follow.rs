@@ -251,8 +251,14 @@ fn gate_row(g: &Value) -> String {
         (Some("inconclusive"), None) => " (not at this rate)".into(),
         _ => String::new(),
     };
+    // The sequential gates' estimate, bounds, limit and verdict, in words.
+    let bounds = if g.get("lower").is_some() || g.get("upper").is_some() {
+        format!("\n         {}", g["detail"].as_str().unwrap_or(""))
+    } else {
+        String::new()
+    };
     format!(
-        "  {:<6} {:<20} {:>10} / {:<10} {:>6}/{:<6} {}{eta}",
+        "  {:<6} {:<20} {:>10} / {:<10} {:>6}/{:<6} {}{eta}{bounds}",
         g["pool"].as_str().unwrap_or("?"),
         g["gate"].as_str().unwrap_or("?"),
         value(&g["value"], unit),
@@ -349,7 +355,7 @@ impl Display {
                 .into_iter()
                 .flatten()
                 .filter(|g| g["pool"] == view["candidate"])
-                .map(|g| json!({ "gate": g["gate"], "value": g["value"], "limit": g["limit"], "verdict": g["verdict"] }))
+                .map(|g| json!({ "gate": g["gate"], "value": g["value"], "lower": g["lower"], "upper": g["upper"], "limit": g["limit"], "verdict": g["verdict"] }))
                 .collect();
             let line = json!({
                 "event": "rollout", "id": view["id"], "phase": view["phase"], "step": view["step"],

@@ -22,7 +22,9 @@
 //! `candidate_weight_bp()` changed after a call: entering the bake changes the phase only.
 
 mod gates;
+mod judge;
 mod plan;
+pub mod sequential;
 #[cfg(test)]
 mod tests;
 
@@ -34,7 +36,9 @@ pub use gates::{
     evaluate, wilson_lower, Baseline, Evaluation, Gate, GateReport, Observation, Trip, Verdict,
     WILSON_Z,
 };
-pub use plan::{GateLimits, Plan};
+pub use judge::tests_per_rollout;
+pub use plan::{GateLimits, Method, Plan};
+use sequential::OddsTest;
 
 use crate::config::PoolId;
 use plan::{millis, FULL_BP};
@@ -161,6 +165,36 @@ pub struct Rollout {
     baseline: Baseline,
     #[serde(skip)]
     reports: Vec<GateReport>,
+    /// Sequential method: the step's error comparison and the counts it has seen. Not
+    /// persisted: a restored rollout starts its evidence afresh with its new `samples_from`.
+    #[serde(skip)]
+    evidence: Evidence,
+}
+
+/// What the sequential method carries from tick to tick within a step.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Evidence {
+    odds: OddsTest,
+    /// Requests and errors of the candidate, then stable, in the step's summaries so far.
+    seen: [u64; 4],
+}
+
+impl Evidence {
+    /// Feeds the counts added to the step's summaries since the last tick.
+    fn update(&mut self, obs: &Observation) {
+        let now = [
+            obs.candidate_step.requests,
+            obs.candidate_step.errors,
+            obs.stable_step.requests,
+            obs.stable_step.errors,
+        ];
+        let mut d = [0u64; 4];
+        for ((d, now), seen) in d.iter_mut().zip(now).zip(self.seen) {
+            *d = now.saturating_sub(seen);
+        }
+        self.seen = now;
+        self.odds.update(d[0], d[1].min(d[0]), d[2], d[3].min(d[2]));
+    }
 }
 
 impl Rollout {
@@ -176,6 +210,7 @@ impl Rollout {
             streaks: [0; 4],
             baseline: Baseline::default(),
             reports: Vec::new(),
+            evidence: Evidence::default(),
         }
     }
 
@@ -201,6 +236,9 @@ impl Rollout {
         }
         if self.is_terminal() {
             return Decision::Done;
+        }
+        if self.plan.gates.method == Method::Sequential {
+            return self.step_sequential(now, obs);
         }
         let eval = evaluate(
             &self.plan.gates,
@@ -228,6 +266,44 @@ impl Rollout {
         if let Some(trip) = trip {
             return self.auto_rollback(now, trip, &eval);
         }
+        self.progress(now, &eval)
+    }
+
+    /// The sequential method: any gate with evidence of harm acts at once; a step completes
+    /// when its hold has passed and every gate has its samples and no such evidence.
+    fn step_sequential(&mut self, now: Duration, obs: &Observation) -> Decision {
+        self.evidence.update(obs);
+        let eval = judge::evaluate(
+            &self.plan.gates,
+            obs,
+            self.plan.candidate,
+            &self.evidence.odds,
+            self.plan.steps_bp.len(),
+        );
+        // The comparisons with stable first: their evidence comes from every sample.
+        let order = [
+            Gate::P50Relative,
+            Gate::P99Relative,
+            Gate::ErrorRateRelative,
+            Gate::P99Absolute,
+            Gate::ErrorRate,
+        ];
+        let failing = order.iter().find_map(|&g| {
+            eval.candidate(g)
+                .filter(|r| r.verdict == Verdict::Fail)
+                .map(|r| Trip {
+                    gate: g,
+                    reason: r.detail.clone(),
+                })
+        });
+        self.keep_reports(now, &eval);
+        if let Some(trip) = eval.tripped.clone().or(failing) {
+            return self.auto_rollback(now, trip, &eval);
+        }
+        self.progress(now, &eval)
+    }
+
+    fn progress(&mut self, now: Duration, eval: &Evaluation) -> Decision {
         let period = match self.phase {
             Phase::Progressing { .. } => self.plan.hold,
             Phase::Baking => self.plan.bake,
@@ -319,6 +395,7 @@ impl Rollout {
             self.stage_started = now;
             self.samples_from = now;
             self.streaks = [0; 4];
+            self.evidence = Evidence::default();
         }
         self
     }
@@ -406,6 +483,7 @@ impl Rollout {
         self.stage_started = now;
         self.samples_from = now + self.plan.settle;
         self.streaks = [0; 4];
+        self.evidence = Evidence::default();
         Decision::SetWeight {
             candidate_bp: self.weight_bp,
         }
@@ -460,7 +538,7 @@ impl Rollout {
         for r in &mut self.reports {
             if let Some(i) = Gate::JUDGMENT.iter().position(|&g| g == r.gate) {
                 if r.pool == candidate {
-                    r.fail_streak = self.streaks[i];
+                    r.fail_streak = self.streaks.get(i).copied().unwrap_or_default();
                 }
             }
             if r.samples < r.needed {

@@ -35,7 +35,7 @@ impl Fault {
     pub fn expected_gates(self) -> &'static [&'static str] {
         match self {
             Fault::Hash => &["hash_violation"],
-            Fault::Latency => &["p99_absolute", "p99_relative"],
+            Fault::Latency => &["p50_relative", "p99_absolute", "p99_relative"],
             Fault::Errors => &[
                 "error_rate",
                 "error_rate_relative",

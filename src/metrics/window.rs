@@ -23,8 +23,11 @@
 //! bucket and prepares it ahead of time. A sample older than the ring (a thread stalled for
 //! the whole ring between reading the clock and recording) is dropped: no window reaches it.
 
+mod summary;
 #[cfg(test)]
 mod tests;
+
+pub use summary::Summary;
 
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
@@ -86,6 +89,24 @@ fn bin_value(bin: usize) -> u64 {
     let shift = bin / HALF - 1;
     let lower = ((bin % HALF + HALF) as u64) << shift;
     lower + (1 << shift) / 2
+}
+
+/// Lowest latency, in microseconds, that falls into `bin`.
+fn bin_lower(bin: usize) -> u64 {
+    if bin < (1 << SUB_BITS) {
+        return bin as u64;
+    }
+    let shift = bin / HALF - 1;
+    ((bin % HALF + HALF) as u64) << shift
+}
+
+/// Highest latency, in microseconds, that falls into `bin`; the top bin holds everything
+/// above [`MAX_US`], so its highest is unbounded.
+fn bin_upper(bin: usize) -> u64 {
+    if bin >= BINS - 1 {
+        return u64::MAX;
+    }
+    bin_lower(bin + 1) - 1
 }
 
 /// Set in a tag while its bucket is being zeroed for the epoch in the low bits.
@@ -361,43 +382,52 @@ impl LiveStats {
         self.merge(pool, first, last)
     }
 
-    fn merge(&self, pool: PoolId, first: u64, last: u64) -> WindowSnapshot {
-        let mut snap = WindowSnapshot::default();
-        if first > last {
-            return snap;
-        }
-        let first = first.max((last + 1).saturating_sub(self.span));
-        let slots = &self.pools[pool.index()].slots;
+    /// The bucket (epoch) that holds `ms`: [`LiveStats::summary`] takes spans of these.
+    pub fn epoch_of(&self, ms: u64) -> u64 {
+        ms / self.bucket_ms
+    }
+
+    /// Everything recorded for `pool` in buckets `first..=last` (epochs, see
+    /// [`LiveStats::epoch_of`]), reaching back at most the ring. Not on the request path: the
+    /// controller merges the buckets it has not seen yet into a per-step [`Summary`] each tick.
+    pub fn summary(&self, pool: PoolId, first: u64, last: u64) -> Summary {
         let mut bins = vec![0u64; BINS];
-        for epoch in first..=last {
-            let slot = &slots[(epoch & self.mask) as usize];
-            let tag = epoch + 1;
-            if slot.tag.load(Ordering::Acquire) != tag {
-                continue;
-            }
-            let errors = slot.errors.load(Ordering::Relaxed);
-            let violations = slot.violations.load(Ordering::Relaxed);
-            let mut slot_bins = [0u32; BINS];
-            for (dst, src) in slot_bins.iter_mut().zip(&slot.bins) {
-                *dst = src.load(Ordering::Relaxed);
-            }
-            // Seqlock-style recheck: a slot recycled while we read it belongs to no window here.
-            fence(Ordering::Acquire);
-            if slot.tag.load(Ordering::Relaxed) != tag {
-                continue;
-            }
-            snap.errors += errors;
-            snap.violations += violations;
-            for (dst, src) in bins.iter_mut().zip(slot_bins) {
-                *dst += u64::from(src);
+        let (mut errors, mut violations) = (0, 0);
+        if first <= last {
+            let first = first.max((last + 1).saturating_sub(self.span));
+            let slots = &self.pools[pool.index()].slots;
+            for epoch in first..=last {
+                let slot = &slots[(epoch & self.mask) as usize];
+                let tag = epoch + 1;
+                if slot.tag.load(Ordering::Acquire) != tag {
+                    continue;
+                }
+                let slot_errors = slot.errors.load(Ordering::Relaxed);
+                let slot_violations = slot.violations.load(Ordering::Relaxed);
+                let mut slot_bins = [0u32; BINS];
+                for (dst, src) in slot_bins.iter_mut().zip(&slot.bins) {
+                    *dst = src.load(Ordering::Relaxed);
+                }
+                // Seqlock-style recheck: a slot recycled while we read it belongs to no span here.
+                fence(Ordering::Acquire);
+                if slot.tag.load(Ordering::Relaxed) != tag {
+                    continue;
+                }
+                errors += slot_errors;
+                violations += slot_violations;
+                for (dst, src) in bins.iter_mut().zip(slot_bins) {
+                    *dst += u64::from(src);
+                }
             }
         }
-        snap.latency_samples = bins.iter().sum();
-        snap.requests = snap.latency_samples;
-        snap.p50 = quantile(&bins, snap.latency_samples, 0.50);
-        snap.p99 = quantile(&bins, snap.latency_samples, 0.99);
-        snap.p999 = quantile(&bins, snap.latency_samples, 0.999);
-        snap
+        Summary::from_bins(bins, errors, violations)
+    }
+
+    fn merge(&self, pool: PoolId, first: u64, last: u64) -> WindowSnapshot {
+        if first > last {
+            return WindowSnapshot::default();
+        }
+        self.summary(pool, first, last).snapshot()
     }
 }
 

@@ -124,7 +124,7 @@ pub fn event(r: &Rollout, meta: &Meta, actor: &Value, generation: u64) -> Value 
 /// One gate report with its unit.
 pub fn report(g: &GateReport) -> Value {
     let mut v = serde_json::to_value(g).unwrap_or(Value::Null);
-    v["unit"] = json!(g.gate.unit());
+    v["unit"] = json!(g.unit());
     v
 }
 

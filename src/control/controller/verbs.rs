@@ -255,6 +255,7 @@ impl Controller {
             candidate_consecutive_errors: self.stats.consecutive_errors(candidate),
             candidate_healthy: table.pool(candidate).in_rotation() > 0,
             stable_healthy: table.pool(stable).in_rotation() > 0,
+            ..Observation::default()
         };
         let weight = match candidate {
             PoolId::Green => table.green_bp,

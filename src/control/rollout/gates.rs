@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::plan::{pool_name, GateLimits, FULL_BP};
 use crate::config::PoolId;
-use crate::metrics::window::WindowSnapshot;
+use crate::metrics::window::{Summary, WindowSnapshot};
 
 /// Two-sided 95% for the Wilson bound: with the default 20 requests and 5%, the tripwire fires
 /// from 3 errors (15%, lower bound 5.2%); a 10% error rate trips it after about 100 requests.
@@ -26,6 +26,8 @@ pub enum Gate {
     ErrorRateTripwire,
     P99Absolute,
     P99Relative,
+    /// The candidate's median against stable's (sequential method).
+    P50Relative,
     ErrorRate,
     ErrorRateRelative,
     NoHealthyBackend,
@@ -34,12 +36,14 @@ pub enum Gate {
 }
 
 impl Gate {
-    /// The gates that need `fail_windows` failures in a row, in streak order.
-    pub const JUDGMENT: [Gate; 4] = [
+    /// The judgment gates; the window method's first four need `fail_windows` failures in a
+    /// row, in streak order (it has no P50 gate).
+    pub const JUDGMENT: [Gate; 5] = [
         Gate::P99Absolute,
         Gate::P99Relative,
         Gate::ErrorRate,
         Gate::ErrorRateRelative,
+        Gate::P50Relative,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -49,6 +53,7 @@ impl Gate {
             Gate::ErrorRateTripwire => "error_rate_tripwire",
             Gate::P99Absolute => "p99_absolute",
             Gate::P99Relative => "p99_relative",
+            Gate::P50Relative => "p50_relative",
             Gate::ErrorRate => "error_rate",
             Gate::ErrorRateRelative => "error_rate_relative",
             Gate::NoHealthyBackend => "no_healthy_backend",
@@ -59,7 +64,9 @@ impl Gate {
     /// What [`GateReport::value`] and `limit` measure.
     pub fn unit(self) -> &'static str {
         match self {
-            Gate::P99Absolute => "seconds",
+            Gate::P99Absolute | Gate::P50Relative => "seconds",
+            // The window method's ratio; the sequential method reports a difference in seconds
+            // (its reports carry bounds, see `GateReport::unit`).
             Gate::P99Relative => "ratio",
             Gate::ErrorRate | Gate::ErrorRateRelative | Gate::ErrorRateTripwire => "fraction",
             Gate::HashViolation
@@ -98,8 +105,27 @@ pub struct GateReport {
     /// Estimated wait for `needed` samples at the current rate; `None` if the window can
     /// never hold that many at this rate.
     pub eta_ms: Option<u64>,
+    /// Sequential method: the confidence bounds of `value` (`None`: unbounded yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lower: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upper: Option<f64>,
+    /// Sequential method: the bound on the harmful side clears the limit, not only "no
+    /// evidence of harm".
+    #[serde(default)]
+    pub conclusive: bool,
     /// For humans, e.g. "p99 7.20ms > 5.00ms over 1532 samples".
     pub detail: String,
+}
+
+impl GateReport {
+    /// What `value`, `limit` and the bounds measure.
+    pub fn unit(&self) -> &'static str {
+        if self.gate == Gate::P99Relative && (self.lower.is_some() || self.upper.is_some()) {
+            return "seconds";
+        }
+        self.gate.unit()
+    }
 }
 
 /// What the driver read for one evaluation.
@@ -115,6 +141,13 @@ pub struct Observation {
     pub candidate_violations: u64,
     pub candidate_healthy: bool,
     pub stable_healthy: bool,
+    /// Sequential method: the candidate's samples since [`super::Rollout::samples_since`].
+    pub candidate_step: Summary,
+    /// Sequential method: stable's samples over the same span as `candidate_step`.
+    pub stable_step: Summary,
+    /// Sequential method: stable's samples since the rollout started, with the window
+    /// before it: the reference of the relative gates, also once stable has no traffic.
+    pub stable_rollout: Summary,
 }
 
 /// Stable's last conclusive figures, the reference for the relative gates once the
@@ -163,7 +196,7 @@ impl Evaluation {
             | Gate::ErrorRateTripwire
             | Gate::ErrorRate
             | Gate::ErrorRateRelative => &[Gate::ErrorRateTripwire, Gate::ErrorRate],
-            Gate::P99Absolute | Gate::P99Relative => &[Gate::P99Absolute],
+            Gate::P99Absolute | Gate::P99Relative | Gate::P50Relative => &[Gate::P99Absolute],
             Gate::NoHealthyBackend | Gate::Operator => &[],
         };
         self.stable_unhealthy || family.iter().any(|g| self.stable_failing.contains(g))
@@ -217,25 +250,37 @@ pub fn evaluate(
         p99_absolute(limits, stable, s),
         error_rate(limits, stable, s),
     ];
-    let tripped = reports
-        .iter()
-        .take(4)
-        .find(|r| r.verdict == Verdict::Fail)
-        .map(|r| Trip {
-            gate: r.gate,
-            reason: r.detail.clone(),
-        });
-    let stable_failing = reports
-        .iter()
-        .filter(|r| r.pool == stable && r.verdict == Verdict::Fail)
-        .map(|r| r.gate)
-        .collect();
-    Evaluation {
-        candidate,
-        reports,
-        tripped,
-        stable_unhealthy: !obs.stable_healthy,
-        stable_failing,
+    Evaluation::assemble(candidate, reports, obs.stable_healthy)
+}
+
+impl Evaluation {
+    /// From the reports: the candidate's first four are its tripwires (in that order).
+    pub(super) fn assemble(
+        candidate: PoolId,
+        reports: Vec<GateReport>,
+        stable_healthy: bool,
+    ) -> Evaluation {
+        let stable = candidate.other();
+        let tripped = reports
+            .iter()
+            .take(4)
+            .find(|r| r.verdict == Verdict::Fail)
+            .map(|r| Trip {
+                gate: r.gate,
+                reason: r.detail.clone(),
+            });
+        let stable_failing = reports
+            .iter()
+            .filter(|r| r.pool == stable && r.verdict == Verdict::Fail)
+            .map(|r| r.gate)
+            .collect();
+        Evaluation {
+            candidate,
+            reports,
+            tripped,
+            stable_unhealthy: !stable_healthy,
+            stable_failing,
+        }
     }
 }
 
@@ -250,7 +295,7 @@ pub fn wilson_lower(errors: u64, n: u64, z: f64) -> f64 {
     ((centre - spread) / (1.0 + z2 / n)).max(0.0)
 }
 
-fn report(gate: Gate, pool: PoolId, limit: f64) -> GateReport {
+pub(super) fn report(gate: Gate, pool: PoolId, limit: f64) -> GateReport {
     GateReport {
         gate,
         pool,
@@ -261,6 +306,9 @@ fn report(gate: Gate, pool: PoolId, limit: f64) -> GateReport {
         verdict: Verdict::Pass,
         fail_streak: 0,
         eta_ms: Some(0),
+        lower: None,
+        upper: None,
+        conclusive: false,
         detail: String::new(),
     }
 }
@@ -273,7 +321,7 @@ fn verdict(fail: bool) -> Verdict {
     }
 }
 
-fn health(pool: PoolId, healthy: bool) -> GateReport {
+pub(super) fn health(pool: PoolId, healthy: bool) -> GateReport {
     let mut r = report(Gate::NoHealthyBackend, pool, 1.0);
     r.value = Some(if healthy { 1.0 } else { 0.0 });
     r.verdict = verdict(!healthy);
@@ -285,7 +333,7 @@ fn health(pool: PoolId, healthy: bool) -> GateReport {
     r
 }
 
-fn hash(limits: &GateLimits, pool: PoolId, violations: u64) -> GateReport {
+pub(super) fn hash(limits: &GateLimits, pool: PoolId, violations: u64) -> GateReport {
     let mut r = report(
         Gate::HashViolation,
         pool,
@@ -300,7 +348,7 @@ fn hash(limits: &GateLimits, pool: PoolId, violations: u64) -> GateReport {
     r
 }
 
-fn consecutive(limits: &GateLimits, pool: PoolId, run: u32) -> GateReport {
+pub(super) fn consecutive(limits: &GateLimits, pool: PoolId, run: u32) -> GateReport {
     let mut r = report(
         Gate::ConsecutiveErrors,
         pool,
@@ -327,7 +375,7 @@ fn enough(r: &mut GateReport, samples: u64, needed: u64) -> bool {
     true
 }
 
-fn wilson(limits: &GateLimits, pool: PoolId, w: &WindowSnapshot) -> GateReport {
+pub(super) fn wilson(limits: &GateLimits, pool: PoolId, w: &WindowSnapshot) -> GateReport {
     let mut r = report(Gate::ErrorRateTripwire, pool, limits.tripwire_error_rate);
     if !enough(&mut r, w.requests, limits.tripwire_min_requests) {
         return r;

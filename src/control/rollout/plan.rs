@@ -77,6 +77,13 @@ pub struct GateLimits {
     pub p99_ratio_max: f64,
     #[serde(with = "millis")]
     pub p99_min_delta: Duration,
+    /// Older records lack the sequential keys: they get the defaults.
+    #[serde(with = "millis", default = "default_p50_max_delta")]
+    pub p50_max_delta: Duration,
+    #[serde(default)]
+    pub method: Method,
+    #[serde(default = "default_alpha")]
+    pub alpha: f64,
     pub error_rate_max: f64,
     pub error_rate_margin: f64,
     pub min_requests: u64,
@@ -94,6 +101,9 @@ impl From<&GatesConfig> for GateLimits {
             p99_max: g.p99_max,
             p99_ratio_max: g.p99_ratio_max,
             p99_min_delta: g.p99_min_delta,
+            p50_max_delta: g.p50_max_delta,
+            method: g.method,
+            alpha: g.alpha,
             error_rate_max: g.error_rate_max,
             error_rate_margin: g.error_rate_margin,
             min_requests: g.min_requests,
@@ -105,6 +115,25 @@ impl From<&GatesConfig> for GateLimits {
             tripwire_min_requests: g.tripwire_min_requests,
         }
     }
+}
+
+/// How the judgment gates decide.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// Anytime-valid tests over everything since the step's settle (see `sequential`).
+    #[default]
+    Sequential,
+    /// Point estimates over the sliding window, `fail_windows` failures in a row.
+    Window,
+}
+
+fn default_p50_max_delta() -> Duration {
+    Duration::from_millis(1)
+}
+
+fn default_alpha() -> f64 {
+    0.01
 }
 
 /// `Duration` as whole milliseconds.

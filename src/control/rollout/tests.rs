@@ -1,6 +1,7 @@
 use std::time::Duration;
 
 mod gates;
+mod sequential;
 
 use super::*;
 use crate::config::PoolId::{Blue, Green};
@@ -23,6 +24,9 @@ fn plan() -> Plan {
             p99_max: Duration::from_millis(5),
             p99_ratio_max: 1.5,
             p99_min_delta: Duration::from_millis(1),
+            p50_max_delta: Duration::from_millis(1),
+            method: Method::Window,
+            alpha: 0.01,
             error_rate_max: 0.01,
             error_rate_margin: 0.005,
             min_requests: 300,
@@ -57,6 +61,7 @@ fn obs(candidate: WindowSnapshot, stable: WindowSnapshot) -> Observation {
         candidate_violations: 0,
         candidate_healthy: true,
         stable_healthy: true,
+        ..Observation::default()
     }
 }
 

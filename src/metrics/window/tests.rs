@@ -218,3 +218,35 @@ fn record_reads_the_clock() {
     s.record_from(Instant::now(), Green, Outcome::Success);
     assert_eq!(s.window(Green).requests, 2);
 }
+
+#[test]
+fn summaries_of_adjacent_spans_merge_into_the_whole_span() {
+    let s = LiveStats::new(Duration::from_secs(1), Duration::from_secs(30));
+    for ms in (0..10_000u64).step_by(7) {
+        let outcome = if ms % 100 == 0 {
+            Outcome::Error
+        } else {
+            Outcome::Success
+        };
+        s.record_at(
+            ms,
+            PoolId::Green,
+            Duration::from_micros(100 + ms % 5000),
+            outcome,
+        );
+    }
+    let whole = s.summary(PoolId::Green, 0, 9);
+    let mut parts = s.summary(PoolId::Green, 0, 3);
+    parts.merge(&s.summary(PoolId::Green, 4, 9));
+    assert_eq!(parts, whole);
+    assert_eq!(
+        whole.snapshot(),
+        s.window_at(9_999, PoolId::Green, Duration::from_secs(10))
+    );
+    assert_eq!(whole.requests, (0..10_000u64).step_by(7).count() as u64);
+    assert_eq!(whole.to_histogram().len(), whole.requests);
+    // Order statistics bracket the recorded values: the smallest is 100 µs.
+    let (low, high) = whole.order_statistic(1).unwrap();
+    assert!(low <= 100 && high >= 100, "{low}..{high}");
+    assert_eq!(whole.order_statistic(whole.requests + 1), None);
+}

@@ -1,0 +1,301 @@
+//! CONTROL PLANE: the judgment gates of the sequential method — every figure a confidence
+//! bound that holds at every tick at once, so a gate may be looked at each second without
+//! inflating its false alarms (see `sequential` for the statistics, docs/operations.md for the
+//! choices).
+//!
+//! A gate fails on evidence of harm only; it passes once it has its minimum samples and no
+//! such evidence ("conclusive" when its bound also clears the limit). The tripwires are the
+//! window method's, unchanged.
+
+use std::time::Duration;
+
+use super::gates::{consecutive, hash, health, report, wilson, Evaluation, Gate, GateReport};
+use super::sequential::{bernoulli_bounds, quantile_ranks, OddsTest, ERROR_PRIOR};
+use super::{GateLimits, Observation, Verdict};
+use crate::config::PoolId;
+use crate::metrics::window::Summary;
+
+/// Confidence sequences a rollout runs: per step, the candidate's P50, P99 and error rate and
+/// the error comparison; over the whole rollout, stable's P50, P99 and error rate.
+pub fn tests_per_rollout(steps: usize) -> usize {
+    3 + 4 * steps
+}
+
+/// Every gate of both pools. `odds` has seen this step's ticks; `steps` sets the alpha split.
+pub fn evaluate(
+    limits: &GateLimits,
+    obs: &Observation,
+    candidate: PoolId,
+    odds: &OddsTest,
+    steps: usize,
+) -> Evaluation {
+    let stable = candidate.other();
+    let alpha = limits.alpha / tests_per_rollout(steps) as f64;
+    let (c, s) = (&obs.candidate_step, &obs.stable_rollout);
+    let c99 = Quantile::of(c, 0.99, alpha);
+    let s99 = Quantile::of(s, 0.99, alpha);
+    let c50 = Quantile::of(c, 0.50, alpha);
+    let s50 = Quantile::of(s, 0.50, alpha);
+    let c_err = Rate::of(c, alpha);
+    let s_err = Rate::of(s, alpha);
+    let reports = vec![
+        health(candidate, obs.candidate_healthy),
+        hash(limits, candidate, obs.candidate_violations),
+        consecutive(limits, candidate, obs.candidate_consecutive_errors),
+        wilson(limits, candidate, &obs.candidate),
+        p99_absolute(limits, candidate, &c99),
+        latency_relative(Gate::P99Relative, limits, candidate, &c99, &s99),
+        latency_relative(Gate::P50Relative, limits, candidate, &c50, &s50),
+        error_rate(limits, candidate, &c_err),
+        error_relative(limits, candidate, (&c_err, &s_err), obs, odds, alpha),
+        health(stable, obs.stable_healthy),
+        hash(limits, stable, obs.stable.violations),
+        wilson(limits, stable, &obs.stable),
+        p99_absolute(limits, stable, &s99),
+        error_rate(limits, stable, &s_err),
+    ];
+    Evaluation::assemble(candidate, reports, obs.stable_healthy)
+}
+
+/// A quantile's point estimate and confidence bounds, in microseconds.
+struct Quantile {
+    q: f64,
+    samples: u64,
+    point: Option<u64>,
+    /// 0 without a lower bound yet.
+    lower: u64,
+    /// `u64::MAX` without an upper bound yet.
+    upper: u64,
+}
+
+impl Quantile {
+    fn of(s: &Summary, q: f64, alpha: f64) -> Quantile {
+        let n = s.requests;
+        let rank = ((q * n as f64).ceil() as u64).clamp(1, n.max(1));
+        let (lo, hi) = quantile_ranks(n, q, alpha);
+        Quantile {
+            q,
+            samples: n,
+            point: s.order_statistic(rank).map(|(l, h)| l / 2 + h / 2),
+            lower: lo.and_then(|r| s.order_statistic(r)).map_or(0, |b| b.0),
+            upper: hi
+                .and_then(|r| s.order_statistic(r))
+                .map_or(u64::MAX, |b| b.1),
+        }
+    }
+
+    fn name(&self) -> String {
+        format!("p{}", (self.q * 100.0).round())
+    }
+}
+
+/// An error rate's point estimate and confidence bounds.
+struct Rate {
+    requests: u64,
+    point: Option<f64>,
+    lower: f64,
+    upper: f64,
+}
+
+impl Rate {
+    fn of(s: &Summary, alpha: f64) -> Rate {
+        let (lower, upper) = bernoulli_bounds(s.errors, s.requests, alpha, ERROR_PRIOR);
+        Rate {
+            requests: s.requests,
+            point: (s.requests > 0).then(|| s.errors as f64 / s.requests as f64),
+            lower,
+            upper,
+        }
+    }
+}
+
+/// `needed` samples, the bounds, and the verdict: fail on evidence, else pass once enough.
+fn decide(r: &mut GateReport, samples: u64, needed: u64, harm: bool, clear: bool) {
+    r.samples = samples;
+    r.needed = needed;
+    r.conclusive = clear;
+    r.verdict = if harm {
+        Verdict::Fail
+    } else if samples < needed {
+        Verdict::Inconclusive
+    } else {
+        Verdict::Pass
+    };
+}
+
+fn verdict_words(r: &GateReport) -> &'static str {
+    match (r.verdict, r.conclusive) {
+        (Verdict::Fail, _) => "failing",
+        (Verdict::Pass, true) => "passing, conclusive",
+        (Verdict::Pass, false) => "passing, no evidence of harm",
+        (Verdict::Inconclusive, _) => "too few samples",
+        (Verdict::Skipped, _) => "skipped",
+    }
+}
+
+fn p99_absolute(limits: &GateLimits, pool: PoolId, q: &Quantile) -> GateReport {
+    let limit_us = micros(limits.p99_max);
+    let mut r = report(Gate::P99Absolute, pool, limits.p99_max.as_secs_f64());
+    r.value = q.point.map(secs);
+    r.lower = Some(secs(q.lower));
+    r.upper = (q.upper != u64::MAX).then(|| secs(q.upper));
+    let (harm, clear) = (q.lower > limit_us, q.upper <= limit_us);
+    decide(&mut r, q.samples, limits.min_latency_samples, harm, clear);
+    r.detail = format!(
+        "{pool} {} {}, bounds {} to {}, limit {} over {} samples: {}",
+        q.name(),
+        opt_ms(q.point),
+        ms(q.lower),
+        bound_ms(q.upper),
+        ms(limit_us),
+        q.samples,
+        verdict_words(&r)
+    );
+    r
+}
+
+/// The candidate's quantile against stable's: harm when the lower bound of the difference is
+/// above the limit (and, for the P99, also `p99_ratio_max` times stable's upper bound).
+fn latency_relative(
+    gate: Gate,
+    limits: &GateLimits,
+    pool: PoolId,
+    c: &Quantile,
+    s: &Quantile,
+) -> GateReport {
+    let (limit, ratio) = match gate {
+        Gate::P99Relative => (limits.p99_min_delta, limits.p99_ratio_max),
+        _ => (limits.p50_max_delta, 1.0),
+    };
+    let limit_us = micros(limit) as f64;
+    let mut r = report(gate, pool, limit.as_secs_f64());
+    let diff = |a: u64, b: u64| a as f64 - b as f64;
+    let lower = (s.upper != u64::MAX).then(|| diff(c.lower, s.upper));
+    let upper = (c.upper != u64::MAX).then(|| diff(c.upper, s.lower));
+    r.value = c.point.zip(s.point).map(|(a, b)| diff(a, b) / 1e6);
+    r.lower = lower.map(|d| d / 1e6);
+    r.upper = upper.map(|d| d / 1e6);
+    let harm = lower.is_some_and(|d| d > limit_us) && c.lower as f64 > ratio * s.upper as f64;
+    let clear = upper.is_some_and(|d| d <= limit_us);
+    decide(&mut r, c.samples, limits.min_latency_samples, harm, clear);
+    r.detail = format!(
+        "{} {} vs stable's {}: {}, bounds {} to {}, limit +{}{}: {}",
+        c.name(),
+        opt_ms(c.point),
+        opt_ms(s.point),
+        signed_ms(r.value.map(|v| v * 1e6)),
+        signed_ms(lower),
+        signed_ms(upper),
+        ms(micros(limit)),
+        if gate == Gate::P99Relative {
+            format!(" and {ratio}x")
+        } else {
+            String::new()
+        },
+        verdict_words(&r)
+    );
+    r
+}
+
+fn error_rate(limits: &GateLimits, pool: PoolId, e: &Rate) -> GateReport {
+    let limit = limits.error_rate_max;
+    let mut r = report(Gate::ErrorRate, pool, limit);
+    r.value = e.point;
+    r.lower = Some(e.lower);
+    r.upper = Some(e.upper);
+    decide(
+        &mut r,
+        e.requests,
+        limits.min_requests,
+        e.lower > limit,
+        e.upper <= limit,
+    );
+    r.detail = format!(
+        "{pool} error rate {}, bounds {} to {}, limit {} over {} requests: {}",
+        pct(e.point),
+        pct(Some(e.lower)),
+        pct(Some(e.upper)),
+        pct(Some(limit)),
+        e.requests,
+        verdict_words(&r)
+    );
+    r
+}
+
+/// Harm: the odds test shows the candidate's errors are more frequent than stable's in the
+/// same ticks and the estimated difference is above the margin. With no stable traffic in
+/// the step (100%), the candidate's bound against stable's over the rollout instead.
+fn error_relative(
+    limits: &GateLimits,
+    pool: PoolId,
+    (c, s): (&Rate, &Rate),
+    obs: &Observation,
+    odds: &OddsTest,
+    alpha: f64,
+) -> GateReport {
+    let margin = limits.error_rate_margin;
+    let mut r = report(Gate::ErrorRateRelative, pool, margin);
+    let concurrent = obs.stable_step.requests > 0;
+    let step_rate = |s: &Summary| (s.requests > 0).then(|| s.errors as f64 / s.requests as f64);
+    let stable_rate = if concurrent {
+        step_rate(&obs.stable_step)
+    } else {
+        s.point
+    };
+    r.value = c.point.zip(stable_rate).map(|(a, b)| a - b);
+    r.lower = Some(c.lower - s.upper);
+    r.upper = Some(c.upper - s.lower);
+    let above_margin = r.value.is_some_and(|d| d > margin);
+    let harm = if concurrent {
+        odds.rejects(alpha) && above_margin
+    } else {
+        c.lower - s.upper > margin
+    };
+    let clear = c.upper - s.lower <= margin;
+    decide(&mut r, c.requests, limits.min_requests, harm, clear);
+    let evidence = odds.ln_evidence().exp();
+    r.detail = format!(
+        "error rate {} vs stable's {}: {:+.2} points, margin {:.2}; {} candidate and {} stable errors, evidence {evidence:.1} of {:.0} needed: {}",
+        pct(c.point),
+        pct(stable_rate),
+        r.value.unwrap_or_default() * 100.0,
+        margin * 100.0,
+        odds.candidate_errors,
+        odds.stable_errors,
+        1.0 / alpha,
+        verdict_words(&r)
+    );
+    r
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+fn secs(us: u64) -> f64 {
+    us as f64 / 1e6
+}
+
+fn ms(us: u64) -> String {
+    format!("{:.2}ms", us as f64 / 1000.0)
+}
+
+fn opt_ms(us: Option<u64>) -> String {
+    us.map_or_else(|| "-".into(), ms)
+}
+
+fn bound_ms(us: u64) -> String {
+    if us == u64::MAX {
+        "unbounded".into()
+    } else {
+        ms(us)
+    }
+}
+
+fn signed_ms(us: Option<f64>) -> String {
+    us.map_or_else(|| "unbounded".into(), |v| format!("{:+.2}ms", v / 1000.0))
+}
+
+fn pct(rate: Option<f64>) -> String {
+    rate.map_or_else(|| "-".into(), |r| format!("{:.2}%", r * 100.0))
+}

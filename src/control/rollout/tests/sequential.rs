@@ -1,0 +1,230 @@
+//! The sequential method: its bounds cover the truth at their stated rate on synthetic data
+//! (looked at after every batch, as the gates are), and its decisions depend on the samples
+//! only.
+
+use super::*;
+use crate::control::rollout::sequential::{
+    bernoulli_bounds, ln_gamma, quantile_ranks, OddsTest, ERROR_PRIOR,
+};
+use crate::metrics::window::Summary;
+
+const ALPHA: f64 = 0.05;
+
+/// At most the stated rate, plus three standard deviations of the count over `runs`.
+fn allowed(runs: u32) -> u32 {
+    let (n, p) = (f64::from(runs), ALPHA);
+    (n * p + 3.0 * (n * p * (1.0 - p)).sqrt()).ceil() as u32
+}
+
+#[test]
+fn ln_gamma_matches_factorials() {
+    let mut factorial = 1.0f64;
+    for n in 1..30u32 {
+        // Γ(n + 1) = n!
+        factorial *= f64::from(n);
+        assert!(
+            (ln_gamma(f64::from(n) + 1.0) - factorial.ln()).abs() < 1e-9,
+            "{n}"
+        );
+    }
+    assert!((ln_gamma(0.5) - std::f64::consts::PI.sqrt().ln()).abs() < 1e-10);
+}
+
+#[test]
+fn rate_bounds_cover_the_true_rate_at_every_look() {
+    for (p, seed) in [(0.001, 1), (0.02, 2), (0.3, 3)] {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let runs = 200;
+        let mut missed = 0;
+        for _ in 0..runs {
+            let (mut k, mut n) = (0u64, 0u64);
+            let mut miss = false;
+            for _ in 0..100 {
+                for _ in 0..50 {
+                    n += 1;
+                    k += u64::from(rng.f64() < p);
+                }
+                let (lo, hi) = bernoulli_bounds(k, n, ALPHA, ERROR_PRIOR);
+                miss |= p < lo || p > hi;
+            }
+            missed += u32::from(miss);
+        }
+        assert!(missed <= allowed(runs), "p {p}: {missed} of {runs} missed");
+    }
+}
+
+#[test]
+fn quantile_bounds_cover_the_true_quantile_at_every_look() {
+    // Uniform on 0..10 ms: the q-quantile is q * 10 ms.
+    for (q, seed) in [(0.5, 4), (0.99, 5)] {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let truth = (q * 10_000.0) as u64;
+        let runs = 200;
+        let mut missed = 0;
+        for _ in 0..runs {
+            let mut s = Summary::default();
+            let mut miss = false;
+            for _ in 0..60 {
+                for _ in 0..50 {
+                    s.add(Duration::from_micros(rng.u64(0..10_000)), false);
+                }
+                let (lo, hi) = quantile_ranks(s.requests, q, ALPHA);
+                let lower = lo.and_then(|r| s.order_statistic(r)).map_or(0, |b| b.0);
+                let upper = hi
+                    .and_then(|r| s.order_statistic(r))
+                    .map_or(u64::MAX, |b| b.1);
+                miss |= truth < lower || truth > upper;
+            }
+            missed += u32::from(miss);
+        }
+        assert!(missed <= allowed(runs), "q {q}: {missed} of {runs} missed");
+    }
+}
+
+#[test]
+fn quantile_bounds_narrow_with_samples() {
+    let mut s = Summary::default();
+    for i in 0..10_000u64 {
+        s.add(Duration::from_micros(i % 1000), false);
+    }
+    let (lo, hi) = quantile_ranks(s.requests, 0.5, 0.001);
+    let (lo, hi) = (lo.unwrap(), hi.unwrap());
+    assert!(
+        lo > 4500 && hi < 5500 && lo < 5000 && hi > 5000,
+        "{lo}..{hi}"
+    );
+}
+
+#[test]
+fn odds_test_keeps_its_false_alarm_rate_when_both_pools_fail_alike() {
+    let mut rng = fastrand::Rng::with_seed(6);
+    let runs = 300;
+    let mut rejected = 0;
+    for _ in 0..runs {
+        let mut t = OddsTest::default();
+        for _ in 0..600 {
+            // 10 and 90 requests a tick, 1% errors on both.
+            let c = (0..10).filter(|_| rng.f64() < 0.01).count() as u64;
+            let s = (0..90).filter(|_| rng.f64() < 0.01).count() as u64;
+            t.update(10, c, 90, s);
+        }
+        rejected += u32::from(t.rejects(ALPHA));
+    }
+    assert!(rejected <= allowed(runs), "{rejected} of {runs}");
+}
+
+#[test]
+fn odds_test_finds_a_candidate_failing_twenty_times_as_often() {
+    let mut rng = fastrand::Rng::with_seed(7);
+    let mut t = OddsTest::default();
+    let mut ticks = 0;
+    while !t.rejects(0.001) && ticks < 600 {
+        let c = (0..10).filter(|_| rng.f64() < 0.021).count() as u64;
+        let s = (0..90).filter(|_| rng.f64() < 0.001).count() as u64;
+        t.update(10, c, 90, s);
+        ticks += 1;
+    }
+    assert!(ticks < 120, "{ticks} ticks");
+}
+
+fn sequential_plan() -> Plan {
+    let mut p = plan();
+    p.gates.method = Method::Sequential;
+    p.gates.min_latency_samples = 300;
+    p
+}
+
+/// `n` requests around `median_us` (spread ±20%) with `errors` errors.
+fn summary(n: u64, median_us: u64, errors: u64) -> Summary {
+    let mut s = Summary::default();
+    for i in 0..n {
+        let us = median_us * 8 / 10 + (i * 7919 % 1000) * median_us * 4 / 10 / 1000;
+        s.add(Duration::from_micros(us), i < errors);
+    }
+    s
+}
+
+fn seq_obs(c: Summary, s: Summary) -> Observation {
+    Observation {
+        candidate: c.snapshot(),
+        stable: s.snapshot(),
+        candidate_healthy: true,
+        stable_healthy: true,
+        stable_step: s.clone(),
+        stable_rollout: s,
+        candidate_step: c,
+        ..Observation::default()
+    }
+}
+
+#[test]
+fn a_slower_candidate_is_rolled_back_by_the_median_gate_with_its_evidence() {
+    let (mut r, _) = Rollout::start(sequential_plan(), secs(0)).unwrap();
+    let o = seq_obs(summary(400, 4000, 0), summary(3600, 1000, 0));
+    let d = r.step(secs(10), &o);
+    let Decision::Rollback { gate, reason } = d else {
+        panic!("{d:?}");
+    };
+    assert_eq!(gate, Gate::P50Relative);
+    assert!(
+        reason.contains("bounds") && reason.contains("limit +1.00ms"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn a_healthy_candidate_passes_its_step_after_the_hold() {
+    let (mut r, _) = Rollout::start(sequential_plan(), secs(0)).unwrap();
+    let o = seq_obs(summary(400, 1000, 0), summary(3600, 1000, 3));
+    assert_eq!(
+        r.step(secs(30), &o),
+        Decision::None,
+        "the hold has not passed"
+    );
+    assert_eq!(
+        r.step(secs(60), &o),
+        Decision::SetWeight { candidate_bp: 5000 }
+    );
+    let p50 = r
+        .gates()
+        .iter()
+        .find(|g| g.gate == Gate::P50Relative)
+        .unwrap();
+    assert_eq!(p50.verdict, Verdict::Pass);
+    assert!(p50.lower.is_some() && p50.upper.is_some(), "{p50:?}");
+}
+
+#[test]
+fn too_few_samples_pause_at_max_hold_instead_of_passing() {
+    let (mut r, _) = Rollout::start(sequential_plan(), secs(0)).unwrap();
+    let o = seq_obs(summary(100, 1000, 0), summary(900, 1000, 0));
+    assert_eq!(r.step(secs(60), &o), Decision::None);
+    assert_eq!(
+        r.step(secs(600), &o),
+        Decision::Pause {
+            reason: PauseReason::InsufficientData
+        }
+    );
+}
+
+#[test]
+fn the_same_samples_give_the_same_decisions() {
+    let ticks: Vec<Observation> = (1..=90u64)
+        .map(|t| {
+            seq_obs(
+                summary(10 * t, 1000 + t * 40, t / 10),
+                summary(90 * t, 1000, t / 30),
+            )
+        })
+        .collect();
+    let run = || {
+        let (mut r, _) = Rollout::start(sequential_plan(), secs(0)).unwrap();
+        let decisions: Vec<Decision> = ticks
+            .iter()
+            .enumerate()
+            .map(|(i, o)| r.step(secs(i as u64 + 1), o))
+            .collect();
+        (decisions, r.gates().to_vec(), r.phase().clone())
+    };
+    assert_eq!(run(), run());
+}
