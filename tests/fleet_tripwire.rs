@@ -158,7 +158,7 @@ async fn a_hash_fault_behind_one_follower_rolls_back_every_instance_at_once() {
         .expect("the faulty blue answered at least once");
     for (k, blue) in blues.iter().enumerate() {
         let log = blue.behavior.log.lock().unwrap();
-        if let Some((last, _)) = log.iter().filter(|(at, _)| *at >= first_bad).last() {
+        if let Some((last, _)) = log.iter().rev().find(|(at, _)| *at >= first_bad) {
             let after = last.duration_since(first_bad);
             println!("instance {k}: last candidate request {after:?} after the first bad response");
             assert!(

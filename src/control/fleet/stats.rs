@@ -152,9 +152,9 @@ impl Merged {
     pub fn take(&self) -> Pools {
         let mut out: Pools = Default::default();
         for p in self.lock().values_mut() {
-            for i in 0..2 {
-                out[i].merge(&p.latest[i].since(&p.taken[i]));
-                p.taken[i].clone_from(&p.latest[i]);
+            for ((sum, latest), taken) in out.iter_mut().zip(&p.latest).zip(&mut p.taken) {
+                sum.merge(&latest.since(taken));
+                taken.clone_from(latest);
             }
         }
         out
