@@ -433,8 +433,12 @@ impl Switchyard {
         tokio::spawn(control::controller::run(control.clone(), shutdown.clone()));
         tokio::spawn(control::failover::run(control.clone(), shutdown.clone()));
         if let (Some(store), Some(cfg)) = (fleet, &config.fleet) {
-            let members =
-                control::fleet::members::Members::new(control.clone(), store.clone(), cfg);
+            let members = control::fleet::members::Members::new(
+                control.clone(),
+                store.clone(),
+                cfg,
+                stats.clone(),
+            );
             tokio::spawn(members.run(shutdown.clone()));
             tokio::spawn(control::fleet::run(
                 control.clone(),

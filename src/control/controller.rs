@@ -234,6 +234,9 @@ impl Controller {
 
     /// One evaluation of the live rollout, if any; applies what it decides.
     pub fn tick(&self, control: &Control) {
+        // Fleet: what the other instances recorded since the last tick, taken on every tick
+        // so that a sample counts once and only in the step it arrived in.
+        let others = control.fleet_stats().map(|m| m.take());
         let mut inner = self.lock();
         let Some(current) = inner.rollout.as_ref().filter(|r| r.is_live()) else {
             return;
@@ -245,6 +248,9 @@ impl Controller {
         inner
             .accum
             .update(&self.stats, key, since_ms, now_ms, window);
+        if let Some(others) = others.filter(|_| control.leads()) {
+            inner.accum.add_others(key.1, &others, now_ms);
+        }
         let Some(current) = inner.rollout.as_ref() else {
             return;
         };
@@ -486,6 +492,11 @@ pub async fn run(control: Arc<Control>, shutdown: CancellationToken) {
         // In a fleet only the leader steps the rollout; any instance acts on a tripwire.
         let leads = control.leads();
         if !leads && !tripwire {
+            // The others' samples count for the instance that leads when they arrive: a
+            // follower that takes over later must not judge them again.
+            if let Some(m) = control.fleet_stats() {
+                m.take();
+            }
             continue;
         }
         let (c, k) = (controller.clone(), control.clone());

@@ -143,6 +143,8 @@ pub struct Control {
     fleet_view: OnceLock<FleetView>,
     /// `[fleet]`: whether this instance holds the leader key.
     leader: OnceLock<Arc<AtomicBool>>,
+    /// `[fleet]`: the other instances' pool totals, merged into the leader's gates.
+    fleet_stats: OnceLock<Arc<fleet::stats::Merged>>,
 }
 
 thread_local! {
@@ -222,6 +224,7 @@ impl Control {
             controller: OnceLock::new(),
             last_save_failure: Mutex::new(Value::Null),
             fleet_view: OnceLock::new(),
+            fleet_stats: OnceLock::new(),
             leader: OnceLock::new(),
         };
         // Exported from the start, so an alert on its increase sees the zero.
@@ -312,6 +315,16 @@ impl Control {
     /// Attaches the fleet's view (once, with `[fleet]`): `status` then shows it.
     pub fn attach_fleet_view(&self, view: FleetView) {
         let _ = self.fleet_view.set(view);
+    }
+
+    /// Attaches the other instances' pool totals (once, with `[fleet]`).
+    pub fn attach_fleet_stats(&self, merged: Arc<fleet::stats::Merged>) {
+        let _ = self.fleet_stats.set(merged);
+    }
+
+    /// The other instances' pool totals; `None` without `[fleet]`.
+    pub fn fleet_stats(&self) -> Option<&Arc<fleet::stats::Merged>> {
+        self.fleet_stats.get()
     }
 
     /// The fleet's instances, leader and lag; `None` without `[fleet]`.

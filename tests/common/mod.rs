@@ -59,6 +59,9 @@ pub struct Behavior {
     pub fail_every: AtomicU64,
     /// The next N counted responses leave out the hash header.
     pub omit_hash_next: AtomicU64,
+    /// Every counted request as received: when, and whether its answer broke the hash
+    /// contract (no hash or a wrong one).
+    pub log: std::sync::Mutex<Vec<(Instant, bool)>>,
 }
 
 pub struct Upstream {
@@ -148,6 +151,12 @@ async fn upstream_handle(
         .is_ok();
     if let Ok(mut l) = last.lock() {
         *l = Some(req.headers().clone());
+    }
+    let bad = omit_once
+        || behavior.omit_hash.load(Ordering::Relaxed)
+        || behavior.wrong_hash.load(Ordering::Relaxed);
+    if let Ok(mut log) = behavior.log.lock() {
+        log.push((Instant::now(), bad));
     }
     let delay =
         query_u64(&req, "sleep_ms").unwrap_or(0) + behavior.delay_ms.load(Ordering::Relaxed);

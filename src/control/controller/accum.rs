@@ -22,6 +22,8 @@ pub(super) struct Accumulator {
     pub candidate_step: Summary,
     pub stable_step: Summary,
     pub stable_rollout: Summary,
+    /// When the other instances' samples were last added (fleet); kept across resets.
+    others_ms: Option<u64>,
 }
 
 impl Accumulator {
@@ -41,6 +43,7 @@ impl Accumulator {
             let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
             let first = stats.epoch_of(now_ms.saturating_sub(window_ms));
             *self = Accumulator {
+                others_ms: self.others_ms,
                 rollout: Some((id, candidate)),
                 since_ms: u64::MAX,
                 next_epoch: current,
@@ -73,5 +76,22 @@ impl Accumulator {
                 .merge(&stats.summary(stable, step_first, last));
         }
         self.next_epoch = current;
+    }
+
+    /// Adds the other instances' samples taken at `now_ms` (fleet, see
+    /// `control::fleet::stats`) to the rollout's evidence, and to the step's when the last
+    /// take was already past the step's `samples_since`: samples taken in one lump across a
+    /// step's start are not the step's.
+    pub fn add_others(&mut self, candidate: PoolId, others: &[Summary; 2], now_ms: u64) {
+        let previous = self.others_ms.replace(now_ms);
+        if self.rollout.is_none() {
+            return;
+        }
+        let stable = candidate.other();
+        self.stable_rollout.merge(&others[stable.index()]);
+        if previous.is_some_and(|ms| ms >= self.since_ms) {
+            self.candidate_step.merge(&others[candidate.index()]);
+            self.stable_step.merge(&others[stable.index()]);
+        }
     }
 }

@@ -222,6 +222,12 @@ impl Controller {
                 "stable": r.candidate().other(),
                 "window_ms": record::millis(r.plan().window),
                 "gates": record::reports(r.gates()),
+                // The samples the sequential gates judge (in a fleet, the leader's merge).
+                "evidence": {
+                    "candidate_step": counts(&inner.accum.candidate_step),
+                    "stable_step": counts(&inner.accum.stable_step),
+                    "stable_rollout": counts(&inner.accum.stable_rollout),
+                },
             });
         }
         drop(inner);
@@ -274,6 +280,10 @@ impl Controller {
         }
         reports
     }
+}
+
+fn counts(s: &crate::metrics::window::Summary) -> Value {
+    json!({ "requests": s.requests, "errors": s.errors, "violations": s.violations })
 }
 
 /// Time to gather `needed` samples from zero at `rate` per second; `None` if a window can

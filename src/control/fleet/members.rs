@@ -18,10 +18,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::etcd::{b64, int, EtcdError, Kv};
+use super::stats::{self, Merged, Pools, Running};
 use super::store::EtcdStore;
 use crate::config::FleetConfig;
 use crate::control::{state, Control};
 use crate::metrics::names;
+use crate::metrics::window::LiveStats;
 
 pub struct Members {
     control: Arc<Control>,
@@ -32,6 +34,12 @@ pub struct Members {
     view: Mutex<Value>,
     leader: Arc<AtomicBool>,
     gauges: Gauges,
+    /// This instance's pool totals (`stats/NAME`), the last ones written, and the others'.
+    live: Arc<LiveStats>,
+    running: Mutex<Running>,
+    own: Mutex<Pools>,
+    merged: Arc<Merged>,
+    started_unix_ms: u64,
 }
 
 struct Gauges {
@@ -48,7 +56,12 @@ pub fn now_ms() -> u64 {
 }
 
 impl Members {
-    pub fn new(control: Arc<Control>, store: Arc<EtcdStore>, cfg: &FleetConfig) -> Arc<Members> {
+    pub fn new(
+        control: Arc<Control>,
+        store: Arc<EtcdStore>,
+        cfg: &FleetConfig,
+        live: Arc<LiveStats>,
+    ) -> Arc<Members> {
         let m = &control.metrics;
         let gauges = Gauges {
             instances: m.gauge(names::FLEET_INSTANCES, Vec::new()),
@@ -68,7 +81,13 @@ impl Members {
             interval: cfg.publish_interval,
             leader: control.leader_flag(),
             gauges,
+            live,
+            running: Mutex::new(Running::default()),
+            own: Mutex::new(Pools::default()),
+            merged: Arc::new(Merged::default()),
+            started_unix_ms: now_ms(),
         });
+        control.attach_fleet_stats(members.merged.clone());
         let view = members.clone();
         control.attach_fleet_view(Arc::new(move || view.view()));
         members
@@ -185,6 +204,7 @@ impl Members {
                     self.register(lease, generation).await?;
                     registered = Some(generation);
                 }
+                self.publish(lease).await?;
                 self.campaign(lease).await?;
                 self.refresh().await
             };
@@ -207,6 +227,26 @@ impl Members {
             "applied_unix_ms": now_ms(),
         });
         let key = self.store.key(&format!("instances/{}", self.name));
+        self.store
+            .etcd
+            .call(
+                "/v3/kv/put",
+                &json!({ "key": b64(key.as_bytes()), "value": b64(record.to_string().as_bytes()), "lease": lease.to_string() }),
+            )
+            .await
+            .map(|_| ())
+    }
+
+    /// Writes this instance's pool totals at `stats/NAME` (see [`stats`]).
+    async fn publish(&self, lease: i64) -> Result<(), EtcdError> {
+        let totals = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .totals(&self.live);
+        let record = stats::encode(&self.name, self.started_unix_ms, &totals);
+        *self.own.lock().unwrap_or_else(|e| e.into_inner()) = totals;
+        let key = self.store.key(&format!("stats/{}", self.name));
         self.store
             .etcd
             .call(
@@ -246,6 +286,7 @@ impl Members {
                 { "request_range": { "key": p("instances/"), "range_end": p("instances0") } },
                 { "request_range": { "key": p("leader") } },
                 { "request_range": { "key": p("table") } },
+                { "request_range": { "key": p("stats/"), "range_end": p("stats0") } },
             ]
         });
         let v = self.store.etcd.call("/v3/kv/txn", &body).await?;
@@ -287,6 +328,17 @@ impl Members {
         self.gauges.instances.set(instances.len() as f64);
         self.gauges.lag.set(max_lag);
         let table_revision = kvs(2).first().map_or(0, |kv| kv.mod_revision);
+        let peers = kvs(3)
+            .iter()
+            .filter_map(|kv| serde_json::from_slice::<Value>(&kv.value).ok())
+            .filter_map(|v| stats::decode(&v))
+            .filter(|r| r.name != self.name)
+            .collect();
+        self.merged.update(peers);
+        let merged = self.merged.view(
+            &self.name,
+            &self.own.lock().unwrap_or_else(|e| e.into_inner()),
+        );
         *self.view.lock().unwrap_or_else(|e| e.into_inner()) = json!({
             "instance": self.name,
             "store_up": true,
@@ -299,6 +351,8 @@ impl Members {
             "rollback_pending": self.store.has_pending(),
             "all_applied": instances.iter().all(|i| i["applied"] == true),
             "instances": instances,
+            // The pools' totals over every live instance: what the leader's gates merge.
+            "merged": merged,
         });
         Ok(())
     }

@@ -12,6 +12,7 @@
 
 pub mod etcd;
 pub mod members;
+pub mod stats;
 pub mod store;
 
 use std::sync::Arc;

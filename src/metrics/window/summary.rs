@@ -126,6 +126,38 @@ impl Summary {
         Some((bin_lower(bin), bin_upper(bin)))
     }
 
+    /// What `self` holds beyond `older`, an earlier state of the same running total; counts
+    /// that went down (a total that started again) are taken as zero.
+    pub fn since(&self, older: &Summary) -> Summary {
+        let mut bins = vec![0u64; BINS];
+        if !self.bins.is_empty() {
+            for (bin, dst) in bins.iter_mut().enumerate() {
+                let old = older.bins.get(bin).copied().unwrap_or(0);
+                *dst = self.bins[bin].saturating_sub(old);
+            }
+        }
+        Summary::from_bins(
+            bins,
+            self.errors.saturating_sub(older.errors),
+            self.violations.saturating_sub(older.violations),
+        )
+    }
+
+    /// Counts and an HdrHistogram made by [`Summary::to_histogram`] (or any histogram of
+    /// microseconds) back into a summary: each recorded value goes to the bin it falls in.
+    pub fn from_histogram(
+        h: &hdrhistogram::Histogram<u64>,
+        errors: u64,
+        violations: u64,
+    ) -> Summary {
+        let mut bins = vec![0u64; BINS];
+        for v in h.iter_recorded() {
+            let us = h.lowest_equivalent(v.value_iterated_to());
+            bins[super::bin_of(us)] += v.count_at_value();
+        }
+        Summary::from_bins(bins, errors, violations)
+    }
+
     /// The summary's latencies as an HdrHistogram (each bin's count at its midpoint).
     pub fn to_histogram(&self) -> hdrhistogram::Histogram<u64> {
         let mut h = hdrhistogram::Histogram::new_with_bounds(1, 1 << 27, 3)
