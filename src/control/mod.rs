@@ -27,6 +27,7 @@ pub mod failover;
 pub mod fleet;
 pub mod follow;
 pub mod handover;
+pub mod hooks;
 pub mod occupant;
 pub mod reload;
 pub mod rollout;
