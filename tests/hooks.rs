@@ -273,5 +273,7 @@ async fn receivers_down_or_slow_delay_no_rollback() {
         down["last_error"].as_str().unwrap().contains("4 attempts"),
         "{status}"
     );
+    let status = p.admin("status").await;
+    assert_eq!(status["hooks"]["down"]["failures"], 1, "{status}");
     assert_eq!(slow.calls("/").len(), 1, "the slow receiver got the event");
 }

@@ -708,6 +708,9 @@ impl Control {
         if let Some(f) = self.fleet_view() {
             v["fleet"] = f;
         }
+        if let Some(c) = self.controller() {
+            v["hooks"] = c.hooks_view();
+        }
         v
     }
 

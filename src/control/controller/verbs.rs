@@ -207,6 +207,11 @@ impl Controller {
         })
     }
 
+    /// Each rollout hook's deliveries and failures (`status` and `rollout status`).
+    pub fn hooks_view(&self) -> Value {
+        self.notifier.view()
+    }
+
     fn view(&self, inner: &super::Inner) -> Value {
         match &inner.rollout {
             Some(r) => record::view(r, &inner.meta, self.now()),
