@@ -14,6 +14,7 @@ mod backend;
 mod edge;
 mod fields;
 mod fleet;
+mod hooks;
 mod locate;
 mod pool;
 mod raw;
@@ -25,6 +26,7 @@ mod validate;
 mod tests;
 
 pub use fleet::{EtcdEndpoint, FleetConfig};
+pub use hooks::{HookConfig, HookEvent, HookFormat, HookUrl};
 pub use units::{parse_duration, parse_percent_bp};
 
 /// One of the two upstream pools.
@@ -408,6 +410,8 @@ pub struct RolloutConfig {
     pub tick: Duration,
     pub settle: Duration,
     pub gates: GatesConfig,
+    /// `[[rollout.hooks]]`, in config order.
+    pub hooks: Vec<std::sync::Arc<HookConfig>>,
 }
 
 /// `[rollout.gates]`: limits of the judgment gates and tripwires.

@@ -196,6 +196,29 @@ pub(crate) struct RawRollout {
     pub tick: Option<RawDuration>,
     pub settle: Option<RawDuration>,
     pub gates: Option<RawGates>,
+    pub hooks: Option<Vec<RawHook>>,
+}
+
+/// `[[rollout.hooks]]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHook {
+    pub name: Option<String>,
+    pub on: Option<Vec<String>>,
+    pub url: Option<String>,
+    pub timeout: Option<RawDuration>,
+    pub retries: Option<u32>,
+    pub headers: Option<std::collections::BTreeMap<String, RawHeaderValue>>,
+    pub format: Option<String>,
+    pub tls_ca: Option<String>,
+}
+
+/// A hook header's value: the text itself, or `{ file = "PATH" }` (read at load, e.g. a token).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum RawHeaderValue {
+    Text(String),
+    File { file: String },
 }
 
 #[derive(Debug, Default, Deserialize)]

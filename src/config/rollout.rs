@@ -76,6 +76,7 @@ pub(super) fn rollout(raw: RawRollout) -> Result<RolloutConfig, ConfigError> {
         tick,
         settle,
         gates: gates(raw.gates.unwrap_or_default())?,
+        hooks: super::hooks::hooks(raw.hooks.unwrap_or_default())?,
     })
 }
 

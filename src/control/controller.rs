@@ -34,7 +34,7 @@ use tracing::{error, info, warn};
 use super::command::AdminError;
 use super::rollout::{Decision, Gate, GateReport, Observation, Phase, Rollout};
 use super::{Actor, Applied, Control, Draft};
-use crate::config::PoolId;
+use crate::config::{HookConfig, HookEvent, PoolId};
 use crate::metrics::names;
 use crate::metrics::window::LiveStats;
 use crate::metrics::Metrics;
@@ -60,6 +60,7 @@ pub struct Controller {
     phase_gauges: Vec<Gauge>,
     gate_gauges: Mutex<HashMap<(Gate, PoolId), Gauge>>,
     rollbacks: Mutex<HashMap<Gate, Counter>>,
+    notifier: super::hooks::Notifier,
 }
 
 struct Inner {
@@ -70,6 +71,8 @@ struct Inner {
     violations_base: u64,
     /// The sequential gates' summaries of the current rollout.
     accum: accum::Accumulator,
+    /// The hooks of the current rollout: the config's when it started.
+    hooks: Vec<Arc<HookConfig>>,
 }
 
 /// Green's share for the candidate's share `candidate_bp`.
@@ -95,16 +98,18 @@ impl Controller {
             .collect::<Vec<_>>();
         let c = Controller {
             stats,
-            metrics,
+            metrics: metrics.clone(),
             inner: Mutex::new(Inner {
                 rollout: None,
                 meta: Meta::default(),
                 violations_base: 0,
                 accum: accum::Accumulator::default(),
+                hooks: Vec::new(),
             }),
             phase_gauges,
             gate_gauges: Mutex::new(HashMap::new()),
             rollbacks: Mutex::new(HashMap::new()),
+            notifier: super::hooks::Notifier::new(metrics.clone()),
         };
         c.set_phase_gauge("idle");
         c.register_series();
@@ -396,6 +401,10 @@ impl Controller {
                 record::describe(r)
             );
             control.publish_event(record::event(r, &inner.meta, actor, generation));
+            if let Some(event) = notifying_event(previous, phase) {
+                let body = record::hook_body(r, previous, &inner.meta, generation, control);
+                self.notifier.notify(&inner.hooks, event, &body);
+            }
         }
     }
 
@@ -435,6 +444,20 @@ impl Controller {
                 )
             })
             .increment(1);
+    }
+}
+
+/// The notifying hook event of a transition from `previous` (live) into `phase`.
+fn notifying_event(previous: Option<&Rollout>, phase: &Phase) -> Option<HookEvent> {
+    let previous = previous.filter(|p| p.is_live())?;
+    match phase {
+        Phase::Promoted => Some(HookEvent::Promoted),
+        Phase::RolledBack { .. } => Some(HookEvent::RolledBack),
+        Phase::Aborted { .. } => Some(HookEvent::Aborted),
+        Phase::Paused { .. } if !matches!(previous.phase(), Phase::Paused { .. }) => {
+            Some(HookEvent::Paused)
+        }
+        _ => None,
     }
 }
 

@@ -27,6 +27,7 @@ pub mod failover;
 pub mod fleet;
 pub mod follow;
 pub mod handover;
+pub mod hooks;
 pub mod occupant;
 pub mod reload;
 pub mod rollout;
@@ -719,6 +720,9 @@ impl Control {
         });
         if let Some(f) = self.fleet_view() {
             v["fleet"] = f;
+        }
+        if let Some(c) = self.controller() {
+            v["hooks"] = c.hooks_view();
         }
         v
     }

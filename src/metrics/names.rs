@@ -10,6 +10,7 @@ pub const ROLLOUT_PHASE: &str = "switchyard_rollout_phase";
 pub const GATE_VALUE: &str = "switchyard_gate_value";
 pub const HASH_VIOLATIONS_TOTAL: &str = "switchyard_hash_violations_total";
 pub const ROLLBACKS_TOTAL: &str = "switchyard_rollbacks_total";
+pub const HOOK_FAILURES_TOTAL: &str = "switchyard_hook_failures_total";
 pub const BACKEND_HEALTHY: &str = "switchyard_backend_healthy";
 pub const UPSTREAM_ERRORS_TOTAL: &str = "switchyard_upstream_errors_total";
 pub const CONNECTIONS_ACTIVE: &str = "switchyard_connections_active";
@@ -45,6 +46,7 @@ pub const HELP: &[(&str, &str)] = &[
     (GATE_VALUE, "Current value of each rollout gate, per pool."),
     (HASH_VIOLATIONS_TOTAL, "Constitutional hash violations, by pool, direction (request, response) and reason (missing, mismatch)."),
     (ROLLBACKS_TOTAL, "Rollbacks, by reason."),
+    (HOOK_FAILURES_TOTAL, "Rollout hook calls that failed after their retries (or found the queue full), by hook."),
     (BACKEND_HEALTHY, "1 when the backend is in rotation, 0 when it is not."),
     (UPSTREAM_ERRORS_TOTAL, "Upstream failures charged to a pool, by kind (connect, timeout, reset, status_5xx, hash)."),
     (CONNECTIONS_ACTIVE, "Open downstream connections."),

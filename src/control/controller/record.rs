@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use crate::control::audit::rfc3339;
 use crate::control::percent;
 use crate::control::rollout::{Gate, GateReport, Phase, Rollout};
+use crate::proxy::route::FULL_BP;
 
 /// What is known about a rollout besides its machine: which one it is, who started it, when.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -119,6 +120,46 @@ pub fn event(r: &Rollout, meta: &Meta, actor: &Value, generation: u64) -> Value 
     v["generation"] = json!(generation);
     v["actor"] = actor.clone();
     v
+}
+
+/// The body of a rollout hook (`event` and `hook` are added per hook): the rollout's
+/// summary with both pools' shares, the step it was at, the generation, the reason, the gate
+/// with its evidence (every gate's last report) and the constitutional hash.
+pub fn hook_body(
+    r: &Rollout,
+    previous: Option<&Rollout>,
+    meta: &Meta,
+    generation: u64,
+    control: &crate::control::Control,
+) -> Value {
+    let mut rollout = summary(r, meta);
+    rollout["stable_percent"] = json!(percent(FULL_BP - r.candidate_weight_bp().min(FULL_BP)));
+    let step_of = |r: &Rollout| match r.phase() {
+        Phase::Progressing { step } | Phase::Paused { step, .. } => Some(*step),
+        Phase::Baking => Some(r.plan().steps_bp.len().saturating_sub(1)),
+        _ => None,
+    };
+    let step = step_of(r).or_else(|| previous.and_then(step_of));
+    let evidence = match r.phase() {
+        Phase::RolledBack { gate, .. } => r
+            .gates()
+            .iter()
+            .filter(|g| g.gate == *gate)
+            .map(report)
+            .collect(),
+        _ => Vec::new(),
+    };
+    json!({
+        "time": rfc3339(SystemTime::now()),
+        "rollout": rollout,
+        "step": step,
+        "generation": generation,
+        "reason": rollout["reason"],
+        "gate": rollout["gate"],
+        "evidence": evidence,
+        "gates": reports(r.gates()),
+        "hash": control.config().constitution.hash,
+    })
 }
 
 /// One gate report with its unit.

@@ -107,6 +107,9 @@ impl Controller {
             started_by: serde_json::to_value(actor).unwrap_or(Value::Null),
         };
         self.stats.reset_consecutive_errors(candidate);
+        // A reload applies hooks to the next rollout, never to a running one.
+        inner.hooks.clone_from(&control.config().rollout.hooks);
+        self.notifier.register(&inner.hooks);
         let t = Transition {
             expect_gen,
             new_salt: Some(fastrand::u64(..)),
@@ -200,7 +203,13 @@ impl Controller {
         json!({
             "generation": control.routes.load().generation,
             "rollout": self.view(&inner),
+            "hooks": self.notifier.view(),
         })
+    }
+
+    /// Each rollout hook's deliveries and failures (`status` and `rollout status`).
+    pub fn hooks_view(&self) -> Value {
+        self.notifier.view()
     }
 
     fn view(&self, inner: &super::Inner) -> Value {

@@ -1,0 +1,298 @@
+//! CONTROL PLANE: rollout hooks — HTTP calls on rollout events (`[[rollout.hooks]]`).
+//!
+//! Notifying events (`promoted`, `rolled_back`, `paused`, `aborted`) go through a bounded
+//! queue ([`QUEUE`] deliveries): the controller only `try_send`s, so a hook that is down or
+//! slow never blocks a tick or a rollback. Each delivery runs as its own task: up to
+//! `1 + retries` attempts, each bounded by the hook's `timeout`, with a backoff doubling from
+//! [`BACKOFF`] between them. A delivery that fails (or finds the queue full) is logged,
+//! counted in `switchyard_hook_failures_total{hook}` and shown in `rollout status`.
+//!
+//! The hooks of a rollout are the config's when it started: a reload applies to the next one.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use metrics::Label;
+use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::config::{HookConfig, HookEvent, HookFormat};
+use crate::metrics::{names, Metrics};
+
+/// Notifications waiting or in flight, at most.
+pub const QUEUE: usize = 64;
+/// The first wait between attempts; it doubles, up to [`BACKOFF_MAX`].
+pub const BACKOFF: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// One hook's record, shown in `rollout status`.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct HookStats {
+    pub sent: u64,
+    pub failures: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+struct Job {
+    hook: Arc<HookConfig>,
+    body: Bytes,
+    event: HookEvent,
+}
+
+/// The notification queue and each hook's record.
+pub struct Notifier {
+    tx: mpsc::Sender<Job>,
+    rx: Mutex<Option<mpsc::Receiver<Job>>>,
+    stats: Arc<Mutex<BTreeMap<String, HookStats>>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Notifier {
+    pub fn new(metrics: Arc<Metrics>) -> Notifier {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        Notifier {
+            tx,
+            rx: Mutex::new(Some(rx)),
+            stats: Arc::new(Mutex::new(BTreeMap::new())),
+            metrics,
+        }
+    }
+
+    /// Queues `event` for every hook of `hooks` that listens to it; never waits.
+    pub fn notify(&self, hooks: &[Arc<HookConfig>], event: HookEvent, body: &Value) {
+        for hook in hooks.iter().filter(|h| h.on.contains(&event)) {
+            self.start_worker();
+            let job = Job {
+                hook: hook.clone(),
+                body: render(hook, event, body),
+                event,
+            };
+            if let Err(e) = self.tx.try_send(job) {
+                let why = match e {
+                    mpsc::error::TrySendError::Full(_) => "the hook queue is full",
+                    mpsc::error::TrySendError::Closed(_) => "the hook queue is closed",
+                };
+                failed(
+                    &self.stats,
+                    &self.metrics,
+                    &hook.name,
+                    event,
+                    why.to_string(),
+                );
+            }
+        }
+    }
+
+    /// The deliveries' task, started on the first notification (on the current runtime).
+    fn start_worker(&self) {
+        let mut slot = self.rx.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            warn!("no runtime to deliver rollout hooks on");
+            return;
+        };
+        let Some(mut rx) = slot.take() else { return };
+        let (stats, metrics) = (self.stats.clone(), self.metrics.clone());
+        rt.spawn(async move {
+            let slots = Arc::new(tokio::sync::Semaphore::new(QUEUE));
+            while let Some(job) = rx.recv().await {
+                let Ok(permit) = slots.clone().acquire_owned().await else {
+                    return;
+                };
+                let (stats, metrics) = (stats.clone(), metrics.clone());
+                tokio::spawn(async move {
+                    let name = job.hook.name.clone();
+                    match call(&job.hook, job.body).await {
+                        Ok(status) => {
+                            info!(hook = %name, event = job.event.as_str(), %status, "rollout hook delivered");
+                            lock(&stats).entry(name).or_default().sent += 1;
+                        }
+                        Err(e) => failed(&stats, &metrics, &name, job.event, e),
+                    }
+                    drop(permit);
+                });
+            }
+        });
+    }
+
+    /// Each hook's record: `{"NAME": {"sent", "failures", "last_error"}}`.
+    pub fn view(&self) -> Value {
+        serde_json::to_value(&*lock(&self.stats)).unwrap_or(Value::Null)
+    }
+
+    /// `switchyard_hook_failures_total{hook}` at 0 for each configured hook.
+    pub fn register(&self, hooks: &[Arc<HookConfig>]) {
+        for h in hooks {
+            self.metrics
+                .counter(
+                    names::HOOK_FAILURES_TOTAL,
+                    vec![Label::new("hook", h.name.clone())],
+                )
+                .increment(0);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn failed(
+    stats: &Mutex<BTreeMap<String, HookStats>>,
+    metrics: &Metrics,
+    name: &str,
+    event: HookEvent,
+    error: String,
+) {
+    warn!(hook = %name, event = event.as_str(), %error, "rollout hook failed");
+    metrics
+        .counter(
+            names::HOOK_FAILURES_TOTAL,
+            vec![Label::new("hook", name.to_string())],
+        )
+        .increment(1);
+    let mut s = lock(stats);
+    let e = s.entry(name.to_string()).or_default();
+    e.failures += 1;
+    e.last_error = Some(error);
+}
+
+/// The body `hook` is sent: the event object with the hook's name, or a Slack message.
+pub fn render(hook: &HookConfig, event: HookEvent, body: &Value) -> Bytes {
+    let mut v = body.clone();
+    v["event"] = json!(event.as_str());
+    v["hook"] = json!(hook.name);
+    let out = match hook.format {
+        HookFormat::Json => v,
+        HookFormat::Slack => json!({ "text": slack_text(event, &v) }),
+    };
+    Bytes::from(serde_json::to_vec(&out).unwrap_or_default())
+}
+
+fn slack_text(event: HookEvent, v: &Value) -> String {
+    let r = &v["rollout"];
+    let mut text = format!(
+        "switchyard: rollout {} to {} {} (candidate at {}%, generation {})",
+        r["id"],
+        r["candidate"].as_str().unwrap_or("?"),
+        event.as_str().replace('_', " "),
+        r["candidate_percent"],
+        v["generation"]
+    );
+    if let Some(reason) = v["reason"].as_str() {
+        text.push_str(&format!(": {reason}"));
+    }
+    text
+}
+
+/// Every attempt of one call, with the backoff between them: the last status on success
+/// (2xx), else why the last attempt failed.
+pub async fn call(hook: &HookConfig, body: Bytes) -> Result<StatusCode, String> {
+    let mut wait = BACKOFF;
+    let mut last = String::new();
+    for attempt in 0..=hook.retries {
+        if attempt > 0 {
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(BACKOFF_MAX);
+        }
+        match tokio::time::timeout(hook.timeout, once(hook, body.clone())).await {
+            Ok(Ok(status)) if status.is_success() => return Ok(status),
+            Ok(Ok(status)) => last = format!("answered {status}"),
+            Ok(Err(e)) => last = e,
+            Err(_) => last = format!("no answer within {:?}", hook.timeout),
+        }
+    }
+    Err(format!("{last} (after {} attempts)", hook.retries + 1))
+}
+
+/// One POST of `body` to the hook's URL.
+async fn once(hook: &HookConfig, body: Bytes) -> Result<StatusCode, String> {
+    let url = &hook.url;
+    let tcp = TcpStream::connect(&url.authority)
+        .await
+        .map_err(|e| format!("cannot connect to {}: {e}", url.authority))?;
+    let _ = tcp.set_nodelay(true);
+    let mut req = Request::post(url.path_and_query.as_str())
+        .header(http::header::HOST, url.authority.as_str())
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(http::header::USER_AGENT, "switchyard");
+    for (n, v) in &hook.headers {
+        req = req.header(n, v);
+    }
+    let req = req
+        .body(Full::new(body))
+        .map_err(|e| format!("request: {e}"))?;
+    if url.https {
+        let tls = connector(hook)?;
+        let name = ServerName::try_from(url.host.clone()).map_err(|e| e.to_string())?;
+        let stream = tls
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS: {e}"))?;
+        send(stream, req).await
+    } else {
+        send(tcp, req).await
+    }
+}
+
+async fn send<S>(io: S, req: Request<Full<Bytes>>) -> Result<StatusCode, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (mut sender, conn) = http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| format!("HTTP handshake: {e}"))?;
+    let driver = tokio::spawn(conn);
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("request failed: {e}"));
+    let out = match resp {
+        Ok(resp) => {
+            let status = resp.status();
+            // The body is read (and dropped) so the receiver sees a complete exchange.
+            let _ = resp.into_body().collect().await;
+            Ok(status)
+        }
+        Err(e) => Err(e),
+    };
+    driver.abort();
+    out
+}
+
+fn connector(hook: &HookConfig) -> Result<tokio_rustls::TlsConnector, String> {
+    let bundle = hook.tls_ca.as_deref().unwrap_or(std::path::Path::new(
+        crate::proxy::upstream::SYSTEM_CA_BUNDLE,
+    ));
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(bundle)
+        .and_then(|it| it.collect::<Result<_, _>>())
+        .map_err(|e| format!("CA bundle {}: {e}", bundle.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(format!(
+            "CA bundle {}: no usable certificate",
+            bundle.display()
+        ));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS client configuration: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    client.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(client)))
+}
