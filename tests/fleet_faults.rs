@@ -215,3 +215,37 @@ async fn etcd_down_keeps_serving_refuses_weight_and_rollback_applies_locally_the
         assert!(c.ok.load(Ordering::Relaxed) >= 400);
     }
 }
+
+/// A silent partition (etcd frozen: connections open, no answers) must not hold an emergency
+/// rollback for a whole etcd call timeout: it applies on the instance within a second and
+/// reaches etcd once etcd answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_applies_at_once_while_etcd_is_silent() {
+    let etcd = Etcd::single();
+    let prefix = "/silent/";
+    let (blue, green) = (upstream("blue").await, upstream("green").await);
+    let (p, _control) = proxy_with(
+        &[blue.addr],
+        &[green.addr],
+        &etcd.fleet_toml(prefix, "edge-1"),
+        "",
+        false,
+    )
+    .await;
+    let r = p.admin("weight 30").await;
+    assert_eq!(r["ok"], true, "{r}");
+
+    etcd.freeze(0);
+    let t = Instant::now();
+    let r = p.admin("rollback").await;
+    let took = t.elapsed();
+    etcd.thaw(0);
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(p.routes.load().green_bp, 0, "applied when the reply came");
+    assert!(took < Duration::from_secs(1), "rollback took {took:?}");
+
+    wait_for("the rollback in etcd", DEADLINE, || async {
+        table_in_etcd(&etcd, prefix).is_some_and(|t| t["green_bp"] == 0)
+    })
+    .await;
+}

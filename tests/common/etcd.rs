@@ -127,6 +127,30 @@ impl Etcd {
         }
     }
 
+    /// Freezes member `i` (SIGSTOP, by its pid): its sockets stay open and say nothing, as
+    /// in a network partition. [`Etcd::thaw`] lets it go on.
+    pub fn freeze(&self, i: usize) {
+        self.signal(i, "-STOP");
+    }
+
+    /// Lets a frozen member go on (SIGCONT).
+    pub fn thaw(&self, i: usize) {
+        self.signal(i, "-CONT");
+    }
+
+    fn signal(&self, i: usize, sig: &str) {
+        let pid = self.members[i]
+            .child
+            .as_ref()
+            .expect("the member is running")
+            .id();
+        let status = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {sig} {pid}");
+    }
+
     /// Client URLs, for `[fleet] etcd`.
     pub fn endpoints(&self) -> Vec<String> {
         self.members

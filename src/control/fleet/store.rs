@@ -54,6 +54,10 @@ impl Drop for EtcdStore {
     }
 }
 
+/// How long a local-first change (`rollback`) waits for etcd before it applies on this
+/// instance alone and is kept to be written when etcd answers again.
+const LOCAL_FIRST_WAIT: std::time::Duration = std::time::Duration::from_millis(300);
+
 impl EtcdStore {
     pub fn new(etcd: Arc<Etcd>, prefix: &str) -> std::io::Result<EtcdStore> {
         let stop = CancellationToken::new();
@@ -175,6 +179,52 @@ impl EtcdStore {
     }
 
     /// Runs `f` on the store's thread and waits for it (any calling context).
+    /// [`StateStore::save`], giving etcd at most `limit` (else each call's own timeout).
+    fn save_within(
+        &self,
+        state: &PersistedState,
+        limit: Option<std::time::Duration>,
+    ) -> Result<(), StateError> {
+        let expected = self.applied_revision();
+        let keys = (self.key("table"), self.key("rollout"));
+        // The leader's own decisions are fenced: they apply only while it holds the key.
+        let fence = if Control::acting_as_leader() {
+            let held = self.fence.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            match held {
+                Some((name, lease)) => Some((self.key("leader"), name, lease)),
+                None => return Err(StateError::Conflict(
+                    "this instance no longer holds the fleet's leader key; the new leader decides"
+                        .into(),
+                )),
+            }
+        } else {
+            None
+        };
+        let fut = Self::write(self.etcd.clone(), keys, expected, state.clone(), fence);
+        let r = match limit {
+            None => self.block(fut),
+            Some(limit) => self.block(async move {
+                tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| {
+                    Err(EtcdError::Unreachable(format!(
+                        "no answer within {limit:?}"
+                    )))
+                })
+            }),
+        };
+        self.note(&r);
+        match r {
+            Ok(Ok(rev)) => {
+                self.advance(rev);
+                Ok(())
+            }
+            Ok(Err(generation)) => Err(StateError::Conflict(format!(
+                "another instance changed the fleet's table first, or this one no longer leads (generation {generation} in etcd, {} here); nothing changed; re-read status and retry",
+                state.generation.saturating_sub(1)
+            ))),
+            Err(e) => Err(StateError::Unavailable(e.to_string())),
+        }
+    }
+
     fn block<F, T>(&self, f: F) -> T
     where
         F: Future<Output = T> + Send + 'static,
@@ -256,41 +306,15 @@ impl StateStore for EtcdStore {
     }
 
     fn save(&self, state: &PersistedState) -> Result<(), StateError> {
-        let expected = self.applied_revision();
-        let keys = (self.key("table"), self.key("rollout"));
-        // The leader's own decisions are fenced: they apply only while it holds the key.
-        let fence = if Control::acting_as_leader() {
-            let held = self.fence.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            match held {
-                Some((name, lease)) => Some((self.key("leader"), name, lease)),
-                None => return Err(StateError::Conflict(
-                    "this instance no longer holds the fleet's leader key; the new leader decides"
-                        .into(),
-                )),
-            }
-        } else {
-            None
-        };
-        let fut = Self::write(self.etcd.clone(), keys, expected, state.clone(), fence);
-        let r = self.block(fut);
-        self.note(&r);
-        match r {
-            Ok(Ok(rev)) => {
-                self.advance(rev);
-                Ok(())
-            }
-            Ok(Err(generation)) => Err(StateError::Conflict(format!(
-                "another instance changed the fleet's table first, or this one no longer leads (generation {generation} in etcd, {} here); nothing changed; re-read status and retry",
-                state.generation.saturating_sub(1)
-            ))),
-            Err(e) => Err(StateError::Unavailable(e.to_string())),
-        }
+        self.save_within(state, None)
     }
 
     fn save_local_first(&self, state: &PersistedState) -> Result<Option<String>, StateError> {
-        // Known down, or a change already waits: do not wait for another timeout.
+        // Known down, or a change already waits: do not wait for another timeout. Otherwise
+        // etcd gets a short moment only: a silent partition must not hold an emergency
+        // rollback for a whole call timeout.
         let r = if self.is_up() && !self.has_pending() {
-            self.save(state)
+            self.save_within(state, Some(LOCAL_FIRST_WAIT))
         } else {
             Err(StateError::Unavailable("etcd unreachable".into()))
         };
