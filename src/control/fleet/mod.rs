@@ -31,6 +31,8 @@ use store::{EtcdStore, Snapshot};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// How often a quiet watch looks for a locally kept change to write (see [`follow`]).
+const PENDING_CHECK: Duration = Duration::from_millis(100);
 
 /// The store of a `[fleet]` config: the etcd client is built now (TLS files and the
 /// password file are read here, so a bad path fails at start).
@@ -84,7 +86,23 @@ async fn follow(
     info!(from_revision = start, "fleet: watching the table on etcd");
     *backoff = BACKOFF_MIN;
     let mut buf = BytesMut::new();
-    while let Some(frame) = body.frame().await {
+    loop {
+        // A change kept while etcd was silent (a partition that never broke the watch)
+        // must not wait for the next table event: look for one between frames too.
+        let next = tokio::select! {
+            next = body.frame() => next,
+            _ = tokio::time::sleep(PENDING_CHECK) => {
+                if store.has_pending() {
+                    return Err(EtcdError::Unreachable(
+                        "a change made locally waits for etcd".into(),
+                    ));
+                }
+                continue;
+            }
+        };
+        let Some(frame) = next else {
+            break;
+        };
         let frame = frame.map_err(|e| EtcdError::Unreachable(format!("watch: {e}")))?;
         let Ok(data) = frame.into_data() else {
             continue;
