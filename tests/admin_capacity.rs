@@ -1,6 +1,7 @@
 //! Admin socket capacity: a peer that is not an admin cannot keep an admin out. The
-//! non-admin peer is a real other process: this test binary run again as uid 65534
-//! (`hold_connections`), connecting to a socket opened to everyone (`mode = "0666"`).
+//! non-admin peer is real other processes: `switchyard ctl --json watch`, run as uid 65534
+//! (read-only, may `watch`) or 65533 (in no list), each holding one connection to a socket
+//! opened to everyone (`mode = "0666"`) for as long as it runs.
 // Helpers outside #[test] fns unwrap too: a panic there is a failed assertion.
 #![allow(clippy::unwrap_used)]
 
@@ -20,105 +21,72 @@ use common::*;
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 const NOBODY: u32 = 65534;
 
-/// Not a test on its own: the process [`hold`] starts as another uid. Connects
-/// `HOLD_COUNT` times to `HOLD_SOCKET`, prints `HELD held busy refused`, and keeps the
-/// connections open until its stdin closes (at most 30 s).
-#[test]
-#[ignore = "helper process started by the capacity tests as another uid"]
-fn hold_connections() {
-    use std::io::{Read, Write};
-    let socket = std::env::var("HOLD_SOCKET").unwrap();
-    let count: usize = std::env::var("HOLD_COUNT").unwrap().parse().unwrap();
-    let (mut held, mut busy, mut denied) = (Vec::new(), 0, 0);
-    for _ in 0..count {
-        let Ok(mut s) = std::os::unix::net::UnixStream::connect(&socket) else {
-            continue;
-        };
-        s.set_read_timeout(Some(Duration::from_millis(300)))
-            .unwrap();
-        let mut buf = [0u8; 512];
-        match s.read(&mut buf) {
-            Ok(n) if n > 0 => {
-                let text = String::from_utf8_lossy(&buf[..n]);
-                if text.contains("\"busy\"") {
-                    busy += 1;
-                } else if text.contains("permission_denied") {
-                    denied += 1;
-                }
-            }
-            // Closed without a word: refused too (past the daemon's refusal limit).
-            Ok(_) => denied += 1,
-            // Nothing said within the wait: a slot is held.
-            _ => held.push(s),
-        }
-    }
-    println!("HELD {} {busy} {denied}", held.len());
-    std::io::stdout().flush().unwrap();
-    let started = Instant::now();
-    let mut stdin = std::io::stdin();
-    let mut byte = [0u8; 1];
-    while started.elapsed() < Duration::from_secs(30) && matches!(stdin.read(&mut byte), Ok(1)) {}
-}
-
-/// The holder process and its stdout (kept open until the end, so it exits quietly).
+/// The `ctl watch` processes of another uid, kept running (and their stdout open) until
+/// [`Holder::stop`].
 struct Holder {
-    child: tokio::process::Child,
-    _out: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    children: Vec<tokio::process::Child>,
+    _out: Vec<tokio::io::Lines<BufReader<tokio::process::ChildStdout>>>,
     _copy: Option<tempfile::TempDir>,
 }
 
 impl Holder {
     async fn stop(mut self) {
-        self.child.stdin.take();
-        self.child.kill().await.unwrap();
+        for child in &mut self.children {
+            // An exited one (busy, refused) has nothing left to kill.
+            let _ = child.kill().await;
+        }
     }
 }
 
-/// Starts [`hold_connections`] as `uid` against `socket`; returns it with (held, busy,
-/// refused).
+/// Starts `count` `switchyard ctl --json watch` processes as `uid` against `socket`, one
+/// after another, and classifies each by its first line: a watch stream (a slot held),
+/// `busy`, or refused (`permission_denied`, or closed without a word past the daemon's
+/// refusal limit). Returns them with (held, busy, refused).
 async fn hold(uid: u32, socket: &std::path::Path, count: usize) -> (Holder, [u32; 3]) {
     let (exe, _copy) = executable_by_others();
-    let mut child = Command::new(exe)
-        .args(["--exact", "hold_connections", "--ignored", "--nocapture"])
-        .args(["--test-threads", "1"])
-        .env("HOLD_SOCKET", socket)
-        .env("HOLD_COUNT", count.to_string())
-        .uid(uid)
-        .gid(uid)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let counts = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            let line = lines
-                .next_line()
-                .await
-                .unwrap()
-                .expect("holder exited early");
-            // libtest may print `test hold_connections ... ` on the same line first.
-            if let Some((_, rest)) = line.split_once("HELD ") {
-                let n: Vec<u32> = rest.split(' ').map(|w| w.parse().unwrap()).collect();
-                return [n[0], n[1], n[2]];
-            }
-        }
-    })
-    .await
-    .expect("the holder reports within 30 s");
+    let (mut children, mut outs, mut counts) = (Vec::new(), Vec::new(), [0u32; 3]);
+    for _ in 0..count {
+        let mut child = Command::new(&exe)
+            .args(["ctl", "--json", "--socket"])
+            .arg(socket)
+            .arg("watch")
+            .uid(uid)
+            .gid(uid)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .expect("ctl watch says something within 10 s")
+            .unwrap()
+            .unwrap_or_default();
+        let slot = if first.contains("\"watching\"") {
+            0
+        } else if first.contains("\"busy\"") {
+            1
+        } else {
+            2
+        };
+        counts[slot] += 1;
+        children.push(child);
+        outs.push(lines);
+    }
     let holder = Holder {
-        child,
-        _out: lines,
+        children,
+        _out: outs,
         _copy,
     };
     (holder, counts)
 }
 
-/// This test binary, or a copy of it in a world-readable temporary directory when another
-/// uid could not reach it where it is (a checkout under a 0700 home directory).
+/// The switchyard binary, or a copy of it in a world-readable temporary directory when
+/// another uid could not reach it where it is (a checkout under a 0700 home directory).
 fn executable_by_others() -> (std::path::PathBuf, Option<tempfile::TempDir>) {
-    let exe = std::env::current_exe().unwrap();
+    let exe = std::path::PathBuf::from(BIN);
     let open = |p: &std::path::Path| {
         std::fs::metadata(p).is_ok_and(|m| m.permissions().mode() & 0o001 != 0)
     };
@@ -127,7 +95,7 @@ fn executable_by_others() -> (std::path::PathBuf, Option<tempfile::TempDir>) {
     }
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let copy = dir.path().join("holder");
+    let copy = dir.path().join("switchyard");
     std::fs::copy(&exe, &copy).unwrap();
     std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
     (copy, Some(dir))
