@@ -32,9 +32,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::command::AdminError;
-use super::rollout::{Decision, Gate, GateReport, Observation, Phase, Rollout};
+use super::query::QueryRunner;
+use super::rollout::{Decision, Gate, GateReport, HookPoint, Observation, Phase, Rollout};
 use super::{Actor, Applied, Control, Draft};
-use crate::config::{HookConfig, HookEvent, PoolId};
+use crate::config::{HookConfig, HookEvent, PoolId, QueryGateConfig};
 use crate::metrics::names;
 use crate::metrics::window::LiveStats;
 use crate::metrics::Metrics;
@@ -61,7 +62,13 @@ pub struct Controller {
     gate_gauges: Mutex<HashMap<(Gate, PoolId), Gauge>>,
     rollbacks: Mutex<HashMap<Gate, Counter>>,
     notifier: super::hooks::Notifier,
+    /// The outcome of the last gating hook call: (rollout id, [`Pending::seq`], outcome).
+    hook_done: Arc<Mutex<Option<HookOutcome>>>,
+    /// Wakes [`run`] when a gating hook call ends, so the rollout goes on without a tick.
+    hook_wake: Arc<tokio::sync::Notify>,
 }
+
+type HookOutcome = (u64, u32, Result<(), String>);
 
 struct Inner {
     /// `None` until the first rollout; the last one stays after it ends.
@@ -73,6 +80,12 @@ struct Inner {
     accum: accum::Accumulator,
     /// The hooks of the current rollout: the config's when it started.
     hooks: Vec<Arc<HookConfig>>,
+    /// The gating hook call started last: (rollout id, [`Pending::seq`]).
+    hook_started: Option<(u64, u32)>,
+    /// The query gates of the current rollout: the config's when it started.
+    query_gates: Vec<Arc<QueryGateConfig>>,
+    /// Their evaluations while the rollout is live.
+    queries: Option<QueryRunner>,
 }
 
 /// Green's share for the candidate's share `candidate_bp`.
@@ -105,11 +118,16 @@ impl Controller {
                 violations_base: 0,
                 accum: accum::Accumulator::default(),
                 hooks: Vec::new(),
+                hook_started: None,
+                query_gates: Vec::new(),
+                queries: None,
             }),
             phase_gauges,
             gate_gauges: Mutex::new(HashMap::new()),
             rollbacks: Mutex::new(HashMap::new()),
             notifier: super::hooks::Notifier::new(metrics.clone()),
+            hook_done: Arc::new(Mutex::new(None)),
+            hook_wake: Arc::new(tokio::sync::Notify::new()),
         };
         c.set_phase_gauge("idle");
         c.register_series();
@@ -120,7 +138,7 @@ impl Controller {
     /// rules and dashboards see them before the first rollout, and `increase()` works
     /// on the first rollback.
     fn register_series(&self) {
-        const ALL: [Gate; 9] = [
+        const ALL: [Gate; 11] = [
             Gate::HashViolation,
             Gate::ConsecutiveErrors,
             Gate::ErrorRateTripwire,
@@ -130,6 +148,8 @@ impl Controller {
             Gate::ErrorRateRelative,
             Gate::NoHealthyBackend,
             Gate::Operator,
+            Gate::HookFailed,
+            Gate::Query,
         ];
         let mut rollbacks = self.rollbacks.lock().unwrap_or_else(|e| e.into_inner());
         let mut gauges = self.gate_gauges.lock().unwrap_or_else(|e| e.into_inner());
@@ -142,7 +162,7 @@ impl Controller {
                 c.increment(0);
                 c
             });
-            if gate == Gate::Operator {
+            if matches!(gate, Gate::Operator | Gate::HookFailed | Gate::Query) {
                 continue;
             }
             for pool in PoolId::ALL {
@@ -247,6 +267,32 @@ impl Controller {
             return;
         };
         let now = self.now();
+        let outcome = self
+            .hook_done
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some((id, seq, outcome)) = outcome.filter(|o| o.0 == inner.meta.id) {
+            let mut next = current.clone();
+            let decision = next.hook_outcome(now, seq, outcome.clone());
+            if next != *current {
+                let command = format!("rollout {}", record::describe(&next));
+                let actor = Actor::internal("controller");
+                let meta = inner.meta.clone();
+                let violations = inner.violations_base;
+                let t = Transition::new(&actor, &command, &decision, violations);
+                if let Err(e) = self.commit(control, &mut inner, next, meta, t) {
+                    error!(error = %e, "rollout transition refused; retrying on the next tick");
+                    // Keep the outcome for the next tick.
+                    *self.hook_done.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some((id, seq, outcome));
+                }
+                return;
+            }
+        }
+        let Some(current) = inner.rollout.as_ref() else {
+            return;
+        };
         let (now_ms, since_ms) = (record::millis(now), record::millis(current.samples_since()));
         let key = (inner.meta.id, current.candidate());
         let window = current.plan().window;
@@ -263,11 +309,18 @@ impl Controller {
         obs.candidate_step.clone_from(&inner.accum.candidate_step);
         obs.stable_step.clone_from(&inner.accum.stable_step);
         obs.stable_rollout.clone_from(&inner.accum.stable_rollout);
+        obs.queries = inner
+            .queries
+            .as_ref()
+            .map(QueryRunner::readings)
+            .unwrap_or_default();
         let mut next = current.clone();
         let decision = next.step(now, &obs);
         self.set_gate_gauges(next.gates());
+        // A new wait for a gating hook is recorded too: its call starts after the commit.
         let moved = next.phase() != current.phase()
-            || next.candidate_weight_bp() != current.candidate_weight_bp();
+            || next.candidate_weight_bp() != current.candidate_weight_bp()
+            || next.pending() != current.pending();
         if !moved && matches!(decision, Decision::None | Decision::Done) {
             inner.rollout = Some(next);
             return;
@@ -383,9 +436,18 @@ impl Controller {
             self.stats.watch(None, u32::MAX);
         }
         self.set_phase_gauge(phase.name());
+        self.call_gating_hooks(control, inner, generation);
+        self.run_query_gates(control, inner);
+        let Some(r) = inner.rollout.as_ref() else {
+            return;
+        };
+        let phase = r.phase();
         if previous.is_some_and(Rollout::is_live) {
             match phase {
                 Phase::RolledBack { gate, .. } => self.count_rollback(*gate),
+                Phase::Aborted {
+                    reason: Some(_), ..
+                } => self.count_rollback(Gate::HookFailed),
                 Phase::Aborted { .. } => self.count_rollback(Gate::Operator),
                 _ => {}
             }
@@ -405,6 +467,61 @@ impl Controller {
                 let body = record::hook_body(r, previous, &inner.meta, generation, control);
                 self.notifier.notify(&inner.hooks, event, &body);
             }
+        }
+    }
+
+    /// Starts the gating hook call the rollout waits for, unless it runs already. The call
+    /// is a task: its outcome reaches the machine on the next tick, which it wakes.
+    fn call_gating_hooks(&self, control: &Control, inner: &mut Inner, generation: Option<u64>) {
+        let Some(r) = inner.rollout.as_ref().filter(|r| r.is_live()) else {
+            return;
+        };
+        let Some(p) = r.pending() else { return };
+        let key = (inner.meta.id, p.seq);
+        if inner.hook_started == Some(key) {
+            return;
+        }
+        inner.hook_started = Some(key);
+        let event = match p.point {
+            HookPoint::PreRollout => HookEvent::PreRollout,
+            HookPoint::Step => HookEvent::Step,
+            HookPoint::PrePromote => HookEvent::PrePromote,
+        };
+        let generation = generation.unwrap_or_else(|| control.routes.load().generation);
+        let body = record::hook_body(r, None, &inner.meta, generation, control);
+        info!(
+            rollout.id = key.0,
+            event = event.as_str(),
+            "calling the gating rollout hooks"
+        );
+        let (slot, wake) = (self.hook_done.clone(), self.hook_wake.clone());
+        self.notifier
+            .gate(&inner.hooks, event, &body, move |outcome| {
+                *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some((key.0, key.1, outcome));
+                wake.notify_one();
+            });
+    }
+
+    /// Keeps the query gates evaluated while the rollout is live, and only then. A rollout
+    /// restored or taken over uses the config's gates of the same names.
+    fn run_query_gates(&self, control: &Control, inner: &mut Inner) {
+        let Some(r) = inner
+            .rollout
+            .as_ref()
+            .filter(|r| r.is_live() && !r.queries().is_empty())
+        else {
+            inner.queries = None;
+            return;
+        };
+        if inner.queries.is_none() {
+            let config = control.config();
+            let gates = if inner.query_gates.is_empty() {
+                &config.rollout.queries
+            } else {
+                &inner.query_gates
+            };
+            let runner = QueryRunner::start(r.queries(), gates, r.candidate(), self.stats.clone());
+            inner.queries = Some(runner);
         }
     }
 
@@ -510,6 +627,7 @@ pub async fn run(control: Arc<Control>, shutdown: CancellationToken) {
         let tripwire = tokio::select! {
             _ = tokio::time::sleep_until(next) => false,
             _ = controller.stats.tripwire().notified() => true,
+            _ = controller.hook_wake.notified() => false,
             _ = shutdown.cancelled() => return,
         };
         // In a fleet only the leader steps the rollout; any instance acts on a tripwire.

@@ -4,6 +4,7 @@
 
 pub mod daemon;
 pub mod etcd;
+pub mod hooks;
 pub mod rollout;
 
 use std::convert::Infallible;
