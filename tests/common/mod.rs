@@ -5,6 +5,7 @@
 pub mod daemon;
 pub mod etcd;
 pub mod hooks;
+pub mod prometheus;
 pub mod rollout;
 
 use std::convert::Infallible;
