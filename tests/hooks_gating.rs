@@ -194,3 +194,41 @@ async fn operators_pause_and_abort_while_a_hook_is_pending() {
     assert_eq!(aborted["rollout"]["phase"], "aborted", "{aborted}");
     assert_eq!(p.routes.load().green_bp, 0);
 }
+
+/// A reload changes the hooks of the next rollout, never those of the running one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_applies_hooks_to_the_next_rollout_only() {
+    let (blue, green) = (upstream("blue").await, upstream("green").await);
+    let ok = Receiver::start(200, Duration::from_secs(1)).await;
+    let bad = Receiver::start(500, Duration::ZERO).await;
+    let toml = format!(
+        "{}{}",
+        rollout_toml(&[]),
+        hook_toml("confirm", r#"["step"]"#, &ok.url("/step"), "retries = 0"),
+    );
+    let (p, _control) = proxy_with(&[blue.addr], &[green.addr], &toml, "", false).await;
+    let t = traffic(p.addr, 400, Duration::from_secs(60));
+    assert_eq!(p.admin("rollout start to green").await["ok"], true);
+    wait_for("the first step hook call", WAIT, || async {
+        !ok.calls("/step").is_empty()
+    })
+    .await;
+    let path = p.dir.path().join("switchyard.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replace(&ok.url("/step"), &bad.url("/step"))).unwrap();
+    let reloaded = p.admin("reload").await;
+    assert_eq!(reloaded["ok"], true, "{reloaded}");
+    let r = wait_rollout(&p, WAIT, |r| r["phase"] == "promoted").await;
+    assert_eq!(ok.calls("/step").len(), 2, "{r}");
+    assert!(bad.calls("/step").is_empty());
+    // The next rollout (back to blue) uses the reloaded hook, which says no.
+    let words = ["rollout", "start", "--to", "blue", "--wait"];
+    let (code, summary, stdout) = ctl(&p.socket, &words, WAIT).await;
+    t.stop().await;
+    assert_eq!(
+        (code, summary["gate"].as_str()),
+        (3, Some("hook_failed")),
+        "{stdout}"
+    );
+    assert_eq!(bad.calls("/step").len(), 1);
+}
