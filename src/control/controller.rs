@@ -14,11 +14,15 @@
 //! `watch` clients and `switchyard_rollout_phase`, `switchyard_rollbacks_total` follow;
 //! `switchyard_gate_value` follows every tick.
 //!
+//! Gating hooks and query gates (`gating`): their calls run as tasks this instance starts
+//! when it leads; their outcomes reach the machine as values on the next tick.
+//!
 //! Locking: the controller's own mutex is taken before `Control`'s (never the other way);
 //! `update` closures here only edit the draft. Ticks run on the blocking pool (an update
 //! fsyncs the state file); the route swap itself is published before that fsync.
 
 mod accum;
+mod gating;
 mod record;
 mod verbs;
 
@@ -33,7 +37,7 @@ use tracing::{error, info, warn};
 
 use super::command::AdminError;
 use super::query::QueryRunner;
-use super::rollout::{Decision, Gate, GateReport, HookPoint, Observation, Phase, Rollout};
+use super::rollout::{Decision, Gate, GateReport, Observation, Phase, Rollout};
 use super::{Actor, Applied, Control, Draft};
 use crate::config::{HookConfig, HookEvent, PoolId, QueryGateConfig};
 use crate::metrics::names;
@@ -263,32 +267,15 @@ impl Controller {
         // so that a sample counts once and only in the step it arrived in.
         let others = control.fleet_stats().map(|m| m.take());
         let mut inner = self.lock();
-        let Some(current) = inner.rollout.as_ref().filter(|r| r.is_live()) else {
+        if !inner.rollout.as_ref().is_some_and(Rollout::is_live) {
             return;
-        };
+        }
         let now = self.now();
-        let outcome = self
-            .hook_done
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some((id, seq, outcome)) = outcome.filter(|o| o.0 == inner.meta.id) {
-            let mut next = current.clone();
-            let decision = next.hook_outcome(now, seq, outcome.clone());
-            if next != *current {
-                let command = format!("rollout {}", record::describe(&next));
-                let actor = Actor::internal("controller");
-                let meta = inner.meta.clone();
-                let violations = inner.violations_base;
-                let t = Transition::new(&actor, &command, &decision, violations);
-                if let Err(e) = self.commit(control, &mut inner, next, meta, t) {
-                    error!(error = %e, "rollout transition refused; retrying on the next tick");
-                    // Keep the outcome for the next tick.
-                    *self.hook_done.lock().unwrap_or_else(|e| e.into_inner()) =
-                        Some((id, seq, outcome));
-                }
-                return;
-            }
+        if self.take_hook_outcome(control, &mut inner, now) {
+            return;
+        }
+        if control.leads() {
+            self.follow_up(control, &mut inner, None);
         }
         let Some(current) = inner.rollout.as_ref() else {
             return;
@@ -436,8 +423,11 @@ impl Controller {
             self.stats.watch(None, u32::MAX);
         }
         self.set_phase_gauge(phase.name());
-        self.call_gating_hooks(control, inner, generation);
-        self.run_query_gates(control, inner);
+        if control.leads() {
+            self.follow_up(control, inner, generation);
+        } else {
+            inner.queries = None;
+        }
         let Some(r) = inner.rollout.as_ref() else {
             return;
         };
@@ -467,61 +457,6 @@ impl Controller {
                 let body = record::hook_body(r, previous, &inner.meta, generation, control);
                 self.notifier.notify(&inner.hooks, event, &body);
             }
-        }
-    }
-
-    /// Starts the gating hook call the rollout waits for, unless it runs already. The call
-    /// is a task: its outcome reaches the machine on the next tick, which it wakes.
-    fn call_gating_hooks(&self, control: &Control, inner: &mut Inner, generation: Option<u64>) {
-        let Some(r) = inner.rollout.as_ref().filter(|r| r.is_live()) else {
-            return;
-        };
-        let Some(p) = r.pending() else { return };
-        let key = (inner.meta.id, p.seq);
-        if inner.hook_started == Some(key) {
-            return;
-        }
-        inner.hook_started = Some(key);
-        let event = match p.point {
-            HookPoint::PreRollout => HookEvent::PreRollout,
-            HookPoint::Step => HookEvent::Step,
-            HookPoint::PrePromote => HookEvent::PrePromote,
-        };
-        let generation = generation.unwrap_or_else(|| control.routes.load().generation);
-        let body = record::hook_body(r, None, &inner.meta, generation, control);
-        info!(
-            rollout.id = key.0,
-            event = event.as_str(),
-            "calling the gating rollout hooks"
-        );
-        let (slot, wake) = (self.hook_done.clone(), self.hook_wake.clone());
-        self.notifier
-            .gate(&inner.hooks, event, &body, move |outcome| {
-                *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some((key.0, key.1, outcome));
-                wake.notify_one();
-            });
-    }
-
-    /// Keeps the query gates evaluated while the rollout is live, and only then. A rollout
-    /// restored or taken over uses the config's gates of the same names.
-    fn run_query_gates(&self, control: &Control, inner: &mut Inner) {
-        let Some(r) = inner
-            .rollout
-            .as_ref()
-            .filter(|r| r.is_live() && !r.queries().is_empty())
-        else {
-            inner.queries = None;
-            return;
-        };
-        if inner.queries.is_none() {
-            let config = control.config();
-            let gates = if inner.query_gates.is_empty() {
-                &config.rollout.queries
-            } else {
-                &inner.query_gates
-            };
-            let runner = QueryRunner::start(r.queries(), gates, r.candidate(), self.stats.clone());
-            inner.queries = Some(runner);
         }
     }
 

@@ -249,28 +249,6 @@ impl Rollout {
         }
     }
 
-    /// The query gates this rollout judges; set before [`Rollout::begin`].
-    pub fn with_queries(mut self, queries: Vec<QueryBound>) -> Rollout {
-        self.queries = queries;
-        self
-    }
-
-    /// The query gates' bounds, in the order of `Observation::queries`.
-    pub fn queries(&self) -> &[QueryBound] {
-        &self.queries
-    }
-
-    /// The query gates' verdicts as of the last `step`.
-    pub fn query_reports(&self) -> &[QueryReport] {
-        &self.query_reports
-    }
-
-    /// The points where this rollout waits for gating hooks; set before [`Rollout::begin`].
-    pub fn with_hooks(mut self, hooks: GatingHooks) -> Rollout {
-        self.hooks = hooks;
-        self
-    }
-
     /// Validates `plan` and moves to its first step.
     pub fn start(plan: Plan, now: Duration) -> Result<(Rollout, Decision), TransitionError> {
         let mut rollout = Rollout::idle(plan);
@@ -293,54 +271,6 @@ impl Rollout {
         Ok(self.enter_step(0, now))
     }
 
-    /// The gating hook call this rollout waits for, if any.
-    pub fn pending(&self) -> Option<Pending> {
-        self.pending
-    }
-
-    /// The outcome of the gating hook call `seq`: a pass goes on from where the rollout
-    /// waited; a failure (`Err(why)`, naming the hook) aborts before any traffic moved
-    /// (`pre_rollout`) or rolls back. An outcome nobody waits for any more is ignored.
-    pub fn hook_outcome(
-        &mut self,
-        now: Duration,
-        seq: u32,
-        outcome: Result<(), String>,
-    ) -> Decision {
-        let Some(p) = self.pending.filter(|p| p.seq == seq && self.is_live()) else {
-            return Decision::None;
-        };
-        self.pending = None;
-        match (p.point, outcome) {
-            (HookPoint::PreRollout, Ok(())) => self.enter_step(0, now),
-            (HookPoint::Step, Ok(())) => self.enter_step(self.stage + 1, now),
-            (HookPoint::PrePromote, Ok(())) => {
-                self.phase = Phase::Promoted;
-                self.weight_bp = FULL_BP;
-                Decision::Promote
-            }
-            (HookPoint::PreRollout, Err(why)) => {
-                self.phase = Phase::Aborted {
-                    actor: "controller".into(),
-                    reason: Some(format!("hook_failed: {why}")),
-                };
-                self.weight_bp = 0;
-                // Nothing moved: no route change.
-                Decision::Done
-            }
-            (_, Err(why)) => self.rollback(now, Gate::HookFailed, why),
-        }
-    }
-
-    fn wait_for(&mut self, point: HookPoint) -> Decision {
-        self.hook_seq = self.hook_seq.wrapping_add(1);
-        self.pending = Some(Pending {
-            point,
-            seq: self.hook_seq,
-        });
-        Decision::None
-    }
-
     /// One evaluation: tripwires, judgment gates, then progress. Called every tick.
     pub fn step(&mut self, now: Duration, obs: &Observation) -> Decision {
         if self.phase == Phase::Idle {
@@ -353,17 +283,8 @@ impl Rollout {
             // Waiting for `pre_rollout`: no traffic yet, nothing to judge.
             return Decision::None;
         }
-        if !self.queries.is_empty() {
-            let (reports, trip) = query::judge(
-                &self.queries,
-                &mut self.query_tracks,
-                &obs.queries,
-                self.samples_from,
-            );
-            self.query_reports = reports;
-            if let Some(trip) = trip {
-                return self.rollback(now, trip.gate, trip.reason);
-            }
+        if let Some(trip) = self.judge_queries(obs) {
+            return self.rollback(now, trip.gate, trip.reason);
         }
         if self.plan.gates.method == Method::Sequential {
             return self.step_sequential(now, obs);

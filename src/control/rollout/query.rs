@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::gates::{Gate, Trip, Verdict};
+use super::gates::{Gate, Observation, Trip, Verdict};
+use super::Rollout;
 
 /// A query gate's bounds, fixed when the rollout starts (persisted with it).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -113,6 +114,39 @@ pub(super) fn judge(
         });
     }
     (reports, trip)
+}
+
+impl Rollout {
+    /// The query gates this rollout judges; set before [`Rollout::begin`].
+    pub fn with_queries(mut self, queries: Vec<QueryBound>) -> Rollout {
+        self.queries = queries;
+        self
+    }
+
+    /// The query gates' bounds, in the order of `Observation::queries`.
+    pub fn queries(&self) -> &[QueryBound] {
+        &self.queries
+    }
+
+    /// The query gates' verdicts as of the last `step`.
+    pub fn query_reports(&self) -> &[QueryReport] {
+        &self.query_reports
+    }
+
+    /// Judges the query gates on `obs.queries`: the first one at its failure limit.
+    pub(super) fn judge_queries(&mut self, obs: &Observation) -> Option<Trip> {
+        if self.queries.is_empty() {
+            return None;
+        }
+        let (reports, trip) = judge(
+            &self.queries,
+            &mut self.query_tracks,
+            &obs.queries,
+            self.samples_from,
+        );
+        self.query_reports = reports;
+        trip
+    }
 }
 
 fn out_of_bounds(b: &QueryBound, v: f64) -> Option<String> {
