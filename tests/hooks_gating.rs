@@ -232,3 +232,30 @@ async fn reload_applies_hooks_to_the_next_rollout_only() {
     );
     assert_eq!(bad.calls("/step").len(), 1);
 }
+
+/// A gating hook that never answers ends after its timeout and retries: no-go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hook_that_never_answers_ends_at_its_timeout_times_its_attempts() {
+    let (blue, green) = (upstream("blue").await, upstream("green").await);
+    let rx = Receiver::start(200, Duration::from_secs(60)).await;
+    let toml = format!(
+        "{}{}",
+        rollout_toml(&[]),
+        hook_toml(
+            "mute",
+            r#"["pre_rollout"]"#,
+            &rx.url("/mute"),
+            "timeout = \"300ms\"\nretries = 1"
+        ),
+    );
+    let (p, _control) = proxy_with(&[blue.addr], &[green.addr], &toml, "", false).await;
+    assert_eq!(p.admin("rollout start to green").await["ok"], true);
+    let r = wait_rollout(&p, WAIT, |r| r["phase"] == "aborted").await;
+    let reason = r["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("\"mute\" no answer within 300ms (after 2 attempts)"),
+        "{r}"
+    );
+    assert_eq!(rx.calls("/mute").len(), 2, "{r}");
+    assert_eq!(green.hits.load(SeqCst), 0);
+}

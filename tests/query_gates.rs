@@ -10,6 +10,7 @@ use std::time::Duration;
 use common::prometheus::{Exporter, Prometheus};
 use common::rollout::{rollout_toml, traffic, wait_rollout};
 use common::*;
+use switchyard::control::client::Connection;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -38,6 +39,9 @@ async fn a_query_crossing_max_rolls_back_naming_the_query() {
         query_toml(&prom.url(), "")
     );
     let (p, _control) = proxy_with(&[blue.addr], &[green.addr], &toml, "", false).await;
+    let mut watch = Connection::connect(&p.socket).await.unwrap();
+    watch.send("watch").await.unwrap();
+    assert_eq!(watch.next().await.unwrap().unwrap()["ok"], true);
     assert_eq!(p.admin("rollout start to green").await["ok"], true);
     // The gate passes first, as `ctl gates` shows.
     let r = wait_rollout(&p, WAIT, |r| query_report(r)["verdict"] == "pass").await;
@@ -58,6 +62,28 @@ async fn a_query_crossing_max_rolls_back_naming_the_query() {
         "{r}"
     );
     assert_eq!(p.routes.load().green_bp, 0);
+    // The watch event of the rollback carries the gate's name, value, bound and verdict.
+    let event = tokio::time::timeout(WAIT, async {
+        loop {
+            let e = watch.next().await.unwrap().unwrap();
+            if e["event"] == "rollout" && e["phase"] == "rolled_back" {
+                return e;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let q = query_report(&event);
+    assert_eq!(
+        (
+            q["name"].as_str(),
+            q["value"].as_f64(),
+            q["max"].as_f64(),
+            q["verdict"].as_str()
+        ),
+        (Some("error-ratio"), Some(0.5), Some(0.05), Some("fail")),
+        "{event}"
+    );
     let m = p.metrics().await;
     assert_eq!(
         metric(&m, r#"switchyard_rollbacks_total{reason="query"}"#),
