@@ -39,6 +39,8 @@ async fn a_query_crossing_max_rolls_back_naming_the_query() {
         query_toml(&prom.url(), "")
     );
     let (p, _control) = proxy_with(&[blue.addr], &[green.addr], &toml, "", false).await;
+    let idle = p.admin("gates").await;
+    assert_eq!(idle["queries"][0]["name"], "error-ratio", "{idle}");
     let mut watch = Connection::connect(&p.socket).await.unwrap();
     watch.send("watch").await.unwrap();
     assert_eq!(watch.next().await.unwrap().unwrap()["ok"], true);

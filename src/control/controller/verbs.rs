@@ -253,6 +253,18 @@ impl Controller {
         let candidate = stable.other();
         let plan = Plan::from_config(candidate, &control.config().rollout);
         let reports = self.judge_now(control, &plan);
+        // The query gates a rollout would use: asked only while one is live.
+        let queries: Vec<Value> = control
+            .config()
+            .rollout
+            .queries
+            .iter()
+            .map(|q| {
+                json!({ "name": q.name, "value": null, "max": q.max, "min": q.min,
+                        "verdict": "inconclusive", "fail_streak": 0, "evaluations": 0,
+                        "detail": "asked while a rollout is live" })
+            })
+            .collect();
         json!({
             "rollout": null,
             "phase": "idle",
@@ -260,6 +272,7 @@ impl Controller {
             "stable": stable,
             "window_ms": record::millis(plan.window),
             "gates": record::reports(&reports),
+            "queries": queries,
         })
     }
 
