@@ -17,6 +17,7 @@ mod fleet;
 mod hooks;
 mod locate;
 mod pool;
+mod query;
 mod raw;
 mod rollout;
 mod units;
@@ -27,6 +28,7 @@ mod tests;
 
 pub use fleet::{EtcdEndpoint, FleetConfig};
 pub use hooks::{HookConfig, HookEvent, HookFormat, HookUrl};
+pub use query::QueryGateConfig;
 pub use units::{parse_duration, parse_percent_bp};
 
 /// One of the two upstream pools.
@@ -412,6 +414,8 @@ pub struct RolloutConfig {
     pub gates: GatesConfig,
     /// `[[rollout.hooks]]`, in config order.
     pub hooks: Vec<std::sync::Arc<HookConfig>>,
+    /// `[[rollout.gates.query]]`, in config order.
+    pub queries: Vec<std::sync::Arc<QueryGateConfig>>,
 }
 
 /// `[rollout.gates]`: limits of the judgment gates and tripwires.

@@ -5,95 +5,14 @@
 
 mod common;
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering::SeqCst;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use serde_json::Value;
-
+use common::hooks::{hook_toml, Receiver};
 use common::rollout::{ctl, rollout_toml, traffic, wait_rollout};
 use common::*;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// What one hook call carried.
-#[derive(Debug, Clone)]
-struct Call {
-    path: String,
-    authorization: Option<String>,
-    body: Value,
-}
-
-/// A webhook receiver: records every call, answers `status` after `delay`.
-struct Receiver {
-    addr: SocketAddr,
-    calls: Arc<Mutex<Vec<Call>>>,
-}
-
-impl Receiver {
-    async fn start(status: u16, delay: Duration) -> Receiver {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let calls = Arc::new(Mutex::new(Vec::new()));
-        let seen = calls.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let seen = seen.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                        let seen = seen.clone();
-                        async move {
-                            let path = req.uri().path().to_string();
-                            let authorization = req
-                                .headers()
-                                .get("authorization")
-                                .map(|v| v.to_str().unwrap_or("").to_string());
-                            let bytes = req.into_body().collect().await.map(|b| b.to_bytes());
-                            let body = bytes
-                                .ok()
-                                .and_then(|b| serde_json::from_slice(&b).ok())
-                                .unwrap_or(Value::Null);
-                            seen.lock().unwrap().push(Call {
-                                path,
-                                authorization,
-                                body,
-                            });
-                            tokio::time::sleep(delay).await;
-                            let resp = hyper::Response::builder()
-                                .status(status)
-                                .body(Full::new(Bytes::from_static(b"ok")))
-                                .unwrap();
-                            Ok::<_, Infallible>(resp)
-                        }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
-        Receiver { addr, calls }
-    }
-
-    fn calls(&self, path: &str) -> Vec<Call> {
-        let calls = self.calls.lock().unwrap();
-        calls.iter().filter(|c| c.path == path).cloned().collect()
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-}
-
-fn hook_toml(name: &str, on: &str, url: &str, extra: &str) -> String {
-    format!("\n[[rollout.hooks]]\nname = \"{name}\"\non = {on}\nurl = \"{url}\"\n{extra}\n")
-}
 
 /// A promoted rollout, then a rolled-back one: the json hook sees `promoted` then
 /// `rolled_back` with the documented body (and its token from a file), the slack hook a text.

@@ -109,9 +109,6 @@ impl std::fmt::Debug for HookConfig {
     }
 }
 
-/// Whether `pre_rollout`, `step` and `pre_promote` hooks are run.
-const GATING_SUPPORTED: bool = false;
-
 pub(super) fn hooks(raw: Vec<RawHook>) -> Result<Vec<std::sync::Arc<HookConfig>>, ConfigError> {
     let mut names = BTreeSet::new();
     let mut out = Vec::with_capacity(raw.len());
@@ -152,12 +149,6 @@ fn hook(key: &str, raw: RawHook) -> Result<HookConfig, ConfigError> {
                 format!("{event:?} is not a rollout event; use some of: {known}"),
             ));
         };
-        if e.is_gating() && !GATING_SUPPORTED {
-            return Err(invalid(
-                on_key,
-                format!("{event:?} (a gating event) is not supported by this release; use the notifying events: promoted, rolled_back, paused, aborted"),
-            ));
-        }
         on.insert(e);
     }
     if on.is_empty() {

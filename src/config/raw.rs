@@ -213,6 +213,21 @@ pub(crate) struct RawHook {
     pub tls_ca: Option<String>,
 }
 
+/// `[[rollout.gates.query]]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawQueryGate {
+    pub name: Option<String>,
+    pub prometheus: Option<String>,
+    pub query: Option<String>,
+    pub max: Option<f64>,
+    pub min: Option<f64>,
+    pub interval: Option<RawDuration>,
+    pub fail_windows: Option<u32>,
+    pub timeout: Option<RawDuration>,
+    pub tls_ca: Option<String>,
+}
+
 /// A hook header's value: the text itself, or `{ file = "PATH" }` (read at load, e.g. a token).
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
@@ -238,6 +253,8 @@ pub(crate) struct RawGates {
     pub consecutive_errors: Option<u32>,
     pub hash_violations_max: Option<u32>,
     pub tripwire_error_rate: Option<f64>,
+    /// `[[rollout.gates.query]]`.
+    pub query: Option<Vec<RawQueryGate>>,
     pub tripwire_min_requests: Option<u64>,
 }
 

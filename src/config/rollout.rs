@@ -67,6 +67,8 @@ pub(super) fn rollout(raw: RawRollout) -> Result<RolloutConfig, ConfigError> {
             "is not shorter than rollout.max_hold, so no step could ever gather samples; use a few seconds, e.g. \"2s\"",
         ));
     }
+    let mut raw_gates = raw.gates.unwrap_or_default();
+    let queries = super::query::queries(raw_gates.query.take().unwrap_or_default(), tick)?;
     Ok(RolloutConfig {
         steps_bp,
         hold,
@@ -75,8 +77,9 @@ pub(super) fn rollout(raw: RawRollout) -> Result<RolloutConfig, ConfigError> {
         max_hold,
         tick,
         settle,
-        gates: gates(raw.gates.unwrap_or_default())?,
+        gates: gates(raw_gates)?,
         hooks: super::hooks::hooks(raw.hooks.unwrap_or_default())?,
+        queries,
     })
 }
 

@@ -14,11 +14,15 @@
 //! `watch` clients and `switchyard_rollout_phase`, `switchyard_rollbacks_total` follow;
 //! `switchyard_gate_value` follows every tick.
 //!
+//! Gating hooks and query gates (`gating`): their calls run as tasks this instance starts
+//! when it leads; their outcomes reach the machine as values on the next tick.
+//!
 //! Locking: the controller's own mutex is taken before `Control`'s (never the other way);
 //! `update` closures here only edit the draft. Ticks run on the blocking pool (an update
 //! fsyncs the state file); the route swap itself is published before that fsync.
 
 mod accum;
+mod gating;
 mod record;
 mod verbs;
 
@@ -32,9 +36,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::command::AdminError;
+use super::query::QueryRunner;
 use super::rollout::{Decision, Gate, GateReport, Observation, Phase, Rollout};
 use super::{Actor, Applied, Control, Draft};
-use crate::config::{HookConfig, HookEvent, PoolId};
+use crate::config::{HookConfig, HookEvent, PoolId, QueryGateConfig};
 use crate::metrics::names;
 use crate::metrics::window::LiveStats;
 use crate::metrics::Metrics;
@@ -61,7 +66,13 @@ pub struct Controller {
     gate_gauges: Mutex<HashMap<(Gate, PoolId), Gauge>>,
     rollbacks: Mutex<HashMap<Gate, Counter>>,
     notifier: super::hooks::Notifier,
+    /// The outcome of the last gating hook call: (rollout id, [`Pending::seq`], outcome).
+    hook_done: Arc<Mutex<Option<HookOutcome>>>,
+    /// Wakes [`run`] when a gating hook call ends, so the rollout goes on without a tick.
+    hook_wake: Arc<tokio::sync::Notify>,
 }
+
+type HookOutcome = (u64, u32, Result<(), String>);
 
 struct Inner {
     /// `None` until the first rollout; the last one stays after it ends.
@@ -73,6 +84,12 @@ struct Inner {
     accum: accum::Accumulator,
     /// The hooks of the current rollout: the config's when it started.
     hooks: Vec<Arc<HookConfig>>,
+    /// The gating hook call started last: (rollout id, [`Pending::seq`]).
+    hook_started: Option<(u64, u32)>,
+    /// The query gates of the current rollout: the config's when it started.
+    query_gates: Vec<Arc<QueryGateConfig>>,
+    /// Their evaluations while the rollout is live.
+    queries: Option<QueryRunner>,
 }
 
 /// Green's share for the candidate's share `candidate_bp`.
@@ -105,11 +122,16 @@ impl Controller {
                 violations_base: 0,
                 accum: accum::Accumulator::default(),
                 hooks: Vec::new(),
+                hook_started: None,
+                query_gates: Vec::new(),
+                queries: None,
             }),
             phase_gauges,
             gate_gauges: Mutex::new(HashMap::new()),
             rollbacks: Mutex::new(HashMap::new()),
             notifier: super::hooks::Notifier::new(metrics.clone()),
+            hook_done: Arc::new(Mutex::new(None)),
+            hook_wake: Arc::new(tokio::sync::Notify::new()),
         };
         c.set_phase_gauge("idle");
         c.register_series();
@@ -120,7 +142,7 @@ impl Controller {
     /// rules and dashboards see them before the first rollout, and `increase()` works
     /// on the first rollback.
     fn register_series(&self) {
-        const ALL: [Gate; 9] = [
+        const ALL: [Gate; 11] = [
             Gate::HashViolation,
             Gate::ConsecutiveErrors,
             Gate::ErrorRateTripwire,
@@ -130,6 +152,8 @@ impl Controller {
             Gate::ErrorRateRelative,
             Gate::NoHealthyBackend,
             Gate::Operator,
+            Gate::HookFailed,
+            Gate::Query,
         ];
         let mut rollbacks = self.rollbacks.lock().unwrap_or_else(|e| e.into_inner());
         let mut gauges = self.gate_gauges.lock().unwrap_or_else(|e| e.into_inner());
@@ -142,7 +166,7 @@ impl Controller {
                 c.increment(0);
                 c
             });
-            if gate == Gate::Operator {
+            if matches!(gate, Gate::Operator | Gate::HookFailed | Gate::Query) {
                 continue;
             }
             for pool in PoolId::ALL {
@@ -243,10 +267,19 @@ impl Controller {
         // so that a sample counts once and only in the step it arrived in.
         let others = control.fleet_stats().map(|m| m.take());
         let mut inner = self.lock();
-        let Some(current) = inner.rollout.as_ref().filter(|r| r.is_live()) else {
+        if !inner.rollout.as_ref().is_some_and(Rollout::is_live) {
+            return;
+        }
+        let now = self.now();
+        if self.take_hook_outcome(control, &mut inner, now) {
+            return;
+        }
+        if control.leads() {
+            self.follow_up(control, &mut inner, None);
+        }
+        let Some(current) = inner.rollout.as_ref() else {
             return;
         };
-        let now = self.now();
         let (now_ms, since_ms) = (record::millis(now), record::millis(current.samples_since()));
         let key = (inner.meta.id, current.candidate());
         let window = current.plan().window;
@@ -263,11 +296,18 @@ impl Controller {
         obs.candidate_step.clone_from(&inner.accum.candidate_step);
         obs.stable_step.clone_from(&inner.accum.stable_step);
         obs.stable_rollout.clone_from(&inner.accum.stable_rollout);
+        obs.queries = inner
+            .queries
+            .as_ref()
+            .map(QueryRunner::readings)
+            .unwrap_or_default();
         let mut next = current.clone();
         let decision = next.step(now, &obs);
         self.set_gate_gauges(next.gates());
+        // A new wait for a gating hook is recorded too: its call starts after the commit.
         let moved = next.phase() != current.phase()
-            || next.candidate_weight_bp() != current.candidate_weight_bp();
+            || next.candidate_weight_bp() != current.candidate_weight_bp()
+            || next.pending() != current.pending();
         if !moved && matches!(decision, Decision::None | Decision::Done) {
             inner.rollout = Some(next);
             return;
@@ -383,9 +423,21 @@ impl Controller {
             self.stats.watch(None, u32::MAX);
         }
         self.set_phase_gauge(phase.name());
+        if control.leads() {
+            self.follow_up(control, inner, generation);
+        } else {
+            inner.queries = None;
+        }
+        let Some(r) = inner.rollout.as_ref() else {
+            return;
+        };
+        let phase = r.phase();
         if previous.is_some_and(Rollout::is_live) {
             match phase {
                 Phase::RolledBack { gate, .. } => self.count_rollback(*gate),
+                Phase::Aborted {
+                    reason: Some(_), ..
+                } => self.count_rollback(Gate::HookFailed),
                 Phase::Aborted { .. } => self.count_rollback(Gate::Operator),
                 _ => {}
             }
@@ -510,6 +562,7 @@ pub async fn run(control: Arc<Control>, shutdown: CancellationToken) {
         let tripwire = tokio::select! {
             _ = tokio::time::sleep_until(next) => false,
             _ = controller.stats.tripwire().notified() => true,
+            _ = controller.hook_wake.notified() => false,
             _ = shutdown.cancelled() => return,
         };
         // In a fleet only the leader steps the rollout; any instance acts on a tripwire.

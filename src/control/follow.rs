@@ -278,6 +278,29 @@ pub fn render_rollout(view: &Value) -> String {
             s.push_str(&gate_row(g));
         }
     }
+    s.push_str(&query_rows(view));
+    s
+}
+
+/// One line per query gate: name, value against its bounds, verdict, and why if not a pass.
+fn query_rows(v: &Value) -> String {
+    let mut s = String::new();
+    for q in v["queries"].as_array().into_iter().flatten() {
+        let bound = |k: &str| q[k].as_f64().map_or("-".to_string(), |x| x.to_string());
+        let verdict = q["verdict"].as_str().unwrap_or("?");
+        s.push_str(&format!(
+            "\n  query  {:<20} {:>10} in [{}, {}] {verdict}",
+            q["name"].as_str().unwrap_or("?"),
+            q["value"]
+                .as_f64()
+                .map_or("-".to_string(), |x| x.to_string()),
+            bound("min"),
+            bound("max"),
+        ));
+        if verdict != "pass" {
+            s.push_str(&format!(": {}", q["detail"].as_str().unwrap_or("")));
+        }
+    }
     s
 }
 
@@ -303,6 +326,7 @@ pub fn render_gates(v: &Value) -> String {
         s.push('\n');
         s.push_str(&gate_row(g));
     }
+    s.push_str(&query_rows(v));
     s
 }
 
@@ -321,8 +345,12 @@ fn progress_line(view: &Value) -> String {
         .as_str()
         .map(|r| format!(" ({r})"))
         .unwrap_or_default();
+    let waiting = view["waiting_for"]
+        .as_str()
+        .map(|h| format!(", waiting for the {h} hook"))
+        .unwrap_or_default();
     format!(
-        "rollout {} to {}: {phase}{reason}{step} at {}%{hold}",
+        "rollout {} to {}: {phase}{reason}{step} at {}%{hold}{waiting}",
         view["id"],
         view["candidate"].as_str().unwrap_or("?"),
         view["candidate_percent"],
@@ -449,5 +477,20 @@ mod tests {
         assert_eq!(value(&json!(0.1), "fraction"), "10.00%");
         assert_eq!(value(&json!(1.5), "ratio"), "1.50x");
         assert_eq!(value(&Value::Null, "ratio"), "-");
+    }
+
+    #[test]
+    fn query_gates_and_a_pending_hook_are_shown_to_people() {
+        let v = json!({"id": 3, "candidate": "green", "phase": "progressing", "step": 0,
+            "steps_percent": [10, 100], "candidate_percent": 10.0, "waiting_for": "step",
+            "queries": [{"name": "errors", "value": null, "max": 0.01, "min": null,
+                         "verdict": "inconclusive", "detail": "empty result"}]});
+        let shown = render_rollout(&v);
+        assert!(shown.contains("waiting for the step hook"), "{shown}");
+        assert!(
+            shown.contains("query  errors")
+                && shown.contains("[-, 0.01] inconclusive: empty result"),
+            "{shown}"
+        );
     }
 }

@@ -7,6 +7,10 @@
 //! [`BACKOFF`] between them. A delivery that fails (or finds the queue full) is logged,
 //! counted in `switchyard_hook_failures_total{hook}` and shown in `rollout status`.
 //!
+//! Gating events (`pre_rollout`, `step`, `pre_promote`) are called by [`Notifier::gate`] as a
+//! task the controller does not wait on: the rollout machine holds in a pending state until
+//! the outcome is handed in (see `rollout::waiting`), and operator verbs work meanwhile.
+//!
 //! The hooks of a rollout are the config's when it started: a reload applies to the next one.
 
 use std::collections::BTreeMap;
@@ -25,7 +29,8 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::config::{HookConfig, HookEvent, HookFormat};
+use crate::config::{HookConfig, HookEvent, HookFormat, HookUrl};
+use crate::control::rollout::GatingHooks;
 use crate::metrics::{names, Metrics};
 
 /// Notifications waiting or in flight, at most.
@@ -127,6 +132,44 @@ impl Notifier {
         });
     }
 
+    /// The gating call of `event` as one task: every hook listening to it, in config order,
+    /// each with its retries; `done` gets `Ok` once all answered 2xx, else why the first
+    /// failing one failed (naming it). A hook that never answers ends after its attempts.
+    pub fn gate(
+        &self,
+        hooks: &[Arc<HookConfig>],
+        event: HookEvent,
+        body: &Value,
+        done: impl FnOnce(Result<(), String>) + Send + 'static,
+    ) {
+        let calls: Vec<(Arc<HookConfig>, Bytes)> = hooks
+            .iter()
+            .filter(|h| h.on.contains(&event))
+            .map(|h| (h.clone(), render(h, event, body)))
+            .collect();
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            done(Err("no runtime to call the gating hooks on".into()));
+            return;
+        };
+        let (stats, metrics) = (self.stats.clone(), self.metrics.clone());
+        rt.spawn(async move {
+            for (hook, body) in calls {
+                match call(&hook, body).await {
+                    Ok(status) => {
+                        info!(hook = %hook.name, event = event.as_str(), %status, "gating rollout hook passed");
+                        lock(&stats).entry(hook.name.clone()).or_default().sent += 1;
+                    }
+                    Err(e) => {
+                        failed(&stats, &metrics, &hook.name, event, e.clone());
+                        done(Err(format!("hook {:?} {e}", hook.name)));
+                        return;
+                    }
+                }
+            }
+            done(Ok(()));
+        });
+    }
+
     /// Each hook's record: `{"NAME": {"sent", "failures", "last_error"}}`.
     pub fn view(&self) -> Value {
         serde_json::to_value(&*lock(&self.stats)).unwrap_or(Value::Null)
@@ -142,6 +185,16 @@ impl Notifier {
                 )
                 .increment(0);
         }
+    }
+}
+
+/// The points of a rollout that wait for one of `hooks`.
+pub fn gating(hooks: &[Arc<HookConfig>]) -> GatingHooks {
+    let any = |e: HookEvent| hooks.iter().any(|h| h.on.contains(&e));
+    GatingHooks {
+        pre_rollout: any(HookEvent::PreRollout),
+        step: any(HookEvent::Step),
+        pre_promote: any(HookEvent::PrePromote),
     }
 }
 
@@ -220,10 +273,6 @@ pub async fn call(hook: &HookConfig, body: Bytes) -> Result<StatusCode, String> 
 /// One POST of `body` to the hook's URL.
 async fn once(hook: &HookConfig, body: Bytes) -> Result<StatusCode, String> {
     let url = &hook.url;
-    let tcp = TcpStream::connect(&url.authority)
-        .await
-        .map_err(|e| format!("cannot connect to {}: {e}", url.authority))?;
-    let _ = tcp.set_nodelay(true);
     let mut req = Request::post(url.path_and_query.as_str())
         .header(http::header::HOST, url.authority.as_str())
         .header(http::header::CONTENT_TYPE, "application/json")
@@ -234,8 +283,27 @@ async fn once(hook: &HookConfig, body: Bytes) -> Result<StatusCode, String> {
     let req = req
         .body(Full::new(body))
         .map_err(|e| format!("request: {e}"))?;
+    fetch(url, hook.tls_ca.as_deref(), req)
+        .await
+        .map(|(status, _)| status)
+}
+
+/// The most of an answer's body that is read.
+const BODY_MAX: usize = 1 << 20;
+
+/// One exchange with `url`'s server (one connection, HTTP/1.1, TLS for https verified with
+/// `tls_ca` or the system bundle): the status and the body (at most [`BODY_MAX`] bytes).
+pub async fn fetch(
+    url: &HookUrl,
+    tls_ca: Option<&std::path::Path>,
+    req: Request<Full<Bytes>>,
+) -> Result<(StatusCode, Bytes), String> {
+    let tcp = TcpStream::connect(&url.authority)
+        .await
+        .map_err(|e| format!("cannot connect to {}: {e}", url.authority))?;
+    let _ = tcp.set_nodelay(true);
     if url.https {
-        let tls = connector(hook)?;
+        let tls = connector(tls_ca)?;
         let name = ServerName::try_from(url.host.clone()).map_err(|e| e.to_string())?;
         let stream = tls
             .connect(name, tcp)
@@ -247,7 +315,7 @@ async fn once(hook: &HookConfig, body: Bytes) -> Result<StatusCode, String> {
     }
 }
 
-async fn send<S>(io: S, req: Request<Full<Bytes>>) -> Result<StatusCode, String>
+async fn send<S>(io: S, req: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes), String>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
@@ -262,9 +330,14 @@ where
     let out = match resp {
         Ok(resp) => {
             let status = resp.status();
-            // The body is read (and dropped) so the receiver sees a complete exchange.
-            let _ = resp.into_body().collect().await;
-            Ok(status)
+            // Read whole so the server sees a complete exchange.
+            match http_body_util::Limited::new(resp.into_body(), BODY_MAX)
+                .collect()
+                .await
+            {
+                Ok(body) => Ok((status, body.to_bytes())),
+                Err(e) => Err(format!("reading the answer: {e}")),
+            }
         }
         Err(e) => Err(e),
     };
@@ -272,8 +345,8 @@ where
     out
 }
 
-fn connector(hook: &HookConfig) -> Result<tokio_rustls::TlsConnector, String> {
-    let bundle = hook.tls_ca.as_deref().unwrap_or(std::path::Path::new(
+fn connector(tls_ca: Option<&std::path::Path>) -> Result<tokio_rustls::TlsConnector, String> {
+    let bundle = tls_ca.unwrap_or(std::path::Path::new(
         crate::proxy::upstream::SYSTEM_CA_BUNDLE,
     ));
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(bundle)

@@ -29,6 +29,7 @@ pub mod follow;
 pub mod handover;
 pub mod hooks;
 pub mod occupant;
+pub mod query;
 pub mod reload;
 pub mod rollout;
 pub mod state;

@@ -18,15 +18,22 @@
 //! rolled back — unless stable fails the same gates or is unhealthy: then paused(both_degraded),
 //! never a flip onto a broken stable. Terminal states are left only by a new rollout.
 //!
+//! Gating hooks ([`waiting`]): at `pre_rollout` (before any traffic moves), before each step
+//! after the first and before promotion, a rollout with such hooks records a [`Pending`] and
+//! holds (its gates stay live) until the driver hands in the hook's outcome: a pass goes on,
+//! a failure aborts (`pre_rollout`, reason `hook_failed`) or rolls back ([`Gate::HookFailed`]).
+//!
 //! The driver should persist the rollout and emit an event whenever `phase()` or
 //! `candidate_weight_bp()` changed after a call: entering the bake changes the phase only.
 
 mod gates;
 mod judge;
 mod plan;
+mod query;
 pub mod sequential;
 #[cfg(test)]
 mod tests;
+mod waiting;
 
 use std::time::Duration;
 
@@ -38,7 +45,10 @@ pub use gates::{
 };
 pub use judge::tests_per_rollout;
 pub use plan::{GateLimits, Method, Plan};
+use query::QueryTrack;
+pub use query::{QueryBound, QueryReading, QueryReport};
 use sequential::OddsTest;
+pub use waiting::{GatingHooks, HookPoint, Pending};
 
 use crate::config::PoolId;
 use plan::{millis, FULL_BP};
@@ -63,6 +73,9 @@ pub enum Phase {
     },
     Aborted {
         actor: String,
+        /// Why, when the rollout ended itself (a failing `pre_rollout` hook).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
 }
 
@@ -169,6 +182,22 @@ pub struct Rollout {
     /// persisted: a restored rollout starts its evidence afresh with its new `samples_from`.
     #[serde(skip)]
     evidence: Evidence,
+    /// The points with gating hooks, fixed at the start.
+    #[serde(default)]
+    hooks: GatingHooks,
+    /// The gating hook call the rollout waits for.
+    #[serde(default)]
+    pending: Option<Pending>,
+    /// The last [`Pending::seq`] handed out.
+    #[serde(default)]
+    hook_seq: u32,
+    /// The query gates' bounds, fixed at the start; `Observation::queries` in this order.
+    #[serde(default)]
+    queries: Vec<QueryBound>,
+    #[serde(skip)]
+    query_tracks: Vec<QueryTrack>,
+    #[serde(skip)]
+    query_reports: Vec<QueryReport>,
 }
 
 /// What the sequential method carries from tick to tick within a step.
@@ -211,6 +240,12 @@ impl Rollout {
             baseline: Baseline::default(),
             reports: Vec::new(),
             evidence: Evidence::default(),
+            hooks: GatingHooks::default(),
+            pending: None,
+            hook_seq: 0,
+            queries: Vec::new(),
+            query_tracks: Vec::new(),
+            query_reports: Vec::new(),
         }
     }
 
@@ -226,6 +261,13 @@ impl Rollout {
             return Err(self.refuse("start"));
         }
         self.plan.validate().map_err(TransitionError::Plan)?;
+        if self.hooks.pre_rollout {
+            // No traffic moves before the hook passes: step 0 at 0%.
+            self.phase = Phase::Progressing { step: 0 };
+            self.stage_started = now;
+            self.samples_from = now;
+            return Ok(self.wait_for(HookPoint::PreRollout));
+        }
         Ok(self.enter_step(0, now))
     }
 
@@ -236,6 +278,13 @@ impl Rollout {
         }
         if self.is_terminal() {
             return Decision::Done;
+        }
+        if self.weight_bp == 0 {
+            // Waiting for `pre_rollout`: no traffic yet, nothing to judge.
+            return Decision::None;
+        }
+        if let Some(trip) = self.judge_queries(obs) {
+            return self.rollback(now, trip.gate, trip.reason);
         }
         if self.plan.gates.method == Method::Sequential {
             return self.step_sequential(now, obs);
@@ -309,11 +358,17 @@ impl Rollout {
             Phase::Baking => self.plan.bake,
             _ => return Decision::None,
         };
+        if self.pending.is_some() {
+            return Decision::None;
+        }
         let elapsed = now.saturating_sub(self.stage_started);
-        if elapsed >= period && eval.judgment_passes() {
+        let queries = |v: Verdict| self.query_reports.iter().any(|r| r.verdict == v);
+        let queries_pass = !queries(Verdict::Fail) && !queries(Verdict::Inconclusive);
+        if elapsed >= period && eval.judgment_passes() && queries_pass {
             return self.advance(now);
         }
-        if elapsed >= period.max(self.plan.max_hold) && eval.judgment_inconclusive() {
+        let inconclusive = eval.judgment_inconclusive() || queries(Verdict::Inconclusive);
+        if elapsed >= period.max(self.plan.max_hold) && inconclusive {
             return self.pause_for(PauseReason::InsufficientData);
         }
         Decision::None
@@ -339,6 +394,13 @@ impl Rollout {
         };
         self.stage_started = now;
         self.streaks = [0; 4];
+        for t in &mut self.query_tracks {
+            t.streak = 0;
+        }
+        if self.weight_bp == 0 {
+            // Paused before `pre_rollout` passed: call it again.
+            return Ok(self.wait_for(HookPoint::PreRollout));
+        }
         Ok(Decision::SetWeight {
             candidate_bp: self.weight_bp,
         })
@@ -351,6 +413,7 @@ impl Rollout {
         }
         self.phase = Phase::Promoted;
         self.weight_bp = FULL_BP;
+        self.pending = None;
         Ok(Decision::Promote)
     }
 
@@ -361,8 +424,10 @@ impl Rollout {
         }
         self.phase = Phase::Aborted {
             actor: actor.to_string(),
+            reason: None,
         };
         self.weight_bp = 0;
+        self.pending = None;
         Ok(Decision::Rollback {
             gate: Gate::Operator,
             reason: format!("aborted by {actor}"),
@@ -379,6 +444,7 @@ impl Rollout {
             reason: reason.clone(),
         };
         self.weight_bp = 0;
+        self.pending = None;
         Decision::Rollback { gate, reason }
     }
 
@@ -390,6 +456,7 @@ impl Rollout {
                 reason: PauseReason::Restarted,
                 step: self.step_index(),
             };
+            self.pending = None;
         }
         if self.is_live() {
             self.stage_started = now;
@@ -492,9 +559,15 @@ impl Rollout {
     fn advance(&mut self, now: Duration) -> Decision {
         let steps = self.plan.steps_bp.len();
         if self.stage + 1 < steps {
+            if self.hooks.step {
+                return self.wait_for(HookPoint::Step);
+            }
             return self.enter_step(self.stage + 1, now);
         }
         if self.phase == Phase::Baking {
+            if self.hooks.pre_promote {
+                return self.wait_for(HookPoint::PrePromote);
+            }
             self.phase = Phase::Promoted;
             return Decision::Promote;
         }
@@ -506,6 +579,8 @@ impl Rollout {
     }
 
     fn pause_for(&mut self, reason: PauseReason) -> Decision {
+        // A resume calls the hook again (see `resume`).
+        self.pending = None;
         self.phase = Phase::Paused {
             reason,
             step: self.step_index(),

@@ -4,6 +4,8 @@
 
 pub mod daemon;
 pub mod etcd;
+pub mod hooks;
+pub mod prometheus;
 pub mod rollout;
 
 use std::convert::Infallible;

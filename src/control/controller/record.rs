@@ -67,7 +67,19 @@ pub fn summary(r: &Rollout, meta: &Meta) -> Value {
         Phase::Paused { reason, step } => (Some(*step), None, Some(reason.as_str().into()), None),
         Phase::Baking => (Some(last), None, None, None),
         Phase::RolledBack { gate, reason } => (None, Some(*gate), Some(reason.clone()), None),
-        Phase::Aborted { actor } => (
+        Phase::Aborted {
+            actor,
+            reason: Some(why),
+        } => (
+            None,
+            Some(Gate::HookFailed),
+            Some(why.clone()),
+            Some(actor.clone()),
+        ),
+        Phase::Aborted {
+            actor,
+            reason: None,
+        } => (
             None,
             Some(Gate::Operator),
             Some(format!("aborted by {actor}")),
@@ -91,6 +103,7 @@ pub fn summary(r: &Rollout, meta: &Meta) -> Value {
         "started_unix_ms": meta.started_unix_ms,
         "ended_unix_ms": meta.ended_unix_ms,
         "started_by": meta.started_by,
+        "waiting_for": r.pending().map(|p| p.point.as_str()),
     })
 }
 
@@ -102,6 +115,7 @@ pub fn view(r: &Rollout, meta: &Meta, now: Duration) -> Value {
     v["duration_ms"] = json!(end.saturating_sub(meta.started_unix_ms));
     v["hold_left_ms"] = json!(r.hold_remaining(now).map(millis));
     v["gates"] = reports(r.gates());
+    v["queries"] = json!(r.query_reports());
     if let Phase::RolledBack { gate, .. } = r.phase() {
         let trip = r
             .gates()
@@ -117,6 +131,8 @@ pub fn event(r: &Rollout, meta: &Meta, actor: &Value, generation: u64) -> Value 
     let mut v = summary(r, meta);
     v["event"] = json!("rollout");
     v["time"] = json!(rfc3339(SystemTime::now()));
+    // Name, value, bounds and verdict of each query gate.
+    v["queries"] = json!(r.query_reports());
     v["generation"] = json!(generation);
     v["actor"] = actor.clone();
     v
@@ -189,7 +205,10 @@ pub fn describe(r: &Rollout) -> String {
         Phase::RolledBack { gate, reason } => {
             format!("rolled back by {}: {reason}", gate.as_str())
         }
-        Phase::Aborted { actor } => format!("aborted by {actor}"),
+        Phase::Aborted {
+            reason: Some(why), ..
+        } => format!("aborted: {why}"),
+        Phase::Aborted { actor, .. } => format!("aborted by {actor}"),
         other => format!("{} ({weight}%)", other.name()),
     }
 }

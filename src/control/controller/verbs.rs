@@ -98,8 +98,15 @@ impl Controller {
         plan.hold = args.hold.unwrap_or(plan.hold);
         plan.bake = args.bake.unwrap_or(plan.bake);
         let now = self.now();
-        let (rollout, decision) =
-            Rollout::start(plan, now).map_err(|e| refuse(transition_error(e)))?;
+        // A reload applies hooks to the next rollout, never to a running one.
+        let hooks = control.config().rollout.hooks.clone();
+        let query_gates = control.config().rollout.queries.clone();
+        let mut rollout = Rollout::idle(plan)
+            .with_hooks(crate::control::hooks::gating(&hooks))
+            .with_queries(crate::control::query::bounds(&query_gates));
+        let decision = rollout
+            .begin(now)
+            .map_err(|e| refuse(transition_error(e)))?;
         let meta = Meta {
             id: inner.meta.id + 1,
             started_unix_ms: record::unix_ms(),
@@ -107,9 +114,10 @@ impl Controller {
             started_by: serde_json::to_value(actor).unwrap_or(Value::Null),
         };
         self.stats.reset_consecutive_errors(candidate);
-        // A reload applies hooks to the next rollout, never to a running one.
-        inner.hooks.clone_from(&control.config().rollout.hooks);
+        inner.hooks = hooks;
         self.notifier.register(&inner.hooks);
+        inner.query_gates = query_gates;
+        inner.queries = None;
         let t = Transition {
             expect_gen,
             new_salt: Some(fastrand::u64(..)),
@@ -231,6 +239,7 @@ impl Controller {
                 "stable": r.candidate().other(),
                 "window_ms": record::millis(r.plan().window),
                 "gates": record::reports(r.gates()),
+                "queries": r.query_reports(),
                 // The samples the sequential gates judge (in a fleet, the leader's merge).
                 "evidence": {
                     "candidate_step": counts(&inner.accum.candidate_step),
@@ -244,6 +253,18 @@ impl Controller {
         let candidate = stable.other();
         let plan = Plan::from_config(candidate, &control.config().rollout);
         let reports = self.judge_now(control, &plan);
+        // The query gates a rollout would use: asked only while one is live.
+        let queries: Vec<Value> = control
+            .config()
+            .rollout
+            .queries
+            .iter()
+            .map(|q| {
+                json!({ "name": q.name, "value": null, "max": q.max, "min": q.min,
+                        "verdict": "inconclusive", "fail_streak": 0, "evaluations": 0,
+                        "detail": "asked while a rollout is live" })
+            })
+            .collect();
         json!({
             "rollout": null,
             "phase": "idle",
@@ -251,6 +272,7 @@ impl Controller {
             "stable": stable,
             "window_ms": record::millis(plan.window),
             "gates": record::reports(&reports),
+            "queries": queries,
         })
     }
 

@@ -33,6 +33,10 @@ pub enum Gate {
     NoHealthyBackend,
     /// An operator's `rollback` or `abort`.
     Operator,
+    /// A gating rollout hook failed (`[[rollout.hooks]]`).
+    HookFailed,
+    /// A query gate (`[[rollout.gates.query]]`), named in the reason.
+    Query,
 }
 
 impl Gate {
@@ -58,6 +62,8 @@ impl Gate {
             Gate::ErrorRateRelative => "error_rate_relative",
             Gate::NoHealthyBackend => "no_healthy_backend",
             Gate::Operator => "operator",
+            Gate::HookFailed => "hook_failed",
+            Gate::Query => "query",
         }
     }
 
@@ -72,7 +78,10 @@ impl Gate {
             Gate::HashViolation
             | Gate::ConsecutiveErrors
             | Gate::NoHealthyBackend
-            | Gate::Operator => "count",
+            | Gate::Operator
+            | Gate::HookFailed => "count",
+            // Whatever the query measures.
+            Gate::Query => "value",
         }
     }
 }
@@ -148,6 +157,8 @@ pub struct Observation {
     /// Sequential method: stable's samples since the rollout started, with the window
     /// before it: the reference of the relative gates, also once stable has no traffic.
     pub stable_rollout: Summary,
+    /// Each query gate's latest evaluation, in the order of `Rollout::queries`.
+    pub queries: Vec<Option<super::QueryReading>>,
 }
 
 /// Stable's last conclusive figures, the reference for the relative gates once the
@@ -197,7 +208,7 @@ impl Evaluation {
             | Gate::ErrorRate
             | Gate::ErrorRateRelative => &[Gate::ErrorRateTripwire, Gate::ErrorRate],
             Gate::P99Absolute | Gate::P99Relative | Gate::P50Relative => &[Gate::P99Absolute],
-            Gate::NoHealthyBackend | Gate::Operator => &[],
+            Gate::NoHealthyBackend | Gate::Operator | Gate::HookFailed | Gate::Query => &[],
         };
         self.stable_unhealthy || family.iter().any(|g| self.stable_failing.contains(g))
     }

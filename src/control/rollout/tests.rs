@@ -1,6 +1,7 @@
 use std::time::Duration;
 
 mod gates;
+mod hooks;
 mod sequential;
 
 use super::*;
@@ -279,7 +280,8 @@ fn abort_rolls_back_and_records_the_actor() {
         (r.phase(), r.candidate_weight_bp()),
         (
             &Phase::Aborted {
-                actor: "uid 1000".into()
+                actor: "uid 1000".into(),
+                reason: None,
             },
             0
         )
