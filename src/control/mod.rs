@@ -785,7 +785,7 @@ fn persisted_parts(
     generation: u64,
     green_bp: u16,
     states: [PoolState; 2],
-    pools: &[Arc<crate::proxy::route::Pool>; 2],
+    pools: &[Arc<crate::proxy::backend::Pool>; 2],
     stable: PoolId,
     rollout: &Value,
     disabled: &BTreeSet<BackendRef>,

@@ -16,7 +16,7 @@ use metrics_exporter_prometheus::{
 };
 
 use crate::config::PoolId;
-use crate::proxy::route::Backend;
+use crate::proxy::backend::Backend;
 
 /// The commit the binary was built from: `SWITCHYARD_COMMIT` in the build's environment
 /// (release builds set it, see docs/operations.md), else `unknown`.

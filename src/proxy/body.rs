@@ -12,8 +12,8 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
+use crate::proxy::backend::InflightGuard;
 use crate::proxy::headers::front;
-use crate::proxy::route::InflightGuard;
 use crate::proxy::settings::Settings;
 use crate::proxy::upstream::Sender;
 

@@ -19,8 +19,9 @@ use tracing::{debug, info, warn};
 
 use crate::config::PoolId;
 use crate::metrics::{names, Metrics};
+use crate::proxy::backend::Backend;
 use crate::proxy::headers;
-use crate::proxy::route::{Backend, RouteHandle};
+use crate::proxy::route::RouteHandle;
 use crate::proxy::settings::Settings;
 use crate::proxy::upstream::open;
 

@@ -24,8 +24,8 @@ use pin_project_lite::pin_project;
 use super::access_log::{AccessLog, Entry, HashVerdict, RateVerdict};
 use super::concurrency::{HeldPermit, PoolPermit};
 use crate::config::PoolId;
+use crate::proxy::backend::Backend;
 use crate::proxy::body::ProxyBody;
-use crate::proxy::route::Backend;
 use crate::proxy::service::Conn;
 
 /// Facts about one request, filled in by the stages it passes.
