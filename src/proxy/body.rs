@@ -17,6 +17,9 @@ use crate::proxy::headers::front;
 use crate::proxy::settings::Settings;
 use crate::proxy::upstream::Sender;
 
+/// What a response body's `poll_frame` returns.
+pub type FramePoll = Poll<Option<Result<Frame<Bytes>, hyper::Error>>>;
+
 /// The request body grew past `proxy.limits.max_body_bytes`.
 #[derive(Debug, thiserror::Error)]
 #[error("request body exceeds the limit of {limit} bytes")]
@@ -166,10 +169,7 @@ impl Body for ProxyBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> FramePoll {
         match self.project() {
             ProxyBodyProj::Upstream {
                 mut inner,
