@@ -32,6 +32,7 @@
 
 pub mod config;
 pub mod control;
+pub mod ctl;
 pub mod demo;
 pub mod metrics;
 pub mod notify;

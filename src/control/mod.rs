@@ -17,7 +17,6 @@
 pub mod access;
 pub mod admin;
 pub mod audit;
-pub mod client;
 pub mod command;
 pub mod controller;
 mod draft;
