@@ -2,6 +2,7 @@
 //! then sent, with connect failures retried on another backend of the pool.
 
 use std::error::Error as _;
+use std::future::Future;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
@@ -99,69 +100,78 @@ pub(super) fn rewrite(
 /// Nothing has reached a backend until a connection is up and the request is handed to
 /// it, so connect failures (and pooled connections found closed) are retried: on another
 /// backend of the same pool when there is one, within the pool's budget.
-pub(super) async fn forward(
-    cx: &Ctx<'_>,
-    pool: &Pool,
+// Not an `async fn`: see the comment on the block.
+#[allow(clippy::manual_async_fn)]
+pub(super) fn forward<'a, 't>(
+    cx: &'a Ctx<'t>,
+    pool: &'a Pool,
     mut req: Request<LimitedBody>,
     host_is_backend: bool,
-    trace: &mut Trace<'_>,
-) -> Result<Sent, ProxyError> {
-    let s = cx.s;
-    let mut failed: Option<(Arc<Backend>, ProxyError)> = None;
-    let mut attempt = 0u32;
-    loop {
-        attempt += 1;
-        let Some(backend) = pool.pick_backend_except(failed.as_ref().map(|f| &f.0)) else {
-            return Err(failed.map_or(ProxyError::NoBackend(pool.id), |f| f.1));
-        };
-        let guard = InflightGuard::new(backend.clone());
-        if trace.logging {
-            trace.backend = Some(backend.clone());
-        }
-        let checkout = match backend
-            .conns
-            .checkout(&backend.addr, backend.socket_addr)
-            .await
-        {
-            Ok(c) => c,
-            Err(e) => {
-                let err = connect_failed(pool, backend, e.to_string());
-                if attempt >= s.attempts || pool.backends.len() < 2 || !pool.retries.try_withdraw()
-                {
-                    return Err(err);
+    trace: &'a mut Trace<'t>,
+) -> impl Future<Output = Result<Sent, ProxyError>> + use<'a, 't> {
+    // A block, not an `async fn`: an async fn's future keeps room for its arguments
+    // besides their working copies, and the request head is large (the future grew by
+    // its size, and hyper moves it into place for every request).
+    async move {
+        let s = cx.s;
+        let mut failed: Option<(Arc<Backend>, ProxyError)> = None;
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let Some(backend) = pool.pick_backend_except(failed.as_ref().map(|f| &f.0)) else {
+                return Err(failed.map_or(ProxyError::NoBackend(pool.id), |f| f.1));
+            };
+            let guard = InflightGuard::new(backend.clone());
+            if trace.logging {
+                trace.backend = Some(backend.clone());
+            }
+            let checkout = match backend
+                .conns
+                .checkout(&backend.addr, backend.socket_addr)
+                .await
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    let err = connect_failed(pool, backend, e.to_string());
+                    if attempt >= s.attempts
+                        || pool.backends.len() < 2
+                        || !pool.retries.try_withdraw()
+                    {
+                        return Err(err);
+                    }
+                    debug!(error = %err, attempt, "retrying on another backend");
+                    // Counted here only when retried; the error returned is counted by `handle`.
+                    cx.metrics
+                        .upstream_error(pool.id, UpstreamErrorKind::Connect);
+                    cx.metrics.retry(pool.id);
+                    failed = Some((backend.clone(), err));
+                    continue;
                 }
-                debug!(error = %err, attempt, "retrying on another backend");
-                // Counted here only when retried; the error returned is counted by `handle`.
-                cx.metrics
-                    .upstream_error(pool.id, UpstreamErrorKind::Connect);
-                cx.metrics.retry(pool.id);
-                failed = Some((backend.clone(), err));
-                continue;
+            };
+            if host_is_backend {
+                if let Ok(v) = HeaderValue::from_str(backend.authority.as_str()) {
+                    req.headers_mut().insert(header::HOST, v);
+                }
             }
-        };
-        if host_is_backend {
-            if let Ok(v) = HeaderValue::from_str(backend.authority.as_str()) {
-                req.headers_mut().insert(header::HOST, v);
-            }
+            let (reused, mut tx) = (checkout.reused, checkout.tx);
+            let timeout = s.upstream_response_timeout;
+            let sent = tokio::time::timeout(timeout, tx.try_send_request(req)).await;
+            let err = match sent {
+                Ok(Ok(resp)) => return Ok(Sent { guard, tx, resp }),
+                Ok(Err(mut e)) if reused && e.message().is_some() => {
+                    // A pooled connection closed before taking the request: not sent, try again.
+                    req = e.take_message().expect("checked just above");
+                    continue;
+                }
+                Ok(Err(e)) => classify(pool.id, &backend.addr, e.into_error()),
+                Err(_) => ProxyError::UpstreamTimeout {
+                    pool: pool.id,
+                    backend: backend.addr.clone(),
+                    timeout,
+                },
+            };
+            return Err(err);
         }
-        let (reused, mut tx) = (checkout.reused, checkout.tx);
-        let timeout = s.upstream_response_timeout;
-        let sent = tokio::time::timeout(timeout, tx.try_send_request(req)).await;
-        let err = match sent {
-            Ok(Ok(resp)) => return Ok(Sent { guard, tx, resp }),
-            Ok(Err(mut e)) if reused && e.message().is_some() => {
-                // A pooled connection closed before taking the request: not sent, try again.
-                req = e.take_message().expect("checked just above");
-                continue;
-            }
-            Ok(Err(e)) => classify(pool.id, &backend.addr, e.into_error()),
-            Err(_) => ProxyError::UpstreamTimeout {
-                pool: pool.id,
-                backend: backend.addr.clone(),
-                timeout,
-            },
-        };
-        return Err(err);
     }
 }
 

@@ -34,6 +34,8 @@ use crate::proxy::sniff::{FramingVerdict, SniffIo};
 mod admit;
 mod answer;
 mod forward;
+
+use forward::Outgoing;
 /// What every connection shares.
 pub struct Shared {
     pub routes: Arc<RouteHandle>,
@@ -262,9 +264,13 @@ async fn handle_inner<'a>(
     let (mut parts, body) = req.into_parts();
     let host = admit::admit(&cx, &mut parts, client, fresh_id, trace)?;
     let pool = admit::route(&cx, &mut parts, trace)?;
-    let out = forward::rewrite(&cx, parts, body, host, trace);
-    let (req, host_is_backend) = (out.req, out.host_is_backend);
+    let Outgoing {
+        req,
+        host_is_backend,
+        upgrade,
+        downstream,
+    } = forward::rewrite(&cx, parts, body, host, trace);
     let sent = forward::forward(&cx, pool, req, host_is_backend, trace).await?;
     answer::judge(&cx, pool, &sent, trace)?;
-    answer::respond(&cx, pool.id, sent, out.upgrade, out.downstream)
+    answer::respond(&cx, pool.id, sent, upgrade, downstream)
 }
