@@ -8,7 +8,7 @@
 //! to `watch` clients. Refusals are audited too. The rollout controller uses the same call.
 //!
 //! Modules: [`command`] parses a line, [`access`] decides who may run it, [`execute`] runs
-//! it, [`admin`] is the socket, [`reload`] re-reads the config, [`client`] is `switchyard ctl`
+//! it, [`admin`] is the socket, [`reload`] re-reads the config, [`crate::ctl`] is `switchyard ctl`
 //! ([`follow`] its `--wait`), [`rollout`] is the pure rollout machine and [`controller`]
 //! drives it. [`failover`] moves a dead pool's share to the other pool outside a rollout
 //! (through the same [`Control::update`]); [`occupant`] names who holds an address the

@@ -16,7 +16,7 @@ use crate::proxy::sniff::FramingVerdict;
 
 impl Acceptor {
     /// Serves one connection (plain or already TLS-terminated) to its end, closing it
-    /// gently on shutdown or when a pool drains (see [`super::closing`]).
+    /// gently on shutdown or when a pool drains (see `conn::closing`).
     pub async fn serve_io<I>(
         &self,
         io: I,

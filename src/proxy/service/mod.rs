@@ -1,11 +1,11 @@
 //! DATA PLANE: the request function. [`handle`] builds the response (request id, access
-//! log, security headers on every response) around [`handle_inner`], which returns a typed
-//! error that [`handle`] maps to a status in one place. [`handle_inner`]'s steps, in order:
+//! log, security headers on every response) around `handle_inner`, which returns a typed
+//! error that [`handle`] maps to a status in one place. `handle_inner`'s steps, in order:
 //!
-//! - [`admit`]: framing verdict, limits and Host, rate limit, request hash; then route:
+//! - `admit`: framing verdict, limits and Host, rate limit, request hash; then route:
 //!   the pool (override, affinity, weights) and its concurrency cap.
-//! - [`forward`]: the head rewritten for the backend, sent with retries on connect failure.
-//! - [`answer`]: the response judged (hash, 5xx, passive health, statistics), then
+//! - `forward`: the head rewritten for the backend, sent with retries on connect failure.
+//! - `answer`: the response judged (hash, 5xx, passive health, statistics), then
 //!   streamed back, or switched to a tunnel (WebSocket).
 
 use std::convert::Infallible;

@@ -2,11 +2,11 @@
 //! and feeds what the codec reads to three jobs, each in its own file, that share one
 //! [`FramingVerdict`] with the connection's task and its requests:
 //!
-//! - [`framing`]: the framing policy: requests that frame their body ambiguously are
+//! - `framing`: the framing policy: requests that frame their body ambiguously are
 //!   refused (the [`Scanner`]).
-//! - [`idle`]: idle tracking: whether the connection sits between requests, for parking
+//! - `idle`: idle tracking: whether the connection sits between requests, for parking
 //!   (`conn::plain`), and the end of stream that parks it.
-//! - [`deadline`]: the header deadline that replaces hyper's ([`HeadClock`]).
+//! - `deadline`: the header deadline that replaces hyper's ([`HeadClock`]).
 //!
 //! HTTP/1.1 only: the scan stops at an HTTP/2 preface and after a 101.
 
