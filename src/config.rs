@@ -348,6 +348,9 @@ pub struct RetriesConfig {
     pub min_retries: u32,
 }
 
+/// Basis points: green's share of new requests is `green_bp / 10_000`.
+pub const FULL_BP: u16 = 10_000;
+
 /// `[split]`: the starting weight and how requests are assigned to pools.
 #[derive(Debug, Clone)]
 pub struct SplitConfig {

@@ -1,13 +1,17 @@
 //! switchyard: a blue-green traffic-switching L7 reverse proxy.
 //!
-//! Where a request goes, and where the code for each stage lives:
+//! Where a connection and its requests go, and where the code for each stage lives:
 //!
 //! ```text
-//! client ─▶ proxy::listener   accept, connection limit, HTTP/1.1 + HTTP/2 (hyper)
-//!        ─▶ proxy::service    validate (proxy::headers), constitutional hash, limits
-//!        ─▶ proxy::route      one ArcSwap load: pool by weight/affinity, backend by P2C
+//! client ─▶ proxy::conn       accept, connection limit, TLS (proxy::tls); idle HTTP/1.1
+//!                             connections parked, the raw stream watched (proxy::sniff)
+//!        ─▶ proxy::service    admit: framing, limits, Host (proxy::headers), rate limit
+//!                             and request id (proxy::edge), constitutional hash
+//!        ─▶ proxy::route      one ArcSwap load: pool by weight/affinity; proxy::backend
+//!                             picks the backend by P2C
 //!        ─▶ proxy::upstream   keep-alive client to the backend; bodies stream (proxy::body)
-//!        ◀─ proxy::service    response hash check, hop-by-hop strip, metrics
+//!        ◀─ proxy::service    answer: hash check, 5xx, hop-by-hop strip, metrics, tunnel
+//!        ◀─ proxy::edge       security headers; the access-log line when the body ends
 //! ```
 //!
 //! Two planes: [`proxy`] is the data plane and never waits on the control plane;
@@ -15,6 +19,9 @@
 //! what requests see only by publishing a new route table. [`metrics`] exports both. [`config`] turns
 //! the TOML file into a validated [`config::Config`]. [`notify`] holds where the daemon is in
 //! its life (starting, serving, draining) for `GET /ready` and tells systemd (sd_notify).
+//! [`ctl`] is the other side of the admin socket: the `switchyard ctl` client. [`demo`]
+//! runs the whole job on loopback (`switchyard demo`); [`sim`] runs the rollout machine on
+//! synthetic traffic (`switchyard simulate`).
 //!
 //! [`Switchyard::bind`] then [`Switchyard::run`] is the whole daemon; `main` and the
 //! tests use the same two calls, the tests with `127.0.0.1:0` addresses.
@@ -25,8 +32,8 @@
 
 pub mod config;
 pub mod control;
+pub mod ctl;
 pub mod demo;
-pub mod error;
 pub mod metrics;
 pub mod notify;
 pub mod proxy;
@@ -50,9 +57,9 @@ use control::state::{FileStateStore, StateStore};
 use control::Control;
 use metrics::window::LiveStats;
 use metrics::Metrics;
+use proxy::conn::{h1_builder, server_builder, Acceptor};
 use proxy::edge::access_log::AccessLog;
 use proxy::edge::Edge;
-use proxy::listener::{h1_builder, server_builder, Acceptor};
 use proxy::route::RouteHandle;
 use proxy::service::Shared;
 use proxy::tls::TlsTerminator;
@@ -412,7 +419,7 @@ impl Switchyard {
             limit: Arc::new(Semaphore::new(config.proxy.max_connections)),
             tracker: tracker.clone(),
             shutdown: shutdown.clone(),
-            stopping: proxy::listener::stop_signal(&shutdown),
+            stopping: proxy::conn::stop_signal(&shutdown),
         });
         let mut loops = Vec::new();
         for l in http {

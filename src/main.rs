@@ -4,7 +4,7 @@
 //! Exit codes: 0 ok, 1 usage or internal error (also an invalid config); `ctl` adds the
 //! design's table (2 socket unreachable or permission denied, 3 rolled back by a gate,
 //! 4 aborted, 5 timeout, 6 paused, 7 conflict, 8 invalid transition), see
-//! `switchyard::control::client` and `switchyard::control::follow`.
+//! `switchyard::ctl::client` and `switchyard::control::follow`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -16,7 +16,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use switchyard::config::Config;
-use switchyard::control::{client, Actor, Control};
+use switchyard::control::{Actor, Control};
+use switchyard::ctl::client;
 use switchyard::proxy::edge::access_log::AccessLog;
 use switchyard::{BindOptions, Switchyard};
 

@@ -233,3 +233,25 @@ async fn shutdown_closes_parked_connections_and_the_proxy_stops() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_closes_parked_connections_within_its_window() {
+    let (blue, green) = (upstream("blue").await, upstream("green").await);
+    let sections = "[proxy]\nlisten = [\"127.0.0.1:0\"]\ndrain_window = \"500ms\"\n\
+                    [proxy.timeouts]\nheader_read = \"400ms\"\n";
+    let p = proxy(&blue, &green, sections).await;
+    let mut conns = Vec::new();
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(p.addr).await.unwrap();
+        s.write_all(request("/").as_bytes()).await.unwrap();
+        read_response(&mut s).await;
+        conns.push(s);
+    }
+    wait_parked(&p, 3.0).await;
+    assert_eq!(p.admin("pool blue drain").await["ok"], true);
+    // Within the window, then after the 1 s linger; `proxy.timeouts.idle` (60 s) is far off.
+    for s in &mut conns {
+        closed_within(s, Duration::from_secs(10)).await;
+    }
+    wait_parked(&p, 0.0).await;
+}

@@ -662,7 +662,7 @@ pub fn reply_err(e: &AdminError) -> String {
     out
 }
 
-/// Sends one command and returns the reply line (the tests use this; `ctl` uses [`super::client`]).
+/// Sends one command and returns the reply line (the tests use this; `ctl` uses [`crate::ctl::client`]).
 pub async fn request(socket: &Path, line: &str) -> std::io::Result<String> {
     let stream = UnixStream::connect(socket).await?;
     let (read, mut write) = stream.into_split();

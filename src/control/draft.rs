@@ -9,7 +9,8 @@ use serde_json::{json, Value};
 use super::percent;
 use super::state::BackendRef;
 use crate::config::PoolId;
-use crate::proxy::route::{Pool, PoolState};
+use crate::proxy::backend::Pool;
+use crate::proxy::route::PoolState;
 use crate::proxy::settings::Settings;
 
 /// Everything one [`Control::update`](super::Control::update) may change, as a mutable copy of the current values.

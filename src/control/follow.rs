@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::client::{exit_code, Connection, EXIT_UNREACHABLE, EXIT_USAGE, REPLY_TIMEOUT};
 use crate::config::parse_duration;
+use crate::ctl::client::{exit_code, Connection, EXIT_UNREACHABLE, EXIT_USAGE, REPLY_TIMEOUT};
 
 /// How often the rollout is polled.
 const POLL: Duration = Duration::from_millis(200);

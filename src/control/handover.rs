@@ -10,7 +10,7 @@
 //! replaces the admin socket path atomically (bind beside it, rename over it) and, once it
 //! serves, sends `handover-done`. The operator (or the service manager) then sends SIGTERM
 //! to A, which stops accepting, closes its keep-alive connections gently (see
-//! `proxy::listener`) and exits after its in-flight requests. If B goes away before
+//! `proxy::conn`) and exits after its in-flight requests. If B goes away before
 //! `handover-done`, A takes changes again. `docs/upgrade.md` is the procedure.
 //!
 //! A listener of B's config takes the handed socket of the same kind whose configured or

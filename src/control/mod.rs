@@ -8,7 +8,7 @@
 //! to `watch` clients. Refusals are audited too. The rollout controller uses the same call.
 //!
 //! Modules: [`command`] parses a line, [`access`] decides who may run it, [`execute`] runs
-//! it, [`admin`] is the socket, [`reload`] re-reads the config, [`client`] is `switchyard ctl`
+//! it, [`admin`] is the socket, [`reload`] re-reads the config, [`crate::ctl`] is `switchyard ctl`
 //! ([`follow`] its `--wait`), [`rollout`] is the pure rollout machine and [`controller`]
 //! drives it. [`failover`] moves a dead pool's share to the other pool outside a rollout
 //! (through the same [`Control::update`]); [`occupant`] names who holds an address the
@@ -17,7 +17,6 @@
 pub mod access;
 pub mod admin;
 pub mod audit;
-pub mod client;
 pub mod command;
 pub mod controller;
 mod draft;
@@ -786,7 +785,7 @@ fn persisted_parts(
     generation: u64,
     green_bp: u16,
     states: [PoolState; 2],
-    pools: &[Arc<crate::proxy::route::Pool>; 2],
+    pools: &[Arc<crate::proxy::backend::Pool>; 2],
     stable: PoolId,
     rollout: &Value,
     disabled: &BTreeSet<BackendRef>,

@@ -6,6 +6,10 @@
 //!
 //! The demo drives the proxy only through its admin socket, as an operator or a CI job
 //! would, and succeeds only when both outcomes happen as they should.
+//!
+//! `upstream`: the in-process blue and green services, which can be told to misbehave;
+//! `traffic`: the client load and what it sees per pool; `report`: the progress lines and
+//! the closing report and verdict.
 
 mod report;
 mod traffic;

@@ -3,6 +3,10 @@
 //! Each running proxy owns its own recorder (no global one), so several can live in one
 //! process (tests, the demo). Every handle the request path touches is registered once at
 //! start-up and cached here: recording is an atomic add, never a registry lookup.
+//!
+//! [`names`] holds every name with its help text; [`window`] the live per-pool statistics
+//! (a ring of short buckets) the rollout gates judge; [`http`] the read-only HTTP API on
+//! the metrics listener.
 
 pub mod http;
 pub mod names;
@@ -16,7 +20,7 @@ use metrics_exporter_prometheus::{
 };
 
 use crate::config::PoolId;
-use crate::proxy::route::Backend;
+use crate::proxy::backend::Backend;
 
 /// The commit the binary was built from: `SWITCHYARD_COMMIT` in the build's environment
 /// (release builds set it, see docs/operations.md), else `unknown`.

@@ -12,10 +12,13 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
+use crate::proxy::backend::InflightGuard;
 use crate::proxy::headers::front;
-use crate::proxy::route::InflightGuard;
 use crate::proxy::settings::Settings;
 use crate::proxy::upstream::Sender;
+
+/// What a response body's `poll_frame` returns.
+pub type FramePoll = Poll<Option<Result<Frame<Bytes>, hyper::Error>>>;
 
 /// The request body grew past `proxy.limits.max_body_bytes`.
 #[derive(Debug, thiserror::Error)]
@@ -166,10 +169,7 @@ impl Body for ProxyBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> FramePoll {
         match self.project() {
             ProxyBodyProj::Upstream {
                 mut inner,

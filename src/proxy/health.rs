@@ -19,8 +19,9 @@ use tracing::{debug, info, warn};
 
 use crate::config::PoolId;
 use crate::metrics::{names, Metrics};
+use crate::proxy::backend::Backend;
 use crate::proxy::headers;
-use crate::proxy::route::{Backend, RouteHandle};
+use crate::proxy::route::RouteHandle;
 use crate::proxy::settings::Settings;
 use crate::proxy::upstream::open;
 
@@ -57,26 +58,17 @@ async fn pool_loop(
             let results = futures_util::future::join_all(checks).await;
             for (b, ok) in pool.backends.iter().zip(results) {
                 observe(id, b, ok, cfg.fall, cfg.rise);
-                let labels = vec![
-                    Label::new("pool", id.as_str()),
-                    Label::new("backend", b.addr.clone()),
-                ];
-                metrics
-                    .gauge(names::BACKEND_HEALTHY, labels)
-                    .set(if b.in_rotation() { 1.0 } else { 0.0 });
             }
         }
-        if cfg.path.is_none() {
-            // No active checks: the gauge still follows the operator switch and ejections.
-            for b in pool.backends.iter() {
-                let labels = vec![
-                    Label::new("pool", id.as_str()),
-                    Label::new("backend", b.addr.clone()),
-                ];
-                metrics
-                    .gauge(names::BACKEND_HEALTHY, labels)
-                    .set(if b.in_rotation() { 1.0 } else { 0.0 });
-            }
+        // Without active checks the gauge still follows the operator switch and ejections.
+        for b in pool.backends.iter() {
+            let labels = vec![
+                Label::new("pool", id.as_str()),
+                Label::new("backend", b.addr.clone()),
+            ];
+            metrics
+                .gauge(names::BACKEND_HEALTHY, labels)
+                .set(if b.in_rotation() { 1.0 } else { 0.0 });
         }
         let wait = if cfg.path.is_some() {
             cfg.interval

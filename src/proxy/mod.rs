@@ -1,16 +1,33 @@
-//! DATA PLANE: everything a request touches, in the order it touches it:
-//! [`listener`] accepts → [`service`] validates ([`headers`]) → [`route`] picks the pool and
-//! backend from one route-table snapshot → [`upstream`] forwards, bodies streaming through
-//! [`body`] → the answer is checked, counted and returned.
+//! DATA PLANE: everything a request touches, in the order it touches it. Nothing here
+//! awaits the control plane: a request loads the route table once and never waits on a
+//! lock.
 //!
-//! Nothing here awaits the control plane: a request loads the route table once and never
-//! waits on a lock.
+//! ```text
+//! conn        a connection's life: accept (connection limit), TLS handshake (tls),
+//!             sniff and park idle HTTP/1.1 connections, serve with hyper, close gently
+//!             on shutdown or a pool drain
+//! sniff       the raw request stream: framing policy, idle tracking, header deadline
+//! service     the request function: admit (headers) → route → forward → answer
+//! edge        at the door and on the way out: client address, request id, rate limit,
+//!             pool caps, security headers, access log
+//! route       the route table: one ArcSwap snapshot, the pool by weight or affinity
+//! backend     live backend state: in-flight counts, health, ejection, P2C, retry budget
+//! upstream    keep-alive connections to backends (plain or TLS)
+//! body        request and response bodies, streaming under limits
+//! headers     pure header logic: validation, hop-by-hop, X-Forwarded-*, the hash check
+//! error       ProxyError: who is to blame, and the one error → status mapping
+//! settings    the per-request settings a route table carries
+//! health      (background) active health checks
+//! tls         TLS termination: certificates by SNI, reloaded in place
+//! ```
 
+pub mod backend;
 pub mod body;
+pub mod conn;
 pub mod edge;
+pub mod error;
 pub mod headers;
 pub mod health;
-pub mod listener;
 pub mod route;
 pub mod service;
 pub mod settings;
@@ -21,7 +38,8 @@ pub mod upstream;
 use std::sync::Arc;
 
 use crate::config::{Config, PoolId};
-use route::{Backend, PassiveHealth, Pool, PoolState, RetryBudget, RouteTable};
+use backend::{Backend, PassiveHealth, Pool, RetryBudget};
+use route::{PoolState, RouteTable};
 use settings::Settings;
 use upstream::UpstreamOptions;
 

@@ -5,21 +5,25 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
 
-use crate::config::{Affinity, Config, HashMode};
+use crate::config::{Affinity, Config, HashMode, Limits};
 use crate::proxy::edge::EdgeSettings;
 
 #[derive(Debug)]
 pub struct Settings {
+    /// The constitutional hash: the header's name and its exact value.
     pub hash_header: HeaderName,
     pub hash_value: HeaderValue,
+    /// What a request, and a backend's response, without the exact hash gets.
     pub requests: HashMode,
     pub responses: HashMode,
+    /// `split.affinity`: what keeps a client on one pool.
     pub affinity: Affinity,
+    /// `split.override_header` and its token: a trusted request picks its pool.
     pub override_header: Option<HeaderName>,
     pub override_token: Option<HeaderValue>,
-    pub max_header_bytes: usize,
-    pub max_headers: usize,
-    pub max_body_bytes: u64,
+    /// `[proxy.limits]`: the request head's size and field count, the body's size.
+    pub limits: Limits,
+    /// `proxy.timeouts.upstream_response`: the backend's response head is due within it.
     pub upstream_response_timeout: Duration,
     /// Tries per request after connect failures, the first included.
     pub attempts: u32,
@@ -49,10 +53,8 @@ impl Settings {
                 .override_token
                 .as_deref()
                 .and_then(|t| HeaderValue::from_str(t).ok()),
-            max_header_bytes: cfg.proxy.limits.max_header_bytes,
-            max_headers: cfg.proxy.limits.max_headers,
+            limits: cfg.proxy.limits.clone(),
             tunnel_grace: cfg.proxy.drain_window,
-            max_body_bytes: cfg.proxy.limits.max_body_bytes,
             upstream_response_timeout: cfg.proxy.timeouts.upstream_response,
             attempts: cfg.proxy.retries.attempts,
             edge: EdgeSettings::from_config(cfg),

@@ -9,6 +9,8 @@
 //! away. Meanwhile the last table keeps serving: the data plane never waits on etcd.
 //!
 //! [`etcd`] is the client: etcd's JSON gateway over hyper, no `protoc` at build time.
+//! [`members`] keeps this instance's membership under a lease and competes for `leader`;
+//! [`stats`] merges the gate evidence every instance publishes.
 
 pub mod etcd;
 pub mod members;

@@ -32,7 +32,7 @@ use tracing::{info, warn};
 
 use crate::config::{AccessLogConfig, AccessLogTarget, PoolId};
 use crate::metrics::HashReason;
-use crate::proxy::route::Backend;
+use crate::proxy::backend::Backend;
 
 /// Longest `host` or `user_agent` written, in bytes; the rest is cut (a client chooses
 /// these, and a line should stay one short line).

@@ -55,22 +55,15 @@ mod tests {
         let peer: IpAddr = "10.0.0.9".parse().unwrap();
         let h = xff(&["1.1.1.1, 2.2.2.2", "3.3.3.3:4444"]);
         assert_eq!(client_addr(&h, peer, 0), peer);
-        assert_eq!(
-            client_addr(&h, peer, 1),
-            "3.3.3.3".parse::<IpAddr>().unwrap()
-        );
-        assert_eq!(
-            client_addr(&h, peer, 2),
-            "2.2.2.2".parse::<IpAddr>().unwrap()
-        );
-        assert_eq!(
-            client_addr(&h, peer, 3),
-            "1.1.1.1".parse::<IpAddr>().unwrap()
-        );
-        assert_eq!(
-            client_addr(&h, peer, 9),
-            "1.1.1.1".parse::<IpAddr>().unwrap()
-        );
+        for (hops, want) in [
+            (1, "3.3.3.3"),
+            (2, "2.2.2.2"),
+            (3, "1.1.1.1"),
+            (9, "1.1.1.1"),
+        ] {
+            let want: IpAddr = want.parse().unwrap();
+            assert_eq!(client_addr(&h, peer, hops), want, "{hops} hops");
+        }
     }
 
     #[test]

@@ -5,8 +5,8 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::config::FULL_BP;
 use crate::config::{ConcurrencyConfig, PoolId};
-use crate::proxy::route::FULL_BP;
 
 /// A pool's cap as configured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -18,14 +18,14 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Uri};
-use http_body::{Body, Frame, SizeHint};
+use http_body::{Body, SizeHint};
 use pin_project_lite::pin_project;
 
 use super::access_log::{AccessLog, Entry, HashVerdict, RateVerdict};
 use super::concurrency::{HeldPermit, PoolPermit};
 use crate::config::PoolId;
-use crate::proxy::body::ProxyBody;
-use crate::proxy::route::Backend;
+use crate::proxy::backend::Backend;
+use crate::proxy::body::{FramePoll, ProxyBody};
 use crate::proxy::service::Conn;
 
 /// Facts about one request, filled in by the stages it passes.
@@ -196,10 +196,7 @@ impl Body for TracedBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> FramePoll {
         let mut this = self.project();
         let polled = this.inner.as_mut().poll_frame(cx);
         match &polled {

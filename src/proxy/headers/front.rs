@@ -190,16 +190,7 @@ pub fn strip_trailers(
 mod tests {
     use super::*;
 
-    fn map(fields: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (n, v) in fields {
-            h.append(
-                HeaderName::from_bytes(n.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        h
-    }
+    use crate::proxy::headers::tests::map;
 
     fn plan(version: Version, uri: &str, fields: &[(&str, &str)]) -> Result<HostPlan, HostProblem> {
         check_host(version, &uri.parse().unwrap(), &map(fields))

@@ -1,6 +1,7 @@
 use super::*;
 
-fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+/// A header map of `(name, value)` pairs, in order (for the tests of `headers::front` too).
+pub(super) fn map(pairs: &[(&str, &str)]) -> HeaderMap {
     let mut h = HeaderMap::new();
     for (k, v) in pairs {
         h.append(
@@ -13,34 +14,29 @@ fn map(pairs: &[(&str, &str)]) -> HeaderMap {
 
 #[test]
 fn framing_refuses_every_smuggling_shape() {
-    assert_eq!(
-        check_framing(&map(&[
-            ("content-length", "5"),
-            ("transfer-encoding", "chunked")
-        ])),
-        Err(Smuggling::ContentLengthWithTransferEncoding)
-    );
-    assert_eq!(
-        check_framing(&map(&[("content-length", "5"), ("content-length", "5")])),
-        Err(Smuggling::DuplicateContentLength)
-    );
-    assert_eq!(
-        check_framing(&map(&[("content-length", "5, 5")])),
-        Err(Smuggling::InvalidContentLength)
-    );
-    assert_eq!(
-        check_framing(&map(&[("content-length", "+5")])),
-        Err(Smuggling::InvalidContentLength)
-    );
-    assert_eq!(
-        check_framing(&map(&[("transfer-encoding", "chunked, gzip")])),
-        Err(Smuggling::TransferEncodingNotChunked)
-    );
-    assert_eq!(
-        check_framing(&map(&[("transfer-encoding", "gzip, chunked")])),
-        Ok(())
-    );
-    assert_eq!(check_framing(&map(&[("content-length", "12")])), Ok(()));
+    use Smuggling::*;
+    type Case<'a> = (&'a [(&'a str, &'a str)], Result<(), Smuggling>);
+    let cases: &[Case] = &[
+        (
+            &[("content-length", "5"), ("transfer-encoding", "chunked")],
+            Err(ContentLengthWithTransferEncoding),
+        ),
+        (
+            &[("content-length", "5"), ("content-length", "5")],
+            Err(DuplicateContentLength),
+        ),
+        (&[("content-length", "5, 5")], Err(InvalidContentLength)),
+        (&[("content-length", "+5")], Err(InvalidContentLength)),
+        (
+            &[("transfer-encoding", "chunked, gzip")],
+            Err(TransferEncodingNotChunked),
+        ),
+        (&[("transfer-encoding", "gzip, chunked")], Ok(())),
+        (&[("content-length", "12")], Ok(())),
+    ];
+    for (fields, want) in cases {
+        assert_eq!(&check_framing(&map(fields)), want, "{fields:?}");
+    }
 }
 
 #[test]

@@ -1,118 +1,33 @@
-//! DATA PLANE: a watch on the raw HTTP/1.1 request stream for framing the codec forgives.
+//! DATA PLANE: the framing policy. A request head that frames its body ambiguously
+//! (`Content-Length` with `Transfer-Encoding`, or `Content-Length` twice) is refused.
 //!
 //! hyper reads `Content-Length` together with `Transfer-Encoding` as chunked (dropping
 //! the length), and folds repeated identical `Content-Length` fields into one, so neither
 //! shape is visible to the service afterwards. RFC 9112 §6.1 lets a server reject them,
 //! and a front door must: the backend or another hop may frame the same bytes differently.
-//! [`SniffIo`] scans the bytes hyper reads — heads field by field, bodies skipped by their
-//! framing — and records the index of the first request whose head had such a shape; the
-//! service answers that request (and so the connection) with 400.
+//! The [`Scanner`] follows the raw request stream — heads field by field, bodies skipped
+//! by their framing — and names the first request whose head had such a shape; the
+//! service answers that request (and so the connection) with 400
+//! ([`FramingVerdict::is_bad`]).
 //!
 //! The scan looks at field names (found with `memchr`) and the two framing values byte by
 //! byte; the rest of a request line or of another field's value is skipped with `memchr`
 //! to its newline, and body bytes are skipped by count.
 
-use std::io;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::atomic::Ordering;
 
-use bytes::{Buf, Bytes};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-
-/// Shared between a connection's [`SniffIo`], its service and its task.
-///
-/// Besides the framing verdict it carries what the task needs to tell an idle HTTP/1.1
-/// connection from a busy one without asking the codec (see `listener::serve_plain`): the
-/// bytes read so far end at a request boundary, every request head read has had its
-/// response finished, and no write is waiting on the socket. All plain counters and flags,
-/// written by the connection's own task.
-#[derive(Debug)]
-pub struct FramingVerdict {
-    first_bad: AtomicU64,
-    /// Reads that returned data: the task compares it between checks to see activity.
-    reads: AtomicU64,
-    /// Complete request heads read.
-    heads: AtomicU64,
-    /// The bytes read so far end between two requests (no partial head or body).
-    at_boundary: AtomicBool,
-    /// The bytes read so far end inside a request head.
-    in_head: AtomicBool,
-    /// The last write returned `Pending`: the codec still holds bytes for the client.
-    write_blocked: AtomicBool,
-    /// Responses whose body has ended or been dropped (counted by the response body).
-    responses_done: AtomicU64,
-    /// Set by the task to park the connection: reads report end of stream, which an idle
-    /// codec takes as a quiet close and hands the socket back.
-    eof: AtomicBool,
-    /// The connection has switched protocols (a 101 went out): what follows is not HTTP/1.1.
-    switched: AtomicBool,
-}
+use super::FramingVerdict;
 
 impl FramingVerdict {
-    pub fn new() -> Arc<Self> {
-        Arc::new(FramingVerdict {
-            first_bad: AtomicU64::new(u64::MAX),
-            reads: AtomicU64::new(0),
-            heads: AtomicU64::new(0),
-            at_boundary: AtomicBool::new(true),
-            in_head: AtomicBool::new(false),
-            write_blocked: AtomicBool::new(false),
-            responses_done: AtomicU64::new(0),
-            eof: AtomicBool::new(false),
-            switched: AtomicBool::new(false),
-        })
-    }
-
     /// Whether request number `index` (0-based, on this connection) or an earlier one was
     /// refused by the scan.
     pub fn is_bad(&self, index: u64) -> bool {
         index >= self.first_bad.load(Ordering::Acquire)
     }
 
-    /// A response on this connection has ended (or was abandoned).
-    pub fn response_done(&self) {
-        self.responses_done.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Reads that returned data so far.
-    pub fn reads(&self) -> u64 {
-        self.reads.load(Ordering::Relaxed)
-    }
-
-    /// No request is being read or answered and nothing waits to be written: the codec
-    /// sits between requests. HTTP/1.1 only (the scan stops on HTTP/2 and after a 101).
-    pub fn is_idle(&self) -> bool {
-        self.at_boundary.load(Ordering::Relaxed)
-            && !self.write_blocked.load(Ordering::Relaxed)
-            && self.heads.load(Ordering::Relaxed) == self.responses_done.load(Ordering::Relaxed)
-    }
-
-    /// A request head has begun to arrive and is not complete, and every earlier request
-    /// has been answered: the client owes the rest of a head (`proxy.timeouts.header_read`).
-    /// Returns the number of complete heads before it, to tell one head from the next.
-    pub fn head_pending(&self) -> Option<u64> {
-        let heads = self.heads.load(Ordering::Relaxed);
-        (self.in_head.load(Ordering::Relaxed)
-            && heads == self.responses_done.load(Ordering::Relaxed))
-        .then_some(heads)
-    }
-
-    /// From now on reads report end of stream, until [`FramingVerdict::take_eof`].
-    pub fn set_eof(&self, eof: bool) {
-        self.eof.store(eof, Ordering::Relaxed);
-    }
-
-    /// A 101 answered the last request: the scan stops for good. Until then a request
-    /// that asks for an upgrade is scanned, and timed, like any other.
-    pub fn set_switched(&self) {
-        self.switched.store(true, Ordering::Relaxed);
-    }
-
-    /// Whether reads were reporting end of stream; they read the socket again from now on.
-    pub fn take_eof(&self) -> bool {
-        self.eof.swap(false, Ordering::Relaxed)
+    /// Records a refused request from the scan.
+    pub(super) fn refuse(&self, index: u64) {
+        self.first_bad.fetch_min(index, Ordering::AcqRel);
     }
 }
 
@@ -120,7 +35,7 @@ const NAME_MAX: usize = 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    /// Reading a head: at the start of a field line when `at_line_start`.
+    /// Reading a head.
     Head,
     /// Skipping `n` bytes of a fixed-length body.
     Fixed(u64),
@@ -181,13 +96,6 @@ impl Default for Scanner {
     }
 }
 
-/// Outcome of a finished head.
-#[derive(Debug, PartialEq, Eq)]
-pub enum HeadVerdict {
-    Fine,
-    Bad,
-}
-
 impl Scanner {
     /// The bytes fed so far end between two requests: no partial head, no body left.
     pub fn at_boundary(&self) -> bool {
@@ -211,22 +119,10 @@ impl Scanner {
             match self.state {
                 State::Off => return None,
                 State::Fixed(n) => {
-                    let take = n.min(data.len() as u64);
-                    data = &data[take as usize..];
-                    self.state = if take == n {
-                        State::Head
-                    } else {
-                        State::Fixed(n - take)
-                    };
+                    self.state = skip(&mut data, n).map_or(State::Head, State::Fixed);
                 }
                 State::ChunkData(n) => {
-                    let take = n.min(data.len() as u64);
-                    data = &data[take as usize..];
-                    self.state = if take == n {
-                        State::ChunkDataEnd
-                    } else {
-                        State::ChunkData(n - take)
-                    };
+                    self.state = skip(&mut data, n).map_or(State::ChunkDataEnd, State::ChunkData);
                 }
                 State::Head if !self.first_line && self.in_value.is_none() => {
                     // A field name: its bytes up to the colon (or a line end, or a carriage
@@ -361,9 +257,6 @@ impl Scanner {
     fn head_byte(&mut self, b: u8) -> Option<u64> {
         if b == b'\n' {
             let empty = self.line_len == 0;
-            if let Some(Field::TransferEncoding) = self.in_value {
-                // value words were tracked in name buffer; see `value_byte`
-            }
             self.line_len = 0;
             self.name_len = 0;
             self.in_value = None;
@@ -461,148 +354,16 @@ impl Scanner {
     }
 }
 
-/// An I/O stream whose reads are fed to a [`Scanner`].
-///
-/// When the HTTP/1.1 codec hands the stream back (a parked idle connection, an upgrade),
-/// it also returns the bytes it read but did not use; [`SniffIo::put_back`] puts them in
-/// front of the stream, to be read first. They were scanned when first read, so they are
-/// not scanned again.
-pub struct SniffIo<I> {
-    inner: I,
-    scanner: Scanner,
-    verdict: Arc<FramingVerdict>,
-    unread: Bytes,
-}
-
-impl<I> SniffIo<I> {
-    pub fn new(inner: I, verdict: Arc<FramingVerdict>) -> Self {
-        SniffIo {
-            inner,
-            scanner: Scanner::default(),
-            verdict,
-            unread: Bytes::new(),
-        }
-    }
-
-    /// The stream underneath.
-    pub fn get_ref(&self) -> &I {
-        &self.inner
-    }
-
-    /// Puts `bytes` in front of whatever is still unread.
-    pub fn put_back(&mut self, bytes: Bytes) {
-        if bytes.is_empty() {
-            return;
-        }
-        if self.unread.is_empty() {
-            self.unread = bytes;
-        } else {
-            let mut joined = Vec::with_capacity(bytes.len() + self.unread.len());
-            joined.extend_from_slice(&bytes);
-            joined.extend_from_slice(&self.unread);
-            self.unread = Bytes::from(joined);
-        }
-    }
-
-    /// Whether bytes put back are still unread.
-    pub fn has_unread(&self) -> bool {
-        !self.unread.is_empty()
-    }
-}
-
-impl<I: AsyncRead + Unpin> AsyncRead for SniffIo<I> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if self.verdict.eof.load(Ordering::Relaxed) {
-            return Poll::Ready(Ok(()));
-        }
-        if !self.unread.is_empty() {
-            let n = self.unread.len().min(buf.remaining());
-            buf.put_slice(&self.unread[..n]);
-            self.unread.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = polled {
-            let this = &mut *self;
-            let data = &buf.filled()[before..];
-            if !data.is_empty() && !this.verdict.switched.load(Ordering::Relaxed) {
-                if let Some(bad) = this.scanner.feed(data) {
-                    this.verdict.first_bad.fetch_min(bad, Ordering::AcqRel);
-                }
-                let v = &this.verdict;
-                v.reads.fetch_add(1, Ordering::Relaxed);
-                v.heads.store(this.scanner.heads(), Ordering::Relaxed);
-                v.at_boundary
-                    .store(this.scanner.at_boundary(), Ordering::Relaxed);
-                v.in_head.store(this.scanner.in_head(), Ordering::Relaxed);
-            }
-        }
-        polled
-    }
-}
-
-/// Notes whether a write left bytes waiting (`Pending`) for the idle check.
-fn note_write<T>(verdict: &FramingVerdict, polled: &Poll<io::Result<T>>) {
-    verdict
-        .write_blocked
-        .store(polled.is_pending(), Ordering::Relaxed);
-}
-
-impl<I: AsyncWrite + Unpin> AsyncWrite for SniffIo<I> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
-        note_write(&self.verdict, &polled);
-        polled
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        note_write(&self.verdict, &polled);
-        polled
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
+/// Skips up to `n` bytes of `data`; returns how many are still to skip, if any.
+fn skip(data: &mut &[u8], n: u64) -> Option<u64> {
+    let take = n.min(data.len() as u64);
+    *data = &data[take as usize..];
+    (take < n).then(|| n - take)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncReadExt;
-
-    #[tokio::test]
-    async fn bytes_put_back_are_read_first_and_not_scanned_again() {
-        let verdict = FramingVerdict::new();
-        let mut io = SniffIo::new(&b" world"[..], verdict.clone());
-        io.put_back(Bytes::from_static(b"lo"));
-        io.put_back(Bytes::from_static(b"hel"));
-        let mut small = [0u8; 4];
-        assert_eq!(io.read(&mut small).await.unwrap(), 4);
-        assert_eq!(&small, b"hell");
-        let mut rest = String::new();
-        io.read_to_string(&mut rest).await.unwrap();
-        assert_eq!(rest, "o world");
-        // Only the stream's own read (" world") went through the scanner.
-        assert_eq!(verdict.reads(), 1);
-    }
 
     fn scan(chunks: &[&[u8]]) -> Option<u64> {
         let mut s = Scanner::default();

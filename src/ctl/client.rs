@@ -4,7 +4,7 @@
 //! 2 socket unreachable or permission denied, 7 conflict (also `rollout_active`),
 //! 8 invalid transition, 9 busy (every admin connection of the peer's level in use; retry),
 //! 10 state_unwritable (the change was refused: the state file cannot be written). `ctl watch` prints events until the daemon or the user ends it.
-//! `ctl rollout ... --wait` follows the rollout ([`super::follow`]: 3 rolled back by a gate,
+//! `ctl rollout ... --wait` follows the rollout ([`crate::control::follow`]: 3 rolled back by a gate,
 //! 4 aborted, 5 timeout, 6 paused). `ctl wait-drained POOL [--timeout D]` waits until the
 //! pool has nothing in flight and exits 5 when D passes first.
 //!
@@ -109,7 +109,7 @@ pub async fn run(socket: &Path, words: &[String], json_out: bool) -> u8 {
         .filter(|w| *w != "--wait-applied")
         .cloned()
         .collect();
-    let (words, follow) = match super::follow::take(&words) {
+    let (words, follow) = match crate::control::follow::take(&words) {
         Ok(x) => x,
         Err(msg) => return out.fail(EXIT_USAGE, "usage", &msg),
     };
@@ -165,12 +165,12 @@ pub async fn run(socket: &Path, words: &[String], json_out: bool) -> u8 {
     if reply["ok"] != true {
         let code = exit_code(reply["error"]["code"].as_str().unwrap_or("internal"));
         if follow.wait {
-            super::follow::refused(&reply, code, out.json);
+            crate::control::follow::refused(&reply, code, out.json);
         }
         return code;
     }
     if follow.wait {
-        return super::follow::follow(&mut conn, &reply, &follow, out.json).await;
+        return crate::control::follow::follow(&mut conn, &reply, &follow, out.json).await;
     }
     if wait_applied {
         if let Some(g) = reply["generation"].as_u64() {
@@ -356,8 +356,10 @@ pub fn render(verb: &str, v: &Value) -> String {
             v["generation"]
         ),
         "event" => render_event(v),
-        "rollout" if v.get("changes").is_none() => super::follow::render_rollout(&v["rollout"]),
-        "gates" => super::follow::render_gates(v),
+        "rollout" if v.get("changes").is_none() => {
+            crate::control::follow::render_rollout(&v["rollout"])
+        }
+        "gates" => crate::control::follow::render_gates(v),
         _ if v.get("changes").is_some() => render_change(v),
         _ => v.to_string(),
     }
@@ -480,7 +482,7 @@ fn render_status(v: &Value) -> String {
     if !v["rollout"].is_null() {
         s.push_str(&format!(
             "{}\n",
-            super::follow::render_record(&v["rollout"])
+            crate::control::follow::render_record(&v["rollout"])
         ));
     }
     s.trim_end().to_string()
@@ -508,7 +510,7 @@ fn wait_drained_words(words: &[String]) -> Result<(Vec<String>, Duration), Strin
         return Ok((words.to_vec(), REPLY_TIMEOUT));
     }
     let mut out = Vec::new();
-    let mut timeout = super::drain::DEFAULT_TIMEOUT;
+    let mut timeout = crate::control::drain::DEFAULT_TIMEOUT;
     let mut it = words.iter();
     while let Some(w) = it.next() {
         let value = match w.as_str() {
