@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::prometheus::{Exporter, Prometheus};
 use common::rollout::{rollout_toml, traffic, wait_rollout};
 use common::*;
-use switchyard::control::client::Connection;
+use switchyard::ctl::client::Connection;
 
 const WAIT: Duration = Duration::from_secs(30);
 
