@@ -244,12 +244,16 @@ impl Controller {
         let candidate = stable.other();
         let plan = Plan::from_config(candidate, &control.config().rollout);
         let reports = self.judge_now(control, &plan);
+        let first = plan.steps_bp.first().map_or(0.0, |&bp| f64::from(bp) / 100.0);
         json!({
             "rollout": null,
             "phase": "idle",
             "candidate": candidate,
             "stable": stable,
             "window_ms": record::millis(plan.window),
+            "note": format!(
+                "no rollout is running; the next one would send {first}% of new requests to {candidate} and judge it on the samples after its settle; below, a preview: the gates over the last window as they stand"
+            ),
             "gates": record::reports(&reports),
         })
     }
