@@ -244,7 +244,10 @@ impl Controller {
         let candidate = stable.other();
         let plan = Plan::from_config(candidate, &control.config().rollout);
         let reports = self.judge_now(control, &plan);
-        let first = plan.steps_bp.first().map_or(0.0, |&bp| f64::from(bp) / 100.0);
+        let first = plan
+            .steps_bp
+            .first()
+            .map_or(0.0, |&bp| f64::from(bp) / 100.0);
         json!({
             "rollout": null,
             "phase": "idle",

@@ -29,11 +29,17 @@ pub fn tests_per_rollout(steps: usize) -> usize {
 /// the same evaluation with a fresh cache, so any two caches compare equal.
 #[derive(Debug, Clone, Default)]
 pub struct Bounds {
-    /// Candidate P99, stable P99, candidate P50, stable P50: samples, alpha, counts.
-    counts: [Option<(u64, f64, (u64, u64))>; 4],
-    /// Candidate, stable: errors, requests, alpha, bounds.
-    rates: [Option<(u64, u64, f64, (f64, f64))>; 2],
+    /// Candidate P99, stable P99, candidate P50, stable P50.
+    counts: [Option<Counts>; 4],
+    /// Candidate, stable.
+    rates: [Option<Rates>; 2],
 }
+
+/// Samples, alpha, and the sample counts of [`count_bounds_near`].
+type Counts = (u64, f64, (u64, u64));
+
+/// Errors, requests, alpha, and the rate's bounds.
+type Rates = (u64, u64, f64, (f64, f64));
 
 impl PartialEq for Bounds {
     fn eq(&self, _: &Bounds) -> bool {
