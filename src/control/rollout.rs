@@ -170,6 +170,9 @@ pub struct Rollout {
     /// not persisted, and the same decisions without it).
     #[serde(skip)]
     bounds: judge::Bounds,
+    /// Reports without words unless failing ([`Rollout::terse`]; the simulator's).
+    #[serde(skip)]
+    terse: bool,
 }
 
 /// Fail streaks, one per judgment gate.
@@ -210,7 +213,15 @@ impl Rollout {
             baseline: Baseline::default(),
             reports: Vec::new(),
             bounds: judge::Bounds::default(),
+            terse: false,
         }
+    }
+
+    /// The sequential gates' reports keep their `detail` only when failing: the same
+    /// decisions and reasons, without formatting every figure every tick.
+    pub fn terse(mut self) -> Rollout {
+        self.terse = true;
+        self
     }
 
     /// Validates `plan` and moves to its first step.
@@ -277,6 +288,7 @@ impl Rollout {
             self.plan.candidate,
             self.plan.steps_bp.len(),
             &mut self.bounds,
+            !self.terse,
         );
         // The comparisons with stable first: their evidence comes from every sample.
         let order = [

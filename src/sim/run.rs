@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
-use super::dist::{binomial, BinTable, Change, Latency};
+use super::dist::{binomial, BinTable, Change, Latency, Limits};
 use crate::control::rollout::{Method, Observation, Phase, Plan, Rollout};
 use crate::metrics::window::{Summary, WindowSnapshot};
 
@@ -179,7 +179,7 @@ impl<'a> Pool<'a> {
     /// One tick's requests: bins, errors, and the run of consecutive errors (`run` carries in
     /// and out); returns the longest run seen within the tick.
     fn tick(&self, rng: &mut fastrand::Rng, mean: f64, t: &mut TickDraw) -> u32 {
-        self.table.draw(rng, mean, &mut t.bins);
+        self.table.draw(rng, mean, &mut t.bins, &mut t.limits);
         t.requests = t.bins.iter().map(|(_, n)| n).sum();
         t.errors = binomial(rng, t.requests, self.error_rate);
         if t.errors == 0 {
@@ -217,6 +217,7 @@ impl<'a> Pool<'a> {
 #[derive(Default)]
 struct TickDraw {
     bins: Vec<(usize, u64)>,
+    limits: Limits,
     positions: Vec<u64>,
     requests: u64,
     errors: u64,
@@ -288,7 +289,8 @@ fn one(setup: &Setup, rate: f64, pools: &[Pool; 2], rng: &mut fastrand::Rng, tal
         (plan.hold.max(plan.max_hold) * stages as u32 + plan.bake + plan.max_hold).as_millis(),
     )
     .unwrap_or(u64::MAX);
-    let (mut rollout, _) = Rollout::start(plan.clone(), Duration::ZERO).expect("a valid plan");
+    let (rollout, _) = Rollout::start(plan.clone(), Duration::ZERO).expect("a valid plan");
+    let mut rollout = rollout.terse();
     let mut obs = Observation {
         candidate_healthy: true,
         stable_healthy: true,

@@ -76,12 +76,15 @@ impl Bounds {
 }
 
 /// Every gate of both pools; `steps` sets the alpha split; `bounds` the last tick's.
+/// Without `describe`, only failing reports get their `detail` (the words cost more than the
+/// statistics; the simulator reads only the failing gate).
 pub fn evaluate(
     limits: &GateLimits,
     obs: &Observation,
     candidate: PoolId,
     steps: usize,
     bounds: &mut Bounds,
+    describe: bool,
 ) -> Evaluation {
     let stable = candidate.other();
     let alpha = limits.alpha / tests_per_rollout(steps) as f64;
@@ -97,16 +100,16 @@ pub fn evaluate(
         hash(limits, candidate, obs.candidate_violations),
         consecutive(limits, candidate, obs.candidate_consecutive_errors),
         wilson(limits, candidate, &obs.candidate),
-        p99_absolute(limits, candidate, &c99),
-        latency_relative(Gate::P99Relative, limits, candidate, &c99, &s99),
-        latency_relative(Gate::P50Relative, limits, candidate, &c50, &s50),
-        error_rate(limits, candidate, &c_err),
-        error_relative(limits, candidate, (&c_err, &s_err), obs),
+        p99_absolute(limits, candidate, &c99, describe),
+        latency_relative(Gate::P99Relative, limits, candidate, &c99, &s99, describe),
+        latency_relative(Gate::P50Relative, limits, candidate, &c50, &s50, describe),
+        error_rate(limits, candidate, &c_err, describe),
+        error_relative(limits, candidate, (&c_err, &s_err), obs, describe),
         health(stable, obs.stable_healthy),
         hash(limits, stable, obs.stable.violations),
         wilson(limits, stable, &obs.stable),
-        p99_absolute(limits, stable, &s99),
-        error_rate(limits, stable, &s_err),
+        p99_absolute(limits, stable, &s99, describe),
+        error_rate(limits, stable, &s_err, describe),
     ];
     Evaluation::assemble(candidate, reports, obs.stable_healthy)
 }
@@ -187,7 +190,7 @@ fn verdict_words(r: &GateReport) -> &'static str {
     }
 }
 
-fn p99_absolute(limits: &GateLimits, pool: PoolId, q: &Quantile) -> GateReport {
+fn p99_absolute(limits: &GateLimits, pool: PoolId, q: &Quantile, describe: bool) -> GateReport {
     let limit_us = micros(limits.p99_max);
     let mut r = report(Gate::P99Absolute, pool, limits.p99_max.as_secs_f64());
     r.value = q.point.map(secs);
@@ -195,6 +198,9 @@ fn p99_absolute(limits: &GateLimits, pool: PoolId, q: &Quantile) -> GateReport {
     r.upper = (q.upper != u64::MAX).then(|| secs(q.upper));
     let (harm, clear) = (q.lower > limit_us, q.upper <= limit_us);
     decide(&mut r, q.samples, limits.min_latency_samples, harm, clear);
+    if !describe && r.verdict != Verdict::Fail {
+        return r;
+    }
     r.detail = format!(
         "{pool} {} {}, bounds {} to {}, limit {} over {} samples: {}",
         q.name(),
@@ -216,6 +222,7 @@ fn latency_relative(
     pool: PoolId,
     c: &Quantile,
     s: &Quantile,
+    describe: bool,
 ) -> GateReport {
     let (limit, ratio) = match gate {
         Gate::P99Relative => (limits.p99_min_delta, limits.p99_ratio_max),
@@ -232,6 +239,9 @@ fn latency_relative(
     let harm = lower.is_some_and(|d| d > limit_us) && c.lower as f64 > ratio * s.upper as f64;
     let clear = upper.is_some_and(|d| d <= limit_us);
     decide(&mut r, c.samples, limits.min_latency_samples, harm, clear);
+    if !describe && r.verdict != Verdict::Fail {
+        return r;
+    }
     r.detail = format!(
         "{} {} vs stable's {}: {}, bounds {} to {}, limit +{}{}: {}",
         c.name(),
@@ -251,7 +261,7 @@ fn latency_relative(
     r
 }
 
-fn error_rate(limits: &GateLimits, pool: PoolId, e: &Rate) -> GateReport {
+fn error_rate(limits: &GateLimits, pool: PoolId, e: &Rate, describe: bool) -> GateReport {
     let limit = limits.error_rate_max;
     let mut r = report(Gate::ErrorRate, pool, limit);
     r.value = e.point;
@@ -264,6 +274,9 @@ fn error_rate(limits: &GateLimits, pool: PoolId, e: &Rate) -> GateReport {
         e.lower > limit,
         e.upper <= limit,
     );
+    if !describe && r.verdict != Verdict::Fail {
+        return r;
+    }
     r.detail = format!(
         "{pool} error rate {}, bounds {} to {}, limit {} over {} requests: {}",
         pct(e.point),
@@ -286,6 +299,7 @@ fn error_relative(
     pool: PoolId,
     (c, s): (&Rate, &Rate),
     obs: &Observation,
+    describe: bool,
 ) -> GateReport {
     let margin = limits.error_rate_margin;
     let mut r = report(Gate::ErrorRateRelative, pool, margin);
@@ -304,6 +318,9 @@ fn error_relative(
         lower > margin,
         upper <= margin,
     );
+    if !describe && r.verdict != Verdict::Fail {
+        return r;
+    }
     r.detail = format!(
         "error rate {} vs stable's {}: {}, bounds {} to {}, margin {:.2} points: {}",
         pct(c.point),

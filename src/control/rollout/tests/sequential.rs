@@ -288,4 +288,16 @@ fn the_bounds_carried_between_ticks_change_no_decision() {
         (decisions, r.phase().clone())
     };
     assert_eq!(run(true), run(false));
+    // Terse reports (the simulator's) decide the same, with the same reasons.
+    let (r, _) = Rollout::start(sequential_plan(), secs(0)).unwrap();
+    let mut r = r.terse();
+    let mut terse = Vec::new();
+    for (i, o) in ticks.iter().enumerate() {
+        if r.is_terminal() {
+            break;
+        }
+        terse.push(r.step(secs(i as u64 + 1), o));
+    }
+    let full: Vec<Decision> = run(false).0.into_iter().map(|(d, _)| d).collect();
+    assert_eq!(terse, full);
 }
