@@ -14,8 +14,8 @@
 //!   so at every tick with probability at least `1 - alpha_c - alpha_s` (a union bound).
 //!
 //! Cost: a rate's bounds are two bisections of a closed form; a quantile's are two searches
-//! over counts, which start from the last tick's answer when given one ([`CountBounds`]) and
-//! land on the same counts as a search from scratch.
+//! over counts, which start from the last tick's answer when given one
+//! ([`count_bounds_near`]) and land on the same counts as a search from scratch.
 
 /// `ln Γ(x)` for `x > 0`: Stirling's series after shifting `x` above 7 (error below 1e-12).
 pub fn ln_gamma(x: f64) -> f64 {
