@@ -31,6 +31,9 @@ pub use hooks::{HookConfig, HookEvent, HookFormat, HookUrl};
 pub use query::QueryGateConfig;
 pub use units::{parse_duration, parse_percent_bp};
 
+/// `[rollout.gates]`.
+pub use crate::control::rollout::GateLimits;
+
 /// One of the two upstream pools.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -414,34 +417,12 @@ pub struct RolloutConfig {
     pub max_hold: Duration,
     pub tick: Duration,
     pub settle: Duration,
-    pub gates: GatesConfig,
+    /// `[rollout.gates]`: the plan's own type, so config and plan cannot drift apart.
+    pub gates: GateLimits,
     /// `[[rollout.hooks]]`, in config order.
     pub hooks: Vec<std::sync::Arc<HookConfig>>,
     /// `[[rollout.gates.query]]`, in config order.
     pub queries: Vec<std::sync::Arc<QueryGateConfig>>,
-}
-
-/// `[rollout.gates]`: limits of the judgment gates and tripwires.
-#[derive(Debug, Clone)]
-pub struct GatesConfig {
-    pub p99_max: Duration,
-    pub p99_ratio_max: f64,
-    pub p99_min_delta: Duration,
-    /// How much slower the candidate's median may be than stable's (sequential method).
-    pub p50_max_delta: Duration,
-    /// `sequential` (anytime-valid tests, the default) or `window` (point estimates).
-    pub method: crate::control::rollout::Method,
-    /// The false-rollback budget of one rollout, split over its sequential tests.
-    pub alpha: f64,
-    pub error_rate_max: f64,
-    pub error_rate_margin: f64,
-    pub min_requests: u64,
-    pub min_latency_samples: u64,
-    pub fail_windows: u32,
-    pub consecutive_errors: u32,
-    pub hash_violations_max: u32,
-    pub tripwire_error_rate: f64,
-    pub tripwire_min_requests: u64,
 }
 
 /// Why a config was refused. Every message tells the operator what to change.

@@ -6,7 +6,7 @@ use super::fields::{
     duration_between, fmt_bp, fmt_duration, invalid, percent, MINUTE, POSITIVE, SECOND,
 };
 use super::raw::{RawGates, RawPercent, RawRollout};
-use super::{ConfigError, GatesConfig, RolloutConfig};
+use super::{ConfigError, GateLimits, RolloutConfig};
 use crate::control::rollout::Method;
 
 /// Besides ranges: `max_hold >= hold`, `tick <= window`, `settle < max_hold`.
@@ -120,7 +120,7 @@ fn steps_bp(steps: &[RawPercent]) -> Result<Vec<u16>, ConfigError> {
     }
 }
 
-fn gates(raw: RawGates) -> Result<GatesConfig, ConfigError> {
+fn gates(raw: RawGates) -> Result<GateLimits, ConfigError> {
     let p99_ratio_max = raw.p99_ratio_max.unwrap_or(1.5);
     if !(p99_ratio_max.is_finite() && p99_ratio_max >= 1.0) {
         return Err(invalid(
@@ -128,7 +128,7 @@ fn gates(raw: RawGates) -> Result<GatesConfig, ConfigError> {
             format!("{p99_ratio_max} is not a number of 1.0 or more; it is candidate P99 / stable P99, e.g. 1.5"),
         ));
     }
-    Ok(GatesConfig {
+    Ok(GateLimits {
         p99_max: duration_between(
             "rollout.gates.p99_max",
             raw.p99_max,

@@ -142,22 +142,9 @@ impl Controller {
     /// rules and dashboards see them before the first rollout, and `increase()` works
     /// on the first rollback.
     fn register_series(&self) {
-        const ALL: [Gate; 11] = [
-            Gate::HashViolation,
-            Gate::ConsecutiveErrors,
-            Gate::ErrorRateTripwire,
-            Gate::P99Absolute,
-            Gate::P99Relative,
-            Gate::ErrorRate,
-            Gate::ErrorRateRelative,
-            Gate::NoHealthyBackend,
-            Gate::Operator,
-            Gate::HookFailed,
-            Gate::Query,
-        ];
         let mut rollbacks = self.rollbacks.lock().unwrap_or_else(|e| e.into_inner());
         let mut gauges = self.gate_gauges.lock().unwrap_or_else(|e| e.into_inner());
-        for gate in ALL {
+        for gate in Gate::ALL {
             rollbacks.entry(gate).or_insert_with(|| {
                 let c = self.metrics.counter(
                     names::ROLLBACKS_TOTAL,
@@ -166,7 +153,7 @@ impl Controller {
                 c.increment(0);
                 c
             });
-            if matches!(gate, Gate::Operator | Gate::HookFailed | Gate::Query) {
+            if !gate.has_value() {
                 continue;
             }
             for pool in PoolId::ALL {
@@ -599,5 +586,58 @@ mod tests {
         assert_eq!(green_bp(PoolId::Blue, 1000), 9000);
         assert_eq!(green_bp(PoolId::Blue, FULL_BP), 0);
         assert_eq!(green_bp(PoolId::Green, 0), 0);
+    }
+
+    /// The steps of "to add a gate" (the top of `rollout/gates.rs`) the compiler cannot check:
+    /// `Gate::ALL` lists every gate at its index, and every gate is in `ctl gates`, in the
+    /// metrics and in docs/operations.md.
+    #[test]
+    fn every_gate_is_named_everywhere() {
+        for (i, g) in Gate::ALL.iter().enumerate() {
+            assert_eq!(g.index(), i, "{g:?} is not at its index in Gate::ALL");
+            assert!(!(g.is_tripwire() && g.is_judgment()), "{g:?}");
+        }
+        assert!(Gate::JUDGMENT.iter().all(|g| Gate::ALL.contains(g)));
+        // `ctl gates` during a rollout: the sequential method's first evaluation.
+        let (mut r, _) = Rollout::start(crate::sim::default_plan(), Duration::ZERO)
+            .expect("the shipped plan is valid");
+        let obs = Observation {
+            candidate_healthy: true,
+            stable_healthy: true,
+            ..Observation::default()
+        };
+        r.step(Duration::from_secs(1), &obs);
+        let shown = crate::control::follow::render_gates(&json!({
+            "rollout": 1, "phase": "progressing", "candidate": "green", "stable": "blue",
+            "window_ms": 30_000, "gates": record::reports(r.gates()),
+        }));
+        let metrics = Metrics::new();
+        let stats = Arc::new(LiveStats::new(
+            Duration::from_secs(1),
+            Duration::from_secs(30),
+        ));
+        let _controller = Controller::new(stats, metrics.clone());
+        let exported = metrics.render();
+        let docs = include_str!("../../docs/operations.md");
+        for g in Gate::ALL {
+            let name = g.as_str();
+            assert!(
+                docs.contains(&format!("`{name}`")),
+                "{name} not in docs/operations.md"
+            );
+            assert!(
+                exported.contains(&format!("reason=\"{name}\"")),
+                "{name} not in {}",
+                names::ROLLBACKS_TOTAL
+            );
+            if g.has_value() {
+                assert!(shown.contains(name), "{name} not in `ctl gates`:\n{shown}");
+                assert!(
+                    exported.contains(&format!("gate=\"{name}\"")),
+                    "{name} not in {}",
+                    names::GATE_VALUE
+                );
+            }
+        }
     }
 }

@@ -315,12 +315,18 @@ pub fn render_record(record: &Value) -> String {
 
 /// `gates` for people: every gate of both pools.
 pub fn render_gates(v: &Value) -> String {
-    let mut s = format!(
-        "gates over {}s: candidate {}, stable {} ({})",
-        v["window_ms"].as_u64().unwrap_or(0) as f64 / 1000.0,
-        v["candidate"].as_str().unwrap_or("?"),
-        v["stable"].as_str().unwrap_or("?"),
-        v["phase"].as_str().unwrap_or("?"),
+    // Without a rollout, the daemon says so and what the next one would start from.
+    let mut s = v["note"].as_str().map_or_else(
+        || {
+            format!(
+                "gates over {}s: candidate {}, stable {} ({})",
+                v["window_ms"].as_u64().unwrap_or(0) as f64 / 1000.0,
+                v["candidate"].as_str().unwrap_or("?"),
+                v["stable"].as_str().unwrap_or("?"),
+                v["phase"].as_str().unwrap_or("?"),
+            )
+        },
+        str::to_string,
     );
     for g in v["gates"].as_array().into_iter().flatten() {
         s.push('\n');

@@ -47,7 +47,6 @@ pub use judge::tests_per_rollout;
 pub use plan::{GateLimits, Method, Plan};
 use query::QueryTrack;
 pub use query::{QueryBound, QueryReading, QueryReport};
-use sequential::OddsTest;
 pub use waiting::{GatingHooks, HookPoint, Pending};
 
 use crate::config::PoolId;
@@ -173,15 +172,20 @@ pub struct Rollout {
     /// Samples before this are not judged: the last weight change plus settle.
     #[serde(with = "millis")]
     samples_from: Duration,
-    /// Failing evaluations in a row, per [`Gate::JUDGMENT`].
-    streaks: [u32; 4],
+    /// Failing evaluations in a row, per [`Gate::JUDGMENT`] (records of earlier releases hold
+    /// fewer: the missing ones start at 0).
+    #[serde(with = "streaks")]
+    streaks: Streaks,
     baseline: Baseline,
     #[serde(skip)]
     reports: Vec<GateReport>,
-    /// Sequential method: the step's error comparison and the counts it has seen. Not
-    /// persisted: a restored rollout starts its evidence afresh with its new `samples_from`.
+    /// Sequential method: the last tick's bounds, where the next searches start (a cache:
+    /// not persisted, and the same decisions without it).
     #[serde(skip)]
-    evidence: Evidence,
+    bounds: judge::Bounds,
+    /// Reports without words unless failing ([`Rollout::terse`]; the simulator's).
+    #[serde(skip)]
+    terse: bool,
     /// The points with gating hooks, fixed at the start.
     #[serde(default)]
     hooks: GatingHooks,
@@ -200,29 +204,27 @@ pub struct Rollout {
     query_reports: Vec<QueryReport>,
 }
 
-/// What the sequential method carries from tick to tick within a step.
-#[derive(Debug, Clone, Default, PartialEq)]
-struct Evidence {
-    odds: OddsTest,
-    /// Requests and errors of the candidate, then stable, in the step's summaries so far.
-    seen: [u64; 4],
-}
+/// Fail streaks, one per judgment gate.
+type Streaks = [u32; Gate::JUDGMENT.len()];
 
-impl Evidence {
-    /// Feeds the counts added to the step's summaries since the last tick.
-    fn update(&mut self, obs: &Observation) {
-        let now = [
-            obs.candidate_step.requests,
-            obs.candidate_step.errors,
-            obs.stable_step.requests,
-            obs.stable_step.errors,
-        ];
-        let mut d = [0u64; 4];
-        for ((d, now), seen) in d.iter_mut().zip(now).zip(self.seen) {
-            *d = now.saturating_sub(seen);
+const NO_STREAKS: Streaks = [0; Gate::JUDGMENT.len()];
+
+/// [`Streaks`] as a JSON array of any length: extra entries are dropped, missing ones are 0.
+mod streaks {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::{Streaks, NO_STREAKS};
+
+    pub fn serialize<S: Serializer>(s: &Streaks, ser: S) -> Result<S::Ok, S::Error> {
+        ser.collect_seq(s.iter())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Streaks, D::Error> {
+        let mut streaks = NO_STREAKS;
+        for (slot, v) in streaks.iter_mut().zip(Vec::<u32>::deserialize(d)?) {
+            *slot = v;
         }
-        self.seen = now;
-        self.odds.update(d[0], d[1].min(d[0]), d[2], d[3].min(d[2]));
+        Ok(streaks)
     }
 }
 
@@ -236,17 +238,25 @@ impl Rollout {
             weight_bp: 0,
             stage_started: Duration::ZERO,
             samples_from: Duration::ZERO,
-            streaks: [0; 4],
+            streaks: NO_STREAKS,
             baseline: Baseline::default(),
             reports: Vec::new(),
-            evidence: Evidence::default(),
             hooks: GatingHooks::default(),
             pending: None,
             hook_seq: 0,
             queries: Vec::new(),
             query_tracks: Vec::new(),
             query_reports: Vec::new(),
+            bounds: judge::Bounds::default(),
+            terse: false,
         }
+    }
+
+    /// The sequential gates' reports keep their `detail` only when failing: the same
+    /// decisions and reasons, without formatting every figure every tick.
+    pub fn terse(mut self) -> Rollout {
+        self.terse = true;
+        self
     }
 
     /// Validates `plan` and moves to its first step.
@@ -321,13 +331,13 @@ impl Rollout {
     /// The sequential method: any gate with evidence of harm acts at once; a step completes
     /// when its hold has passed and every gate has its samples and no such evidence.
     fn step_sequential(&mut self, now: Duration, obs: &Observation) -> Decision {
-        self.evidence.update(obs);
         let eval = judge::evaluate(
             &self.plan.gates,
             obs,
             self.plan.candidate,
-            &self.evidence.odds,
             self.plan.steps_bp.len(),
+            &mut self.bounds,
+            !self.terse,
         );
         // The comparisons with stable first: their evidence comes from every sample.
         let order = [
@@ -393,7 +403,7 @@ impl Rollout {
             Phase::Progressing { step: self.stage }
         };
         self.stage_started = now;
-        self.streaks = [0; 4];
+        self.streaks = NO_STREAKS;
         for t in &mut self.query_tracks {
             t.streak = 0;
         }
@@ -461,8 +471,8 @@ impl Rollout {
         if self.is_live() {
             self.stage_started = now;
             self.samples_from = now;
-            self.streaks = [0; 4];
-            self.evidence = Evidence::default();
+            self.streaks = NO_STREAKS;
+            self.bounds = judge::Bounds::default();
         }
         self
     }
@@ -474,7 +484,7 @@ impl Rollout {
         if self.is_live() {
             self.stage_started = now;
             self.samples_from = now;
-            self.streaks = [0; 4];
+            self.streaks = NO_STREAKS;
         }
         self
     }
@@ -549,8 +559,8 @@ impl Rollout {
         self.phase = Phase::Progressing { step: stage };
         self.stage_started = now;
         self.samples_from = now + self.plan.settle;
-        self.streaks = [0; 4];
-        self.evidence = Evidence::default();
+        self.streaks = NO_STREAKS;
+        self.bounds = judge::Bounds::default();
         Decision::SetWeight {
             candidate_bp: self.weight_bp,
         }
@@ -611,9 +621,9 @@ impl Rollout {
             .min(window);
         self.reports.clone_from(&eval.reports);
         for r in &mut self.reports {
-            if let Some(i) = Gate::JUDGMENT.iter().position(|&g| g == r.gate) {
+            if let Some(i) = r.gate.judgment_index() {
                 if r.pool == candidate {
-                    r.fail_streak = self.streaks.get(i).copied().unwrap_or_default();
+                    r.fail_streak = self.streaks[i];
                 }
             }
             if r.samples < r.needed {

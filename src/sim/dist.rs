@@ -136,7 +136,14 @@ impl BinTable {
     }
 
     /// Poisson(`mean`) requests over the bins, into `out` as (bin, count), sorted by bin.
-    pub fn draw(&self, rng: &mut fastrand::Rng, mean: f64, out: &mut Vec<(usize, u64)>) {
+    /// `limits` keeps each bin's `exp(-mean * p)` between draws of the same mean.
+    pub fn draw(
+        &self,
+        rng: &mut fastrand::Rng,
+        mean: f64,
+        out: &mut Vec<(usize, u64)>,
+        limits: &mut Limits,
+    ) {
         out.clear();
         if mean <= 0.0 {
             return;
@@ -156,8 +163,15 @@ impl BinTable {
             out.sort_unstable();
         } else {
             // Many: each bin's count is an independent Poisson (a Poisson total, split).
-            for &(bin, p) in &self.bins {
-                let n = poisson(rng, mean * p);
+            if limits.mean != mean || limits.of.len() != self.bins.len() {
+                limits.mean = mean;
+                limits.of.clear();
+                limits
+                    .of
+                    .extend(self.bins.iter().map(|&(_, p)| (-mean * p).exp()));
+            }
+            for (&(bin, p), &limit) in self.bins.iter().zip(&limits.of) {
+                let n = poisson_below(rng, mean * p, limit);
                 if n > 0 {
                     out.push((bin, n));
                 }
@@ -179,11 +193,22 @@ fn lognormal(rng: &mut fastrand::Rng, median: f64, sigma: f64) -> f64 {
 
 /// A Poisson draw: exact (by multiplication) below a mean of 30, a rounded normal above.
 pub fn poisson(rng: &mut fastrand::Rng, mean: f64) -> u64 {
+    poisson_below(rng, mean, (-mean).exp())
+}
+
+/// Each bin's `exp(-mean * p)` for one mean (a bin table's draws at a steady rate).
+#[derive(Debug, Default)]
+pub struct Limits {
+    mean: f64,
+    of: Vec<f64>,
+}
+
+/// [`poisson`] with `limit = exp(-mean)` given.
+fn poisson_below(rng: &mut fastrand::Rng, mean: f64, limit: f64) -> u64 {
     if mean <= 0.0 {
         return 0;
     }
     if mean < 30.0 {
-        let limit = (-mean).exp();
         let (mut k, mut p) = (0u64, rng.f64());
         while p > limit {
             k += 1;

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use crate::config::{Config, PoolId};
 use crate::control::rollout::{Method, Plan};
 pub use dist::{Change, Latency};
-pub use run::{simulate, Setup, Tally};
+pub use run::{simulate, simulate_on, Setup, Tally};
 
 /// `switchyard simulate` options.
 #[derive(Debug, Clone, clap::Args)]
@@ -135,4 +135,26 @@ pub fn main(args: &Args) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each rollout draws from its own seed: the table is the same on one thread or several.
+    #[test]
+    fn the_table_does_not_depend_on_the_threads() {
+        let setup = Setup {
+            plan: default_plan(),
+            tick: Duration::from_secs(1),
+            latency: Latency::HeavyTail,
+            base_error: 0.001,
+            rollouts: 12,
+            seed: 7,
+        };
+        let change = Change::Errors(0.05);
+        let one = simulate_on(&setup, 100.0, change, 1);
+        assert_eq!(one.rolled_back, 12, "{one:?}");
+        assert_eq!(one, simulate_on(&setup, 100.0, change, 3));
+    }
 }

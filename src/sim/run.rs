@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
-use super::dist::{binomial, BinTable, Change, Latency};
+use super::dist::{binomial, BinTable, Change, Latency, Limits};
 use crate::control::rollout::{Method, Observation, Phase, Plan, Rollout};
 use crate::metrics::window::{Summary, WindowSnapshot};
 
@@ -19,7 +19,7 @@ pub struct Setup {
 }
 
 /// How the rollouts of a row ended.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Tally {
     pub rollouts: usize,
     pub promoted: usize,
@@ -41,6 +41,19 @@ impl Tally {
 
     pub fn rule() -> &'static str {
         "|---|---:|---|---:|---|---:|---:|---:|---:|---:|"
+    }
+
+    /// Adds another part's counts (its times unsorted).
+    fn merge(&mut self, other: Tally) {
+        self.promoted += other.promoted;
+        self.rolled_back += other.rolled_back;
+        for (gate, n) in other.by_gate {
+            *self.by_gate.entry(gate).or_default() += n;
+        }
+        self.paused_insufficient += other.paused_insufficient;
+        self.paused_other += other.paused_other;
+        self.undecided += other.undecided;
+        self.times.extend(other.times);
     }
 
     /// The `q`-quantile of the rollback times, in seconds.
@@ -80,8 +93,15 @@ impl Tally {
 }
 
 /// `setup.rollouts` rollouts at `rate` requests/s in total with the candidate changed by
-/// `change`. Deterministic for a seed.
+/// `change`, on every core. Deterministic for a seed.
 pub fn simulate(setup: &Setup, rate: f64, change: Change) -> Tally {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    simulate_on(setup, rate, change, cores)
+}
+
+/// [`simulate`] on `threads` threads: rollout `i` draws from its own seed, so the tally is
+/// the same whatever the number.
+pub fn simulate_on(setup: &Setup, rate: f64, change: Change, threads: usize) -> Tally {
     let stable = BinTable::new(&setup.latency, Change::None, 2_000_000, setup.seed);
     let candidate = match change {
         Change::Shift(_) | Change::Scale(_) => {
@@ -96,20 +116,53 @@ pub fn simulate(setup: &Setup, rate: f64, change: Change) -> Tally {
         Change::Errors(p) => p,
         _ => 0.0,
     };
-    let mut tally = Tally {
-        rollouts: setup.rollouts,
-        ..Tally::default()
-    };
-    let mut rng = fastrand::Rng::with_seed(setup.seed.wrapping_mul(0x9e37_79b9) ^ rate as u64);
     let pools = [
         Pool::new(&candidate, setup.base_error + extra),
         Pool::new(&stable, setup.base_error),
     ];
-    for _ in 0..setup.rollouts {
-        one(setup, rate, &pools, &mut rng, &mut tally);
+    let threads = threads.clamp(1, setup.rollouts.max(1));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let parts: Vec<Tally> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut part = Tally::default();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if i >= setup.rollouts {
+                            return part;
+                        }
+                        let mut rng = fastrand::Rng::with_seed(rollout_seed(setup.seed, rate, i));
+                        one(setup, rate, &pools, &mut rng, &mut part);
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("a simulator thread does not panic"))
+            .collect()
+    });
+    let mut tally = Tally {
+        rollouts: setup.rollouts,
+        ..Tally::default()
+    };
+    for part in parts {
+        tally.merge(part);
     }
     tally.times.sort_by(f64::total_cmp);
     tally
+}
+
+/// The seed of rollout `i` of a row: SplitMix64 over the row's seed, rate and index.
+fn rollout_seed(seed: u64, rate: f64, i: usize) -> u64 {
+    let mut z = seed
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        .wrapping_add(rate.to_bits())
+        .wrapping_add((i as u64).wrapping_mul(0xbf58_476d_1ce4_e5b9));
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// A pool's traffic model.
@@ -126,7 +179,7 @@ impl<'a> Pool<'a> {
     /// One tick's requests: bins, errors, and the run of consecutive errors (`run` carries in
     /// and out); returns the longest run seen within the tick.
     fn tick(&self, rng: &mut fastrand::Rng, mean: f64, t: &mut TickDraw) -> u32 {
-        self.table.draw(rng, mean, &mut t.bins);
+        self.table.draw(rng, mean, &mut t.bins, &mut t.limits);
         t.requests = t.bins.iter().map(|(_, n)| n).sum();
         t.errors = binomial(rng, t.requests, self.error_rate);
         if t.errors == 0 {
@@ -164,6 +217,7 @@ impl<'a> Pool<'a> {
 #[derive(Default)]
 struct TickDraw {
     bins: Vec<(usize, u64)>,
+    limits: Limits,
     positions: Vec<u64>,
     requests: u64,
     errors: u64,
@@ -235,7 +289,8 @@ fn one(setup: &Setup, rate: f64, pools: &[Pool; 2], rng: &mut fastrand::Rng, tal
         (plan.hold.max(plan.max_hold) * stages as u32 + plan.bake + plan.max_hold).as_millis(),
     )
     .unwrap_or(u64::MAX);
-    let (mut rollout, _) = Rollout::start(plan.clone(), Duration::ZERO).expect("a valid plan");
+    let (rollout, _) = Rollout::start(plan.clone(), Duration::ZERO).expect("a valid plan");
+    let mut rollout = rollout.terse();
     let mut obs = Observation {
         candidate_healthy: true,
         stable_healthy: true,

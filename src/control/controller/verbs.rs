@@ -265,12 +265,19 @@ impl Controller {
                         "detail": "asked while a rollout is live" })
             })
             .collect();
+        let first = plan
+            .steps_bp
+            .first()
+            .map_or(0.0, |&bp| f64::from(bp) / 100.0);
         json!({
             "rollout": null,
             "phase": "idle",
             "candidate": candidate,
             "stable": stable,
             "window_ms": record::millis(plan.window),
+            "note": format!(
+                "no rollout is running; the next one would send {first}% of new requests to {candidate} and judge it on the samples after its settle; below, a preview: the gates over the last window as they stand"
+            ),
             "gates": record::reports(&reports),
             "queries": queries,
         })

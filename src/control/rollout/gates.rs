@@ -5,6 +5,18 @@
 //! stable, error rate absolute and over stable's) are inconclusive below their minimum samples;
 //! the machine rolls back after `fail_windows` failing evaluations in a row. The stable pool is
 //! judged by the absolute gates too: that is what "both pools degraded" means.
+//!
+//! To add a gate (the compiler points at every `match` on [`Gate`]; the rest is listed here,
+//! and `controller.rs`'s `every_gate_is_named_everywhere` checks steps 1, 4 and 5):
+//! 1. a variant of [`Gate`], listed in [`Gate::ALL`] at the position [`Gate::index`] gives it;
+//!    a judgment gate also in [`Gate::JUDGMENT`] (its fail streak is sized from that list);
+//! 2. its name, unit and kind in [`Gate::as_str`], [`Gate::unit`], [`Gate::is_tripwire`];
+//!    its family in [`Evaluation::stable_degraded`];
+//! 3. its limits in [`GateLimits`] (the config's `[rollout.gates]` type too: one type), read in
+//!    `src/config/rollout.rs` and commented in `config/switchyard.toml`;
+//! 4. its report from both methods' `evaluate` (here and in `judge.rs`), so `ctl gates` shows it;
+//! 5. a paragraph in docs/operations.md naming it in backticks; the controller registers its
+//!    `switchyard_gate_value` and `switchyard_rollbacks_total` series from [`Gate::ALL`].
 
 use std::time::Duration;
 
@@ -40,8 +52,24 @@ pub enum Gate {
 }
 
 impl Gate {
-    /// The judgment gates; the window method's first four need `fail_windows` failures in a
-    /// row, in streak order (it has no P50 gate).
+    /// Every gate, in [`Gate::index`] order.
+    pub const ALL: [Gate; 12] = [
+        Gate::HashViolation,
+        Gate::ConsecutiveErrors,
+        Gate::ErrorRateTripwire,
+        Gate::P99Absolute,
+        Gate::P99Relative,
+        Gate::P50Relative,
+        Gate::ErrorRate,
+        Gate::ErrorRateRelative,
+        Gate::NoHealthyBackend,
+        Gate::Operator,
+        Gate::HookFailed,
+        Gate::Query,
+    ];
+
+    /// The judgment gates, in fail-streak order (the window method needs `fail_windows`
+    /// failures in a row; it has no P50 gate, so that streak stays at 0).
     pub const JUDGMENT: [Gate; 5] = [
         Gate::P99Absolute,
         Gate::P99Relative,
@@ -49,6 +77,61 @@ impl Gate {
         Gate::ErrorRateRelative,
         Gate::P50Relative,
     ];
+
+    /// The position in [`Gate::ALL`]: a new variant must be given one here.
+    pub const fn index(self) -> usize {
+        match self {
+            Gate::HashViolation => 0,
+            Gate::ConsecutiveErrors => 1,
+            Gate::ErrorRateTripwire => 2,
+            Gate::P99Absolute => 3,
+            Gate::P99Relative => 4,
+            Gate::P50Relative => 5,
+            Gate::ErrorRate => 6,
+            Gate::ErrorRateRelative => 7,
+            Gate::NoHealthyBackend => 8,
+            Gate::Operator => 9,
+            Gate::HookFailed => 10,
+            Gate::Query => 11,
+        }
+    }
+
+    /// Acts on a single failing evaluation of the candidate, whatever the method.
+    pub const fn is_tripwire(self) -> bool {
+        match self {
+            Gate::NoHealthyBackend
+            | Gate::HashViolation
+            | Gate::ConsecutiveErrors
+            | Gate::ErrorRateTripwire => true,
+            Gate::P99Absolute
+            | Gate::P99Relative
+            | Gate::P50Relative
+            | Gate::ErrorRate
+            | Gate::ErrorRateRelative
+            | Gate::Operator
+            // A query gate needs `fail_windows` readings in a row; a failed hook ends the
+            // rollout by itself, outside the evaluations.
+            | Gate::HookFailed
+            | Gate::Query => false,
+        }
+    }
+
+    /// Judged on enough samples (in [`Gate::JUDGMENT`]).
+    pub fn is_judgment(self) -> bool {
+        Gate::JUDGMENT.contains(&self)
+    }
+
+    /// The position in [`Gate::JUDGMENT`] (the fail-streak slot), for judgment gates.
+    pub fn judgment_index(self) -> Option<usize> {
+        Gate::JUDGMENT.iter().position(|&g| g == self)
+    }
+
+    /// Is a series of `switchyard_gate_value` kept for it, and a row in `ctl gates`? Not for
+    /// the operator's, a failed hook (no value) or the query gates (named by config: shown
+    /// in `ctl gates` under `queries`, one row each).
+    pub const fn has_value(self) -> bool {
+        !matches!(self, Gate::Operator | Gate::HookFailed | Gate::Query)
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -265,7 +348,7 @@ pub fn evaluate(
 }
 
 impl Evaluation {
-    /// From the reports: the candidate's first four are its tripwires (in that order).
+    /// From the reports (the candidate's tripwires first, in the order they are checked).
     pub(super) fn assemble(
         candidate: PoolId,
         reports: Vec<GateReport>,
@@ -274,7 +357,7 @@ impl Evaluation {
         let stable = candidate.other();
         let tripped = reports
             .iter()
-            .take(4)
+            .filter(|r| r.pool == candidate && r.gate.is_tripwire())
             .find(|r| r.verdict == Verdict::Fail)
             .map(|r| Trip {
                 gate: r.gate,

@@ -10,49 +10,106 @@
 use std::time::Duration;
 
 use super::gates::{consecutive, hash, health, report, wilson, Evaluation, Gate, GateReport};
-use super::sequential::{bernoulli_bounds, quantile_ranks, OddsTest, ERROR_PRIOR};
+use super::sequential::{
+    bernoulli_bounds, count_bounds_near, quantile_prior, ranks_of, ERROR_PRIOR,
+};
 use super::{GateLimits, Observation, Verdict};
 use crate::config::PoolId;
 use crate::metrics::window::Summary;
 
-/// Confidence sequences a rollout runs: per step, the candidate's P50, P99 and error rate and
-/// the error comparison; over the whole rollout, stable's P50, P99 and error rate.
+/// Confidence sequences a rollout runs: per step, the candidate's P50, P99 and error rate;
+/// over the whole rollout, stable's P50, P99 and error rate. Each gets an equal share of
+/// `alpha`; the relative gates combine two of them and spend nothing more.
 pub fn tests_per_rollout(steps: usize) -> usize {
-    3 + 4 * steps
+    3 + 3 * steps
 }
 
-/// Every gate of both pools. `odds` has seen this step's ticks; `steps` sets the alpha split.
+/// The last tick's bounds, so the next tick's searches start near their answers and a pool
+/// without new samples is not searched again. Only speeds the gates up: [`evaluate`] gives
+/// the same evaluation with a fresh cache, so any two caches compare equal.
+#[derive(Debug, Clone, Default)]
+pub struct Bounds {
+    /// Candidate P99, stable P99, candidate P50, stable P50.
+    counts: [Option<Counts>; 4],
+    /// Candidate, stable.
+    rates: [Option<Rates>; 2],
+}
+
+/// Samples, alpha, and the sample counts of [`count_bounds_near`].
+type Counts = (u64, f64, (u64, u64));
+
+/// Errors, requests, alpha, and the rate's bounds.
+type Rates = (u64, u64, f64, (f64, f64));
+
+impl PartialEq for Bounds {
+    fn eq(&self, _: &Bounds) -> bool {
+        true
+    }
+}
+
+impl Bounds {
+    fn counts(&mut self, slot: usize, n: u64, q: f64, alpha: f64) -> (u64, u64) {
+        let guess = match self.counts[slot] {
+            Some((seen, a, counts)) if seen == n && a == alpha => return counts,
+            // Each bound moves by about `q` of the new samples.
+            Some((seen, a, (lo, hi))) if seen < n && a == alpha => {
+                let moved = (q * (n - seen) as f64).round() as u64;
+                Some((lo + moved, hi + moved))
+            }
+            _ => None,
+        };
+        let counts = count_bounds_near(n, q, alpha, quantile_prior(q), guess);
+        self.counts[slot] = Some((n, alpha, counts));
+        counts
+    }
+
+    fn rate(&mut self, slot: usize, k: u64, n: u64, alpha: f64) -> (f64, f64) {
+        if let Some((k0, n0, a, bounds)) = self.rates[slot] {
+            if (k0, n0) == (k, n) && a == alpha {
+                return bounds;
+            }
+        }
+        let bounds = bernoulli_bounds(k, n, alpha, ERROR_PRIOR);
+        self.rates[slot] = Some((k, n, alpha, bounds));
+        bounds
+    }
+}
+
+/// Every gate of both pools; `steps` sets the alpha split; `bounds` the last tick's.
+/// Without `describe`, only failing reports get their `detail` (the words cost more than the
+/// statistics; the simulator reads only the failing gate).
 pub fn evaluate(
     limits: &GateLimits,
     obs: &Observation,
     candidate: PoolId,
-    odds: &OddsTest,
     steps: usize,
+    bounds: &mut Bounds,
+    describe: bool,
 ) -> Evaluation {
     let stable = candidate.other();
     let alpha = limits.alpha / tests_per_rollout(steps) as f64;
     let (c, s) = (&obs.candidate_step, &obs.stable_rollout);
-    let c99 = Quantile::of(c, 0.99, alpha);
-    let s99 = Quantile::of(s, 0.99, alpha);
-    let c50 = Quantile::of(c, 0.50, alpha);
-    let s50 = Quantile::of(s, 0.50, alpha);
-    let c_err = Rate::of(c, alpha);
-    let s_err = Rate::of(s, alpha);
+    let c99 = Quantile::of(c, 0.99, bounds.counts(0, c.requests, 0.99, alpha));
+    let s99 = Quantile::of(s, 0.99, bounds.counts(1, s.requests, 0.99, alpha));
+    let c50 = Quantile::of(c, 0.50, bounds.counts(2, c.requests, 0.50, alpha));
+    let s50 = Quantile::of(s, 0.50, bounds.counts(3, s.requests, 0.50, alpha));
+    let c_err = Rate::of(c, bounds.rate(0, c.errors, c.requests, alpha));
+    let s_err = Rate::of(s, bounds.rate(1, s.errors, s.requests, alpha));
     let reports = vec![
         health(candidate, obs.candidate_healthy),
         hash(limits, candidate, obs.candidate_violations),
         consecutive(limits, candidate, obs.candidate_consecutive_errors),
         wilson(limits, candidate, &obs.candidate),
-        p99_absolute(limits, candidate, &c99),
-        latency_relative(Gate::P99Relative, limits, candidate, &c99, &s99),
-        latency_relative(Gate::P50Relative, limits, candidate, &c50, &s50),
-        error_rate(limits, candidate, &c_err),
-        error_relative(limits, candidate, (&c_err, &s_err), obs, odds, alpha),
+        p99_absolute(limits, candidate, &c99, describe),
+        latency_relative(Gate::P99Relative, limits, candidate, &c99, &s99, describe),
+        latency_relative(Gate::P50Relative, limits, candidate, &c50, &s50, describe),
+        error_rate(limits, candidate, &c_err, describe),
+        error_relative(limits, candidate, (&c_err, &s_err), obs, describe),
         health(stable, obs.stable_healthy),
         hash(limits, stable, obs.stable.violations),
         wilson(limits, stable, &obs.stable),
-        p99_absolute(limits, stable, &s99),
-        error_rate(limits, stable, &s_err),
+        p99_absolute(limits, stable, &s99, describe),
+        error_rate(limits, stable, &s_err, describe),
     ];
     Evaluation::assemble(candidate, reports, obs.stable_healthy)
 }
@@ -69,18 +126,19 @@ struct Quantile {
 }
 
 impl Quantile {
-    fn of(s: &Summary, q: f64, alpha: f64) -> Quantile {
+    /// From the sample counts of [`count_bounds_near`] for `q`.
+    fn of(s: &Summary, q: f64, counts: (u64, u64)) -> Quantile {
         let n = s.requests;
         let rank = ((q * n as f64).ceil() as u64).clamp(1, n.max(1));
-        let (lo, hi) = quantile_ranks(n, q, alpha);
+        let (lo, hi) = ranks_of(n, counts);
+        // One pass over the bins for the three ranks (0: none).
+        let [point, lower, upper] = s.order_statistics([rank, lo.unwrap_or(0), hi.unwrap_or(0)]);
         Quantile {
             q,
             samples: n,
-            point: s.order_statistic(rank).map(|(l, h)| l / 2 + h / 2),
-            lower: lo.and_then(|r| s.order_statistic(r)).map_or(0, |b| b.0),
-            upper: hi
-                .and_then(|r| s.order_statistic(r))
-                .map_or(u64::MAX, |b| b.1),
+            point: point.map(|(l, h)| l / 2 + h / 2),
+            lower: lower.map_or(0, |b| b.0),
+            upper: upper.map_or(u64::MAX, |b| b.1),
         }
     }
 
@@ -98,8 +156,7 @@ struct Rate {
 }
 
 impl Rate {
-    fn of(s: &Summary, alpha: f64) -> Rate {
-        let (lower, upper) = bernoulli_bounds(s.errors, s.requests, alpha, ERROR_PRIOR);
+    fn of(s: &Summary, (lower, upper): (f64, f64)) -> Rate {
         Rate {
             requests: s.requests,
             point: (s.requests > 0).then(|| s.errors as f64 / s.requests as f64),
@@ -133,7 +190,7 @@ fn verdict_words(r: &GateReport) -> &'static str {
     }
 }
 
-fn p99_absolute(limits: &GateLimits, pool: PoolId, q: &Quantile) -> GateReport {
+fn p99_absolute(limits: &GateLimits, pool: PoolId, q: &Quantile, describe: bool) -> GateReport {
     let limit_us = micros(limits.p99_max);
     let mut r = report(Gate::P99Absolute, pool, limits.p99_max.as_secs_f64());
     r.value = q.point.map(secs);
@@ -141,6 +198,9 @@ fn p99_absolute(limits: &GateLimits, pool: PoolId, q: &Quantile) -> GateReport {
     r.upper = (q.upper != u64::MAX).then(|| secs(q.upper));
     let (harm, clear) = (q.lower > limit_us, q.upper <= limit_us);
     decide(&mut r, q.samples, limits.min_latency_samples, harm, clear);
+    if !describe && r.verdict != Verdict::Fail {
+        return r;
+    }
     r.detail = format!(
         "{pool} {} {}, bounds {} to {}, limit {} over {} samples: {}",
         q.name(),
@@ -162,6 +222,7 @@ fn latency_relative(
     pool: PoolId,
     c: &Quantile,
     s: &Quantile,
+    describe: bool,
 ) -> GateReport {
     let (limit, ratio) = match gate {
         Gate::P99Relative => (limits.p99_min_delta, limits.p99_ratio_max),
@@ -178,6 +239,9 @@ fn latency_relative(
     let harm = lower.is_some_and(|d| d > limit_us) && c.lower as f64 > ratio * s.upper as f64;
     let clear = upper.is_some_and(|d| d <= limit_us);
     decide(&mut r, c.samples, limits.min_latency_samples, harm, clear);
+    if !describe && r.verdict != Verdict::Fail {
+        return r;
+    }
     r.detail = format!(
         "{} {} vs stable's {}: {}, bounds {} to {}, limit +{}{}: {}",
         c.name(),
@@ -197,7 +261,7 @@ fn latency_relative(
     r
 }
 
-fn error_rate(limits: &GateLimits, pool: PoolId, e: &Rate) -> GateReport {
+fn error_rate(limits: &GateLimits, pool: PoolId, e: &Rate, describe: bool) -> GateReport {
     let limit = limits.error_rate_max;
     let mut r = report(Gate::ErrorRate, pool, limit);
     r.value = e.point;
@@ -210,6 +274,9 @@ fn error_rate(limits: &GateLimits, pool: PoolId, e: &Rate) -> GateReport {
         e.lower > limit,
         e.upper <= limit,
     );
+    if !describe && r.verdict != Verdict::Fail {
+        return r;
+    }
     r.detail = format!(
         "{pool} error rate {}, bounds {} to {}, limit {} over {} requests: {}",
         pct(e.point),
@@ -222,47 +289,46 @@ fn error_rate(limits: &GateLimits, pool: PoolId, e: &Rate) -> GateReport {
     r
 }
 
-/// Harm: the odds test shows the candidate's errors are more frequent than stable's in the
-/// same ticks and the estimated difference is above the margin. With no stable traffic in
-/// the step (100%), the candidate's bound against stable's over the rollout instead.
+/// The candidate's error rate over stable's, judged on the bound of the difference:
+/// `lower(candidate) - upper(stable)` above the margin is harm, `upper(candidate) -
+/// lower(stable)` at or under it is conclusive. Both are the per-pool confidence sequences the
+/// `error_rate` gates already use (stable's over the rollout, so also at 100%), so the
+/// comparison spends no alpha of its own: it errs only when one of them misses its rate.
 fn error_relative(
     limits: &GateLimits,
     pool: PoolId,
     (c, s): (&Rate, &Rate),
     obs: &Observation,
-    odds: &OddsTest,
-    alpha: f64,
+    describe: bool,
 ) -> GateReport {
     let margin = limits.error_rate_margin;
     let mut r = report(Gate::ErrorRateRelative, pool, margin);
-    let concurrent = obs.stable_step.requests > 0;
     let step_rate = |s: &Summary| (s.requests > 0).then(|| s.errors as f64 / s.requests as f64);
-    let stable_rate = if concurrent {
-        step_rate(&obs.stable_step)
-    } else {
-        s.point
-    };
+    // The observed difference, for people: against stable's rate in the same ticks while it
+    // has traffic, else over the rollout.
+    let stable_rate = step_rate(&obs.stable_step).or(s.point);
     r.value = c.point.zip(stable_rate).map(|(a, b)| a - b);
-    r.lower = Some(c.lower - s.upper);
-    r.upper = Some(c.upper - s.lower);
-    let above_margin = r.value.is_some_and(|d| d > margin);
-    let harm = if concurrent {
-        odds.rejects(alpha) && above_margin
-    } else {
-        c.lower - s.upper > margin
-    };
-    let clear = c.upper - s.lower <= margin;
-    decide(&mut r, c.requests, limits.min_requests, harm, clear);
-    let evidence = odds.ln_evidence().exp();
+    let (lower, upper) = (c.lower - s.upper, c.upper - s.lower);
+    r.lower = Some(lower);
+    r.upper = Some(upper);
+    decide(
+        &mut r,
+        c.requests,
+        limits.min_requests,
+        lower > margin,
+        upper <= margin,
+    );
+    if !describe && r.verdict != Verdict::Fail {
+        return r;
+    }
     r.detail = format!(
-        "error rate {} vs stable's {}: {:+.2} points, margin {:.2}; {} candidate and {} stable errors, evidence {evidence:.1} of {:.0} needed: {}",
+        "error rate {} vs stable's {}: {}, bounds {} to {}, margin {:.2} points: {}",
         pct(c.point),
         pct(stable_rate),
-        r.value.unwrap_or_default() * 100.0,
+        points(r.value),
+        points(Some(lower)),
+        points(Some(upper)),
         margin * 100.0,
-        odds.candidate_errors,
-        odds.stable_errors,
-        1.0 / alpha,
         verdict_words(&r)
     );
     r
@@ -294,6 +360,11 @@ fn bound_ms(us: u64) -> String {
 
 fn signed_ms(us: Option<f64>) -> String {
     us.map_or_else(|| "unbounded".into(), |v| format!("{:+.2}ms", v / 1000.0))
+}
+
+/// A difference of rates in percentage points, signed.
+fn points(d: Option<f64>) -> String {
+    d.map_or_else(|| "-".into(), |d| format!("{:+.2} points", d * 100.0))
 }
 
 fn pct(rate: Option<f64>) -> String {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{GatesConfig, PoolId, RolloutConfig};
+use crate::config::{PoolId, RolloutConfig};
 
 /// The candidate's share at 100% (as `proxy::route::FULL_BP`).
 pub(super) const FULL_BP: u16 = 10_000;
@@ -44,7 +44,7 @@ impl Plan {
             window: cfg.window,
             max_hold: cfg.max_hold,
             settle: cfg.settle,
-            gates: GateLimits::from(&cfg.gates),
+            gates: cfg.gates.clone(),
         }
     }
 
@@ -69,7 +69,8 @@ impl Plan {
     }
 }
 
-/// Limits of the judgment gates and tripwires; mirrors [`GatesConfig`].
+/// Limits of the judgment gates and tripwires: `[rollout.gates]` of the config (read in
+/// `src/config/rollout.rs`) and the plan's copy, persisted with the rollout.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GateLimits {
     #[serde(with = "millis")]
@@ -77,11 +78,14 @@ pub struct GateLimits {
     pub p99_ratio_max: f64,
     #[serde(with = "millis")]
     pub p99_min_delta: Duration,
+    /// How much slower the candidate's median may be than stable's (sequential method).
     /// Older records lack the sequential keys: they get the defaults.
     #[serde(with = "millis", default = "default_p50_max_delta")]
     pub p50_max_delta: Duration,
+    /// `sequential` (anytime-valid tests, the default) or `window` (point estimates).
     #[serde(default)]
     pub method: Method,
+    /// The false-rollback budget of one rollout, split over its sequential tests.
     #[serde(default = "default_alpha")]
     pub alpha: f64,
     pub error_rate_max: f64,
@@ -93,28 +97,6 @@ pub struct GateLimits {
     pub hash_violations_max: u32,
     pub tripwire_error_rate: f64,
     pub tripwire_min_requests: u64,
-}
-
-impl From<&GatesConfig> for GateLimits {
-    fn from(g: &GatesConfig) -> Self {
-        GateLimits {
-            p99_max: g.p99_max,
-            p99_ratio_max: g.p99_ratio_max,
-            p99_min_delta: g.p99_min_delta,
-            p50_max_delta: g.p50_max_delta,
-            method: g.method,
-            alpha: g.alpha,
-            error_rate_max: g.error_rate_max,
-            error_rate_margin: g.error_rate_margin,
-            min_requests: g.min_requests,
-            min_latency_samples: g.min_latency_samples,
-            fail_windows: g.fail_windows,
-            consecutive_errors: g.consecutive_errors,
-            hash_violations_max: g.hash_violations_max,
-            tripwire_error_rate: g.tripwire_error_rate,
-            tripwire_min_requests: g.tripwire_min_requests,
-        }
-    }
 }
 
 /// How the judgment gates decide.

@@ -9,13 +9,13 @@
 //! - [`quantile_bounds`]: a confidence sequence for a latency quantile from the same martingale
 //!   applied to "how many samples lie below the true quantile" (Howard and Ramdas, "Sequential
 //!   estimation of quantiles", Bernoulli 2022, Theorem 1 with a conjugate-mixture boundary).
-//! - [`OddsTest`]: candidate against stable on errors, conditioned on which pool each error came
-//!   from (the Poisson-process comparison of Lindon et al., KDD 2022): under "the candidate is no
-//!   worse", an error is the candidate's with at most the candidate's share of the traffic in
-//!   that tick, whatever stable's own rate is; a mixture over a few odds ratios makes the
-//!   likelihood ratio an e-process.
-
-use serde::{Deserialize, Serialize};
+//! - a difference of two rates (candidate minus stable) is bounded by the difference of their
+//!   bounds: `lower(c) - upper(s)` to `upper(c) - lower(s)` holds whenever both sequences do,
+//!   so at every tick with probability at least `1 - alpha_c - alpha_s` (a union bound).
+//!
+//! Cost: a rate's bounds are two bisections of a closed form; a quantile's are two searches
+//! over counts, which start from the last tick's answer when given one
+//! ([`count_bounds_near`]) and land on the same counts as a search from scratch.
 
 /// `ln Γ(x)` for `x > 0`: Stirling's series after shifting `x` above 7 (error below 1e-12).
 pub fn ln_gamma(x: f64) -> f64 {
@@ -53,12 +53,60 @@ impl Prior {
 
 /// The log of the beta-binomial mixture martingale at rate `p0` after `k` hits in `n`.
 pub fn ln_mixture(k: u64, n: u64, p0: f64, prior: Prior) -> f64 {
-    let (k, n) = (k as f64, n as f64);
-    let p0 = p0.clamp(1e-300, 1.0 - 1e-16);
-    ln_beta(prior.a + k, prior.b + n - k)
-        - ln_beta(prior.a, prior.b)
-        - k * p0.ln()
-        - (n - k) * (-p0).ln_1p()
+    Mixture::new(k, n, prior).at(p0)
+}
+
+/// [`ln_mixture`] for fixed counts, its `ln B` terms computed once for a search over `p0`
+/// (the same arithmetic in the same order: the same bits).
+struct Mixture {
+    k: f64,
+    n: f64,
+    ln_betas: f64,
+}
+
+impl Mixture {
+    fn new(k: u64, n: u64, prior: Prior) -> Mixture {
+        let (k, n) = (k as f64, n as f64);
+        Mixture {
+            k,
+            n,
+            ln_betas: ln_beta(prior.a + k, prior.b + n - k) - ln_beta(prior.a, prior.b),
+        }
+    }
+
+    fn at(&self, p0: f64) -> f64 {
+        let p0 = p0.clamp(1e-300, 1.0 - 1e-16);
+        self.ln_betas - self.k * p0.ln() - (self.n - self.k) * (-p0).ln_1p()
+    }
+}
+
+/// [`ln_mixture`] at a fixed rate `p0` for counts varying in a search: the terms that do not
+/// depend on the counts computed once (the same bits as [`ln_mixture`]).
+struct AtRate {
+    prior: Prior,
+    ln_beta_prior: f64,
+    ln_p: f64,
+    ln_q: f64,
+}
+
+impl AtRate {
+    fn new(p0: f64, prior: Prior) -> AtRate {
+        let p0 = p0.clamp(1e-300, 1.0 - 1e-16);
+        AtRate {
+            prior,
+            ln_beta_prior: ln_beta(prior.a, prior.b),
+            ln_p: p0.ln(),
+            ln_q: (-p0).ln_1p(),
+        }
+    }
+
+    fn at(&self, k: u64, n: u64) -> f64 {
+        let (k, n) = (k as f64, n as f64);
+        ln_beta(self.prior.a + k, self.prior.b + n - k)
+            - self.ln_beta_prior
+            - k * self.ln_p
+            - (n - k) * self.ln_q
+    }
 }
 
 /// The rates not rejected at `alpha` after `k` hits in `n`: `(lower, upper)`, holding for every
@@ -68,7 +116,8 @@ pub fn bernoulli_bounds(k: u64, n: u64, alpha: f64, prior: Prior) -> (f64, f64) 
         return (0.0, 1.0);
     }
     let threshold = (1.0 / alpha).ln();
-    let rejects = |p: f64| ln_mixture(k, n, p, prior) >= threshold;
+    let m = Mixture::new(k, n, prior);
+    let rejects = |p: f64| m.at(p) >= threshold;
     let centre = k as f64 / n as f64;
     // The log-martingale is convex in p with its minimum (at most 0) at k / n.
     let lower = if k == 0 {
@@ -79,9 +128,7 @@ pub fn bernoulli_bounds(k: u64, n: u64, alpha: f64, prior: Prior) -> (f64, f64) 
     let upper = if k == n {
         1.0
     } else {
-        1.0 - bisect(1e-12, 1.0 - centre, |q| {
-            ln_mixture(k, n, 1.0 - q, prior) >= threshold
-        })
+        1.0 - bisect(1e-12, 1.0 - centre, |q| m.at(1.0 - q) >= threshold)
     };
     (lower, upper)
 }
@@ -109,43 +156,84 @@ fn bisect(mut lo: f64, mut hi: f64, rejected: impl Fn(f64) -> bool) -> f64 {
 /// How many of `n` samples may lie at or below the true `q`-quantile without rejecting it at
 /// `alpha`: `(lowest, highest)` counts, for every `n` at once.
 pub fn count_bounds(n: u64, q: f64, alpha: f64, prior: Prior) -> (u64, u64) {
+    count_bounds_near(n, q, alpha, prior, None)
+}
+
+/// [`count_bounds`], searching outwards from `guess` (e.g. the last tick's answer moved by
+/// `q` times the new samples) before bisecting: a few evaluations instead of two bisections
+/// over `0..n`, and the same answer whatever the guess (each side has one boundary).
+pub fn count_bounds_near(
+    n: u64,
+    q: f64,
+    alpha: f64,
+    prior: Prior,
+    guess: Option<(u64, u64)>,
+) -> (u64, u64) {
     let threshold = (1.0 / alpha).ln();
-    let accepts = |k: u64| ln_mixture(k, n, q, prior) < threshold;
+    let m = AtRate::new(q, prior);
+    let accepts = |k: u64| m.at(k, n) < threshold;
     let centre = ((n as f64 * q).round() as u64).min(n);
-    // Convex in k: search each side of the centre for the last accepted count.
-    let lowest = {
-        let (mut bad, mut good) = (0u64, centre);
-        if accepts(0) {
-            0
-        } else {
-            while good - bad > 1 {
-                let mid = bad + (good - bad) / 2;
-                if accepts(mid) {
-                    good = mid;
-                } else {
-                    bad = mid;
-                }
-            }
-            good
-        }
+    // Convex in k with its minimum (accepted) at the centre: below it the accepted counts are
+    // `lowest..=centre`, above it `centre..=highest`.
+    let (lo_guess, hi_guess) = guess.unwrap_or((0, n));
+    let lowest = if accepts(0) {
+        0
+    } else {
+        // `bad` rejected, `good` accepted, bad < good.
+        let (bad, good) = bracket(lo_guess.max(1).min(centre), 0, centre, &accepts, false);
+        boundary(bad, good, &accepts)
     };
-    let highest = {
-        let (mut good, mut bad) = (centre, n);
-        if accepts(n) {
-            n
-        } else {
-            while bad - good > 1 {
-                let mid = good + (bad - good) / 2;
-                if accepts(mid) {
-                    good = mid;
-                } else {
-                    bad = mid;
-                }
-            }
-            good
-        }
+    let highest = if accepts(n) {
+        n
+    } else {
+        let start = hi_guess.min(n.saturating_sub(1)).max(centre);
+        let (good, bad) = bracket(start, centre, n, &accepts, true);
+        boundary(bad, good, &accepts)
     };
     (lowest, highest)
+}
+
+/// From `guess`, doubling steps until `accepts` changes between two counts within
+/// `floor..=ceil`: `(low, high)` with one accepted and one rejected. `upper`: the accepted
+/// side is below (the highest count), else above (the lowest count). `floor` is rejected and
+/// `ceil` accepted when `!upper` (the reverse when `upper`).
+fn bracket(
+    guess: u64,
+    floor: u64,
+    ceil: u64,
+    accepts: &impl Fn(u64) -> bool,
+    upper: bool,
+) -> (u64, u64) {
+    let accepted = accepts(guess);
+    // Move towards the other verdict: down when (accepted, lowest) or (rejected, highest).
+    let down = accepted != upper;
+    let (mut near, mut step) = (guess, 1u64);
+    loop {
+        let next = if down {
+            near.saturating_sub(step).max(floor)
+        } else {
+            near.saturating_add(step).min(ceil)
+        };
+        if next == near || accepts(next) != accepted {
+            return if down { (next, near) } else { (near, next) };
+        }
+        near = next;
+        step = step.saturating_mul(2);
+    }
+}
+
+/// Bisects between `bad` (rejected) and `good` (accepted), in either order, to the accepted
+/// count next to a rejected one.
+fn boundary(mut bad: u64, mut good: u64, accepts: &impl Fn(u64) -> bool) -> u64 {
+    while bad.abs_diff(good) > 1 {
+        let mid = bad.min(good) + bad.abs_diff(good) / 2;
+        if accepts(mid) {
+            good = mid;
+        } else {
+            bad = mid;
+        }
+    }
+    good
 }
 
 /// The mixing weight for quantile `q`: about the information of a few hundred samples, where the
@@ -161,53 +249,15 @@ pub const ERROR_PRIOR: Prior = Prior { a: 0.5, b: 49.5 };
 /// quantile is at least the `lower`-th smallest and at most the `upper`-th (`None`: no bound
 /// yet on that side).
 pub fn quantile_ranks(n: u64, q: f64, alpha: f64) -> (Option<u64>, Option<u64>) {
+    ranks_of(n, count_bounds(n, q, alpha, quantile_prior(q)))
+}
+
+/// The ranks of [`quantile_ranks`] from the counts of [`count_bounds`].
+pub fn ranks_of(n: u64, (lowest, highest): (u64, u64)) -> (Option<u64>, Option<u64>) {
     if n == 0 {
         return (None, None);
     }
-    let (lowest, highest) = count_bounds(n, q, alpha, quantile_prior(q));
     let lower = (lowest >= 1).then_some(lowest);
     let upper = (highest < n).then_some(highest + 1);
     (lower, upper)
-}
-
-/// Odds ratios mixed in [`OddsTest`]: from a doubling of the error rate to a 32-fold one.
-const ODDS: [f64; 5] = [2.0, 4.0, 8.0, 16.0, 32.0];
-
-/// A sequential test of "the candidate's error rate is at most stable's" from errors seen in
-/// the same ticks. Feed it each tick's new counts; it rejects when [`OddsTest::ln_evidence`]
-/// reaches `ln(1 / alpha)`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct OddsTest {
-    /// Log-likelihood ratio per mixed odds ratio.
-    ln_ratio: [f64; 5],
-    pub candidate_errors: u64,
-    pub stable_errors: u64,
-}
-
-impl OddsTest {
-    /// One tick: requests and errors of each pool over the same span.
-    pub fn update(&mut self, c_requests: u64, c_errors: u64, s_requests: u64, s_errors: u64) {
-        if c_requests == 0 || s_requests == 0 || c_errors + s_errors == 0 {
-            return;
-        }
-        self.candidate_errors += c_errors;
-        self.stable_errors += s_errors;
-        let share = c_requests as f64 / (c_requests + s_requests) as f64;
-        for (ln, odds) in self.ln_ratio.iter_mut().zip(ODDS) {
-            let alt = odds * share / (odds * share + 1.0 - share);
-            *ln += c_errors as f64 * (alt / share).ln()
-                + s_errors as f64 * ((1.0 - alt) / (1.0 - share)).ln();
-        }
-    }
-
-    /// The log of the mixture's likelihood ratio (equal weights).
-    pub fn ln_evidence(&self) -> f64 {
-        let max = self.ln_ratio.iter().copied().fold(f64::MIN, f64::max);
-        let sum: f64 = self.ln_ratio.iter().map(|l| (l - max).exp()).sum();
-        max + (sum / ODDS.len() as f64).ln()
-    }
-
-    pub fn rejects(&self, alpha: f64) -> bool {
-        self.ln_evidence() >= (1.0 / alpha).ln()
-    }
 }

@@ -126,6 +126,32 @@ impl Summary {
         Some((bin_lower(bin), bin_upper(bin)))
     }
 
+    /// [`Summary::order_statistic`] of several ranks in one pass over the bins.
+    pub fn order_statistics<const N: usize>(&self, ranks: [u64; N]) -> [Option<(u64, u64)>; N] {
+        let mut out = [None; N];
+        let mut left = ranks
+            .iter()
+            .filter(|&&r| r != 0 && r <= self.requests)
+            .count();
+        let mut seen = 0;
+        for (bin, &n) in self.bins.iter().enumerate() {
+            if left == 0 {
+                break;
+            }
+            if n == 0 {
+                continue;
+            }
+            seen += n;
+            for (slot, &rank) in out.iter_mut().zip(&ranks) {
+                if slot.is_none() && rank != 0 && rank <= seen && rank <= self.requests {
+                    *slot = Some((bin_lower(bin), bin_upper(bin)));
+                    left -= 1;
+                }
+            }
+        }
+        out
+    }
+
     /// What `self` holds beyond `older`, an earlier state of the same running total; counts
     /// that went down (a total that started again) are taken as zero.
     pub fn since(&self, older: &Summary) -> Summary {
