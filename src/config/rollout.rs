@@ -154,7 +154,7 @@ fn gates(raw: RawGates) -> Result<GateLimits, ConfigError> {
         method: method(raw.method.as_deref())?,
         alpha: fraction("alpha", raw.alpha, 0.01, false)?,
         error_rate_max: fraction("error_rate_max", raw.error_rate_max, 0.01, false)?,
-        error_rate_margin: fraction("error_rate_margin", raw.error_rate_margin, 0.005, true)?,
+        error_rate_margin: fraction("error_rate_margin", raw.error_rate_margin, 0.002, true)?,
         min_requests: at_least_one("min_requests", raw.min_requests, 300)?,
         min_latency_samples: at_least_one("min_latency_samples", raw.min_latency_samples, 300)?,
         fail_windows: at_least_one("fail_windows", raw.fail_windows, 2)?,

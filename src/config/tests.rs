@@ -276,7 +276,7 @@ fn minimal_config_gets_documented_defaults() {
         (g.p99_max, g.p99_ratio_max, g.p99_min_delta),
         (5 * MS, 1.5, MS)
     );
-    assert_eq!((g.error_rate_max, g.error_rate_margin), (0.01, 0.005));
+    assert_eq!((g.error_rate_max, g.error_rate_margin), (0.01, 0.002));
     assert_eq!((g.min_requests, g.min_latency_samples), (300, 300));
     assert_eq!(
         (g.fail_windows, g.consecutive_errors, g.hash_violations_max),

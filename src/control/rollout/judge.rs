@@ -11,17 +11,17 @@ use std::time::Duration;
 
 use super::gates::{consecutive, hash, health, report, wilson, Evaluation, Gate, GateReport};
 use super::sequential::{
-    bernoulli_bounds, count_bounds_near, quantile_prior, ranks_of, ERROR_PRIOR,
+    bernoulli_bounds, count_bounds_near, excess_evidence, quantile_prior, ranks_of, ERROR_PRIOR,
 };
 use super::{GateLimits, Observation, Verdict};
 use crate::config::PoolId;
 use crate::metrics::window::Summary;
 
-/// Confidence sequences a rollout runs: per step, the candidate's P50, P99 and error rate;
-/// over the whole rollout, stable's P50, P99 and error rate. Each gets an equal share of
-/// `alpha`; the relative gates combine two of them and spend nothing more.
+/// Sequential tests a rollout runs: per step, the candidate's P50, P99 and error rate and the
+/// test of its error rate over stable's plus the margin ([`excess_evidence`]); over the whole
+/// rollout, stable's P50, P99 and error rate. Each gets an equal share of `alpha`.
 pub fn tests_per_rollout(steps: usize) -> usize {
-    3 + 3 * steps
+    3 + 4 * steps
 }
 
 /// The last tick's bounds, so the next tick's searches start near their answers and a pool
@@ -104,7 +104,7 @@ pub fn evaluate(
         latency_relative(Gate::P99Relative, limits, candidate, &c99, &s99, describe),
         latency_relative(Gate::P50Relative, limits, candidate, &c50, &s50, describe),
         error_rate(limits, candidate, &c_err, describe),
-        error_relative(limits, candidate, (&c_err, &s_err), obs, describe),
+        error_relative(limits, candidate, (&c_err, &s_err), obs, alpha, describe),
         health(stable, obs.stable_healthy),
         hash(limits, stable, obs.stable.violations),
         wilson(limits, stable, &obs.stable),
@@ -289,16 +289,17 @@ fn error_rate(limits: &GateLimits, pool: PoolId, e: &Rate, describe: bool) -> Ga
     r
 }
 
-/// The candidate's error rate over stable's, judged on the bound of the difference:
-/// `lower(candidate) - upper(stable)` above the margin is harm, `upper(candidate) -
-/// lower(stable)` at or under it is conclusive. Both are the per-pool confidence sequences the
-/// `error_rate` gates already use (stable's over the rollout, so also at 100%), so the
-/// comparison spends no alpha of its own: it errs only when one of them misses its rate.
+/// The candidate's error rate over stable's plus the margin. Harm: the test of
+/// [`excess_evidence`] reaches `ln(1 / alpha)` (its own share of alpha), or the bound of the
+/// difference, `lower(candidate) - upper(stable)`, is above the margin. Conclusive:
+/// `upper(candidate) - lower(stable)` at or under it. The bounds are the per-pool confidence
+/// sequences the `error_rate` gates use (stable's over the rollout, so also at 100%).
 fn error_relative(
     limits: &GateLimits,
     pool: PoolId,
     (c, s): (&Rate, &Rate),
     obs: &Observation,
+    alpha: f64,
     describe: bool,
 ) -> GateReport {
     let margin = limits.error_rate_margin;
@@ -311,24 +312,36 @@ fn error_relative(
     let (lower, upper) = (c.lower - s.upper, c.upper - s.lower);
     r.lower = Some(lower);
     r.upper = Some(upper);
+    let (cand, stable) = (&obs.candidate_step, &obs.stable_rollout);
+    let evidence = excess_evidence(
+        cand.errors.min(cand.requests),
+        cand.requests,
+        stable.errors.min(stable.requests),
+        stable.requests,
+        margin,
+        ERROR_PRIOR,
+    );
+    let needed = (1.0 / alpha).ln();
     decide(
         &mut r,
         c.requests,
         limits.min_requests,
-        lower > margin,
+        evidence >= needed || lower > margin,
         upper <= margin,
     );
     if !describe && r.verdict != Verdict::Fail {
         return r;
     }
     r.detail = format!(
-        "error rate {} vs stable's {}: {}, bounds {} to {}, margin {:.2} points: {}",
+        "error rate {} vs stable's {}: {}, bounds {} to {}, margin {:.2} points, evidence of more {:.1} of {:.1} needed: {}",
         pct(c.point),
         pct(stable_rate),
         points(r.value),
         points(Some(lower)),
         points(Some(upper)),
         margin * 100.0,
+        evidence.max(0.0),
+        needed,
         verdict_words(&r)
     );
     r

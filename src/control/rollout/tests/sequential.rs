@@ -4,8 +4,8 @@
 
 use super::*;
 use crate::control::rollout::sequential::{
-    bernoulli_bounds, count_bounds, count_bounds_near, ln_gamma, quantile_prior, quantile_ranks,
-    ERROR_PRIOR,
+    bernoulli_bounds, count_bounds, count_bounds_near, excess_evidence, ln_gamma, quantile_prior,
+    quantile_ranks, ERROR_PRIOR,
 };
 use crate::metrics::window::Summary;
 
@@ -129,6 +129,55 @@ fn difference_bounds_cover_the_true_difference_at_every_look() {
             "{pc} - {ps}: {missed} of {runs} missed"
         );
     }
+}
+
+/// The test of "the candidate errs more than stable plus the margin": at the edge of its null
+/// (a difference of exactly the margin, the hardest case) it reaches `ln(1 / ALPHA)` at some
+/// look in at most `ALPHA` of the runs; a +2-point candidate at 10 requests/s reaches it within
+/// two minutes in most runs; and its value depends on the totals only, not on the ticks.
+#[test]
+fn excess_evidence_keeps_its_rate_at_the_margin_and_finds_a_real_excess() {
+    let margin = 0.0025;
+    let needed = (1.0 / ALPHA).ln();
+    let run = |pc: f64, ps: f64, rng: &mut fastrand::Rng| {
+        let (mut kc, mut nc, mut ks, mut ns) = (0u64, 0u64, 0u64, 0u64);
+        for second in 1..=120u32 {
+            for _ in 0..10 {
+                nc += 1;
+                kc += u64::from(rng.f64() < pc);
+            }
+            for _ in 0..90 {
+                ns += 1;
+                ks += u64::from(rng.f64() < ps);
+            }
+            if excess_evidence(kc, nc, ks, ns, margin, ERROR_PRIOR) >= needed {
+                return Some(second);
+            }
+        }
+        None
+    };
+    for (ps, seed) in [(0.001, 21), (0.01, 22), (0.0, 23)] {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let runs = 200;
+        let alarms = (0..runs)
+            .filter(|_| run(ps + margin, ps, &mut rng).is_some())
+            .count() as u32;
+        assert!(
+            alarms <= allowed(runs),
+            "at the margin over {ps}: {alarms} of {runs} alarms"
+        );
+    }
+    let mut rng = fastrand::Rng::with_seed(24);
+    let caught = (0..100)
+        .filter(|_| run(0.021, 0.001, &mut rng).is_some())
+        .count();
+    assert!(caught >= 80, "+2 points caught in {caught} of 100 runs");
+    // No errors, or no excess at all: no evidence.
+    assert_eq!(excess_evidence(0, 500, 3, 4500, margin, ERROR_PRIOR), 0.0);
+    assert!(excess_evidence(1, 500, 9, 4500, margin, ERROR_PRIOR) < 1.0);
+    // Without stable's samples, stable's rate could be anything: no evidence either.
+    assert!(excess_evidence(30, 500, 0, 0, margin, ERROR_PRIOR) <= 0.0);
+    assert!(excess_evidence(30, 500, 0, 4500, margin, ERROR_PRIOR) >= needed);
 }
 
 #[test]
