@@ -54,15 +54,17 @@ async fn ctl_runs_every_command_and_prints_json_lines_off_a_terminal() {
     let g = v["generation"].as_u64().unwrap();
     let (code, v) = ctl(s, &["--json", "help"]).await;
     assert_eq!((code, v["ok"].as_bool()), (0, Some(true)), "{v}");
-    let backend = blue.addr.to_string();
+    // Green's backend, at 0%: disabling blue's only backend while blue has every request
+    // would let failover publish a generation of its own between two commands.
+    let backend = green.addr.to_string();
     let steps: [(&[&str], f64); 8] = [
         (&["weight", "12.5"], 12.5),
         (&["rollback", "to", "green"], 100.0),
         (&["rollback"], 0.0),
         (&["pool", "green", "drain"], 0.0),
         (&["pool", "green", "ready"], 0.0),
-        (&["backend", "blue", &backend, "disable"], 0.0),
-        (&["backend", "blue", &backend, "enable"], 0.0),
+        (&["backend", "green", &backend, "disable"], 0.0),
+        (&["backend", "green", &backend, "enable"], 0.0),
         (&["reload"], 0.0),
     ];
     for (i, (words, green_percent)) in steps.iter().enumerate() {
