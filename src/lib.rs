@@ -21,7 +21,8 @@
 //! its life (starting, serving, draining) for `GET /ready` and tells systemd (sd_notify).
 //! [`ctl`] is the other side of the admin socket: the `switchyard ctl` client. [`demo`]
 //! runs the whole job on loopback (`switchyard demo`); [`sim`] runs the rollout machine on
-//! synthetic traffic (`switchyard simulate`).
+//! synthetic traffic (`switchyard simulate`). [`tls_client`] is the one TLS client
+//! configuration of every outbound connection (TLS backends, etcd, hooks, Prometheus).
 //!
 //! [`Switchyard::bind`] then [`Switchyard::run`] is the whole daemon; `main` and the
 //! tests use the same two calls, the tests with `127.0.0.1:0` addresses.
@@ -38,6 +39,7 @@ pub mod metrics;
 pub mod notify;
 pub mod proxy;
 pub mod sim;
+pub mod tls_client;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -23,7 +23,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use metrics::Label;
-use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -346,26 +346,6 @@ where
 }
 
 fn connector(tls_ca: Option<&std::path::Path>) -> Result<tokio_rustls::TlsConnector, String> {
-    let bundle = tls_ca.unwrap_or(std::path::Path::new(
-        crate::proxy::upstream::SYSTEM_CA_BUNDLE,
-    ));
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(bundle)
-        .and_then(|it| it.collect::<Result<_, _>>())
-        .map_err(|e| format!("CA bundle {}: {e}", bundle.display()))?;
-    let mut roots = rustls::RootCertStore::empty();
-    let (added, _) = roots.add_parsable_certificates(certs);
-    if added == 0 {
-        return Err(format!(
-            "CA bundle {}: no usable certificate",
-            bundle.display()
-        ));
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut client = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS client configuration: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    client.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(tokio_rustls::TlsConnector::from(Arc::new(client)))
+    let client = crate::tls_client::trusting(tls_ca, "tls_ca")?.with_no_client_auth();
+    Ok(crate::tls_client::http1(client))
 }

@@ -11,7 +11,6 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -22,8 +21,7 @@ use crossbeam_queue::ArrayQueue;
 use futures_util::FutureExt;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -34,7 +32,7 @@ use crate::config::UpstreamTls;
 use crate::proxy::body::LimitedBody;
 
 /// The CA bundle used when a TLS pool names no `tls_ca`.
-pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+pub use crate::tls_client::SYSTEM_CA_BUNDLE;
 
 /// The sending half of one upstream HTTP/1.1 connection.
 pub type Sender = SendRequest<LimitedBody>;
@@ -67,40 +65,16 @@ impl std::fmt::Debug for UpstreamTlsClient {
 impl UpstreamTlsClient {
     /// Trusts the CAs of `cfg.ca` (or [`SYSTEM_CA_BUNDLE`]); errors name the file.
     pub fn new(cfg: &UpstreamTls) -> Result<UpstreamTlsClient, String> {
-        let bundle = cfg.ca.as_deref().unwrap_or(Path::new(SYSTEM_CA_BUNDLE));
-        let what = if cfg.ca.is_some() {
-            "tls_ca"
-        } else {
-            "the system CA bundle"
-        };
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(bundle)
-            .and_then(|it| it.collect::<Result<_, _>>())
-            .map_err(|e| format!("{what} {}: {e}", bundle.display()))?;
-        let mut roots = rustls::RootCertStore::empty();
-        let (added, _ignored) = roots.add_parsable_certificates(certs);
-        if added == 0 {
-            return Err(format!(
-                "{what} {}: no usable CA certificate in the file",
-                bundle.display()
-            ));
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut client = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| format!("TLS client configuration: {e}"))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        client.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let client =
+            crate::tls_client::trusting(cfg.ca.as_deref(), "tls_ca")?.with_no_client_auth();
+        let connector = crate::tls_client::http1(client);
         let sni = match &cfg.sni {
             Some(name) => Some(
                 ServerName::try_from(name.clone()).map_err(|e| format!("tls_sni {name:?}: {e}"))?,
             ),
             None => None,
         };
-        Ok(UpstreamTlsClient {
-            connector: TlsConnector::from(Arc::new(client)),
-            sni,
-        })
+        Ok(UpstreamTlsClient { connector, sni })
     }
 
     /// The name sent and checked for a backend `host:port`.

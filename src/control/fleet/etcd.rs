@@ -7,9 +7,8 @@
 //! endpoint tries the next one. etcd's own authentication (`username`/`password_file`)
 //! fetches a token with `/v3/auth/authenticate` and refreshes it when etcd refuses it.
 
-use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD as B64;
@@ -352,27 +351,8 @@ where
 }
 
 fn tls_connector(cfg: &FleetConfig) -> Result<TlsConnector, String> {
-    let bundle = cfg
-        .ca
-        .as_deref()
-        .unwrap_or(Path::new(crate::proxy::upstream::SYSTEM_CA_BUNDLE));
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(bundle)
-        .and_then(|it| it.collect::<Result<_, _>>())
-        .map_err(|e| format!("fleet.ca {}: {e}", bundle.display()))?;
-    let mut roots = rustls::RootCertStore::empty();
-    let (added, _) = roots.add_parsable_certificates(certs);
-    if added == 0 {
-        return Err(format!(
-            "fleet.ca {}: no usable CA certificate",
-            bundle.display()
-        ));
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS client configuration: {e}"))?
-        .with_root_certificates(roots);
-    let mut client = match (&cfg.cert, &cfg.key) {
+    let builder = crate::tls_client::trusting(cfg.ca.as_deref(), "fleet.ca")?;
+    let client = match (&cfg.cert, &cfg.key) {
         (Some(cert), Some(key)) => {
             let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
                 .and_then(|it| it.collect::<Result<_, _>>())
@@ -385,6 +365,5 @@ fn tls_connector(cfg: &FleetConfig) -> Result<TlsConnector, String> {
         }
         _ => builder.with_no_client_auth(),
     };
-    client.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsConnector::from(Arc::new(client)))
+    Ok(crate::tls_client::http1(client))
 }
