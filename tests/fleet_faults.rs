@@ -5,53 +5,21 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
 use common::etcd::Etcd;
-use common::{client, get, proxy_with, upstream, wait_for, TestProxy};
+use common::load::{load, Counts};
+use common::{proxy_with, upstream, wait_for, TestProxy};
 
 const DEADLINE: Duration = Duration::from_secs(20);
+/// The longest a client loop runs.
+const LOAD_LIMIT: Duration = Duration::from_secs(120);
 /// How long etcd stays down under load (acceptance 5).
 const OUTAGE: Duration = Duration::from_secs(30);
-
-#[derive(Default)]
-struct Counts {
-    ok: AtomicUsize,
-    failed: AtomicUsize,
-}
-
-/// One client loop per instance, sequential keep-alive requests, until `stop` or at most
-/// 120 s or 100,000 requests.
-fn load(
-    addr: std::net::SocketAddr,
-    stop: CancellationToken,
-    counts: Arc<Counts>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let c = client();
-        let url = format!("http://{addr}/");
-        let started = Instant::now();
-        for _ in 0..100_000 {
-            if stop.is_cancelled() || started.elapsed() > Duration::from_secs(120) {
-                return;
-            }
-            let r = tokio::time::timeout(Duration::from_secs(5), c.request(get(&url))).await;
-            match r {
-                Ok(Ok(resp)) if resp.status() == 200 => {
-                    let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
-                    counts.ok.fetch_add(1, Ordering::Relaxed);
-                }
-                _ => {
-                    counts.failed.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }
-    })
-}
 
 fn table_in_etcd(etcd: &Etcd, prefix: &str) -> Option<serde_json::Value> {
     let out = std::process::Command::new("etcdctl")
@@ -102,7 +70,7 @@ async fn etcd_down_keeps_serving_refuses_weight_and_rollback_applies_locally_the
     let loads: Vec<_> = fleet
         .iter()
         .zip(&counts)
-        .map(|(p, c)| load(p.addr, stop.clone(), c.clone()))
+        .map(|(p, c)| load(p.addr, stop.clone(), c.clone(), LOAD_LIMIT))
         .collect();
 
     etcd.kill(0);

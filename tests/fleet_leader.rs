@@ -6,7 +6,7 @@
 mod common;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,44 +14,14 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use common::etcd::Etcd;
+use common::load::{load, Counts};
 use common::rollout::rollout_toml;
-use common::{admin_at, client, config_text, get, upstream, wait_for};
+use common::{admin_at, config_text, upstream, wait_for};
 
 const DEADLINE: Duration = Duration::from_secs(30);
+/// The longest a client loop runs.
+const LOAD_LIMIT: Duration = Duration::from_secs(60);
 const LEASE_TTL: Duration = Duration::from_secs(2);
-
-#[derive(Default)]
-struct Counts {
-    ok: AtomicUsize,
-    failed: AtomicUsize,
-}
-
-/// Sequential keep-alive requests until `stop`, at most 60 s or 100,000 requests.
-fn load(
-    addr: std::net::SocketAddr,
-    stop: CancellationToken,
-    counts: Arc<Counts>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let c = client();
-        let url = format!("http://{addr}/");
-        let started = Instant::now();
-        for _ in 0..100_000 {
-            if stop.is_cancelled() || started.elapsed() > Duration::from_secs(60) {
-                return;
-            }
-            match tokio::time::timeout(Duration::from_secs(5), c.request(get(&url))).await {
-                Ok(Ok(resp)) if resp.status() == 200 => {
-                    let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
-                    counts.ok.fetch_add(1, Ordering::Relaxed);
-                }
-                _ => {
-                    counts.failed.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }
-    })
-}
 
 async fn leader_of(socket: &std::path::Path) -> Option<String> {
     let v = admin_at(socket, "fleet").await;
@@ -102,7 +72,7 @@ async fn a_killed_leader_is_replaced_and_the_rollout_completes() {
     let stop = CancellationToken::new();
     let counts: Vec<Arc<Counts>> = (0..3).map(|_| Arc::new(Counts::default())).collect();
     let loads: Vec<_> = (0..3)
-        .map(|i| load(daemons[i].addr, stop.clone(), counts[i].clone()))
+        .map(|i| load(daemons[i].addr, stop.clone(), counts[i].clone(), LOAD_LIMIT))
         .collect();
 
     // Started on a follower: the leader steps it.

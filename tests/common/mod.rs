@@ -5,6 +5,7 @@
 pub mod daemon;
 pub mod etcd;
 pub mod hooks;
+pub mod load;
 pub mod prometheus;
 pub mod rollout;
 
