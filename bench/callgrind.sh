@@ -3,11 +3,11 @@
 # load give the same count within about 0.5 %, where CPU time on a shared VM moves by
 # 10 % or more between runs. Use it to compare two builds of a hot-path change.
 #
-#   bench/callgrind.sh [plain|tls|h2] [REQUESTS] [--keep]
+#   bench/callgrind.sh [plain|tls|h2] [REQUESTS] [--keep] [--bin PATH]
 #
 # plain: HTTP/1.1 (h2load --h1), tls: HTTP/1.1 over TLS, h2: HTTP/2 over TLS (-m 10);
 # 16 keep-alive connections, REQUESTS (default 4000) counted after 500 to warm up.
-# Measures target/release/switchyard (build it first). The configs and the upstream
+# Measures target/release/switchyard (build it first), or the binary --bin names. The configs and the upstream
 # nginx are the load benchmark's (bench/run.sh renders them). --keep keeps the temp dir
 # with the profile (cg.out.1, for callgrind_annotate). Every process started here is
 # stopped by pid on exit.
@@ -17,8 +17,13 @@ cd "$(dirname "$0")/.."
 MODE=plain
 REQUESTS=4000
 KEEP=0
+BIN=target/release/switchyard
+NEXT_IS_BIN=0
 for arg in "$@"; do
+    if ((NEXT_IS_BIN)); then BIN=$arg; NEXT_IS_BIN=0; continue; fi
     case $arg in
+        --bin) NEXT_IS_BIN=1 ;;
+        --bin=*) BIN=${arg#*=} ;;
         plain | tls | h2) MODE=$arg ;;
         --keep) KEEP=1 ;;
         -h | --help) sed -n '2,14p' "$0"; exit 0 ;;
@@ -27,7 +32,7 @@ for arg in "$@"; do
             REQUESTS=$arg ;;
     esac
 done
-BIN=target/release/switchyard
+((NEXT_IS_BIN == 0)) || { echo "callgrind: --bin needs a path" >&2; exit 1; }
 [[ -x $BIN ]] || { echo "callgrind: $BIN is missing: run cargo build --release" >&2; exit 1; }
 
 pkgs=()
@@ -80,4 +85,9 @@ callgrind_control -z "${pids[0]}" >/dev/null 2>&1
 timeout 600 taskset -c 1 h2load "${h2[@]}" -n "$REQUESTS" -c 16 "$url" | grep -E '^requests:'
 callgrind_control -d "${pids[0]}" >/dev/null 2>&1
 total=$(sed -n 's/^summary: //p' "$TMP/cg.out.1")
-echo "$MODE: $((total / REQUESTS)) instructions per request ($REQUESTS requests, $(git rev-parse --short HEAD)$(git diff --quiet || echo ', modified tree'))"
+if [[ $BIN == target/release/switchyard ]]; then
+    built="$(git rev-parse --short HEAD)$(git diff --quiet || echo ', modified tree')"
+else
+    built=$BIN
+fi
+echo "$MODE: $((total / REQUESTS)) instructions per request ($REQUESTS requests, $built)"

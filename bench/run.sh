@@ -22,9 +22,11 @@ SCENARIOS=$ALL_SCENARIOS
 IDLE_CONNS=10000
 RATE=5000
 FLIP_INTERVAL_MS=10
+WORKERS=1
 PROXY_CPU=0
 LOAD_CPU=1
 KEEP_TMP=0
+BIN_PATH=""
 DURATION_SET=0
 ROUNDS_SET=0
 IDLE_SET=0
@@ -63,8 +65,15 @@ Options:
   --idle-conns N       connections for the idle scenario (default $IDLE_CONNS)
   --rate N             requests per second for the rate scenario (default $RATE)
   --no-build           do not run cargo build --release (use target/release/switchyard)
+  --bin PATH           bench this switchyard binary instead of target/release/switchyard
+                       (implies --no-build); to compare two commits, build each
+                       with its own CARGO_TARGET_DIR and run once per binary
   --no-install         do not install missing tools; fail instead
-  --proxy-cpu N        CPU for the proxy under test (default $PROXY_CPU)
+  --workers N          workers of each proxy under test: switchyard workers,
+                       nginx worker_processes, haproxy nbthread (default $WORKERS);
+                       give --proxy-cpu as many CPUs (the upstream keeps one)
+  --proxy-cpu LIST     CPU(s) for the proxy under test, taskset -c form, e.g. 0
+                       or 0,1 (default $PROXY_CPU)
   --load-cpu N         CPU for load generators and the upstream (default $LOAD_CPU)
   --keep-tmp           keep the temp dir (configs, logs, raw tool outputs)
   -h, --help           this help
@@ -106,7 +115,11 @@ while (($#)); do
         --rate) [[ $# -ge 2 ]] || die "--rate needs a value"; RATE=$2; shift ;;
         --rate=*) RATE=${1#*=} ;;
         --no-build) BUILD=0 ;;
+        --bin) [[ $# -ge 2 ]] || die "--bin needs a value"; BIN_PATH=$2; BUILD=0; shift ;;
+        --bin=*) BIN_PATH=${1#*=}; BUILD=0 ;;
         --no-install) INSTALL=0 ;;
+        --workers) [[ $# -ge 2 ]] || die "--workers needs a value"; WORKERS=$2; shift ;;
+        --workers=*) WORKERS=${1#*=} ;;
         --proxy-cpu) [[ $# -ge 2 ]] || die "--proxy-cpu needs a value"; PROXY_CPU=$2; shift ;;
         --load-cpu) [[ $# -ge 2 ]] || die "--load-cpu needs a value"; LOAD_CPU=$2; shift ;;
         --keep-tmp) KEEP_TMP=1 ;;
@@ -120,11 +133,13 @@ if ((QUICK)); then
     ((ROUNDS_SET)) || ROUNDS=1
     ((IDLE_SET)) || IDLE_CONNS=2000
 fi
-for v in DURATION ROUNDS IDLE_CONNS RATE PROXY_CPU LOAD_CPU; do
+[[ $PROXY_CPU =~ ^[0-9]+(,[0-9]+)*$ ]] || die "--proxy-cpu must be a CPU number or a comma-separated list, got '$PROXY_CPU'"
+for v in DURATION ROUNDS IDLE_CONNS RATE WORKERS LOAD_CPU; do
     is_uint "${!v}" || die "$v must be a non-negative integer, got '${!v}'"
 done
 ((DURATION >= 1)) || die "--duration must be at least 1"
 ((ROUNDS >= 1)) || die "--rounds must be at least 1"
+((WORKERS >= 1)) || die "--workers must be at least 1"
 
 IFS=, read -r -a PROXY_LIST <<<"$ONLY"
 IFS=, read -r -a SCEN_LIST <<<"$SCENARIOS"
@@ -140,7 +155,8 @@ has_proxy() { [[ ",$ONLY," == *",$1,"* ]]; }
 has_scen() { [[ ",$SCENARIOS," == *",$1,"* ]]; }
 
 NCPU=$(nproc)
-if ((PROXY_CPU >= NCPU || LOAD_CPU >= NCPU)); then
+MAX_PROXY_CPU=$(tr , '\n' <<<"$PROXY_CPU" | sort -n | tail -n 1)
+if ((MAX_PROXY_CPU >= NCPU || LOAD_CPU >= NCPU)); then
     log "only $NCPU CPU(s): pinning everything to CPU 0"
     PROXY_CPU=0
     LOAD_CPU=0
@@ -329,6 +345,7 @@ RUN_USER=$(id -un)
 render() {
     sed -e "s|@DIR@|$TMP|g" \
         -e "s|@USER@|$RUN_USER|g" \
+        -e "s|@WORKERS@|$WORKERS|g" \
         -e "s|@NOFILE@|$NOFILE|g" \
         -e "s|@WORKER_CONNECTIONS@|$WORKER_CONNECTIONS|g" \
         -e "s|@HAPROXY_MAXCONN@|$HAPROXY_MAXCONN|g" \
@@ -381,6 +398,10 @@ wait_http() {
 # ------------------------------------------------------------------ build
 
 SWITCHYARD_BIN="$REPO/target/release/switchyard"
+if [[ -n $BIN_PATH ]]; then
+    SWITCHYARD_BIN=$(cd "$(dirname "$BIN_PATH")" && pwd)/$(basename "$BIN_PATH") ||
+        die "--bin $BIN_PATH: no such directory"
+fi
 SWITCHYARD_USABLE=0
 if has_proxy switchyard; then
     if ((BUILD)); then
@@ -394,6 +415,7 @@ if has_proxy switchyard; then
     else
         SWITCHYARD_USABLE=1
     fi
+    [[ -n $BIN_PATH ]] && note "switchyard binary: $SWITCHYARD_BIN (--bin; the commit above is the harness's, not necessarily the binary's)"
     if ((SWITCHYARD_USABLE)) && [[ ! -x $SWITCHYARD_BIN ]]; then
         note "switchyard: $SWITCHYARD_BIN not found; switchyard rows are n/a"
         SWITCHYARD_USABLE=0
@@ -463,7 +485,7 @@ start_switchyard() {
             SWITCHYARD_CONFIG="$TMP/switchyard/$v.toml"
             case $v in
                 no-workers | no-tls-no-workers)
-                    note "switchyard: config with 'workers = 1' was refused; ran without it (the taskset to one CPU still gives one runtime worker if it sizes by CPU affinity)" ;;
+                    note "switchyard: config with 'workers = $WORKERS' was refused; ran without it (the taskset to one CPU still gives one runtime worker if it sizes by CPU affinity)" ;;
             esac
             case $v in
                 no-tls*) note "switchyard: config with [[proxy.tls]] did not start; TLS scenarios are n/a" ;;
@@ -720,7 +742,7 @@ printf '%s\n' "${NOTES[@]}" >"$TMP/notes.txt"
 META_COMMAND="$CMDLINE" META_COMMIT="$commit" META_DATE="$START_DATE" META_NPROC="$NCPU" \
     META_CPU="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')" \
     META_KERNEL="$(uname -srm)" META_LOAD="$(cut -d' ' -f1-3 /proc/loadavg)" \
-    META_PIN="proxy on CPU $PROXY_CPU; upstream nginx, load generators and harness on CPU $LOAD_CPU" \
+    META_WORKERS="$WORKERS" META_PIN="proxy on CPU $PROXY_CPU; upstream nginx, load generators and harness on CPU $LOAD_CPU" \
     META_ROUNDS="$ROUNDS" META_DURATION="$DURATION" META_PROXIES="${ACTIVE[*]}" \
     META_VERSIONS="$versions" META_NOTES="$TMP/notes.txt" \
     META_EXTRA="fixed rate $RATE req/s; idle connections $IDLE_CONNS; weight flip every $FLIP_INTERVAL_MS ms" \
@@ -732,7 +754,7 @@ with open(e["META_NOTES"]) as f:
 notes.append(e["META_EXTRA"])
 meta = {"command": e["META_COMMAND"], "commit": e["META_COMMIT"], "date": e["META_DATE"],
         "nproc": e["META_NPROC"], "cpu_model": e["META_CPU"], "kernel": e["META_KERNEL"],
-        "loadavg": e["META_LOAD"], "pinning": e["META_PIN"], "rounds": e["META_ROUNDS"],
+        "loadavg": e["META_LOAD"], "pinning": e["META_PIN"], "workers": e["META_WORKERS"], "rounds": e["META_ROUNDS"],
         "duration": e["META_DURATION"], "proxies": e["META_PROXIES"].split(),
         "versions": e["META_VERSIONS"], "notes": notes}
 with open(sys.argv[1], "w") as f:

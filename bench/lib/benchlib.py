@@ -396,7 +396,7 @@ def cmd_report(args):
         ("kernel", meta.get("kernel")),
         ("load average at start", meta.get("loadavg")),
         ("pinning", meta.get("pinning")),
-        ("workers", "1 per proxy (switchyard workers = 1, nginx worker_processes 1, haproxy nbthread 1)"),
+        ("workers", "{w} per proxy (switchyard workers = {w}, nginx worker_processes {w}, haproxy nbthread {w})".format(w=meta.get("workers", "1"))),
         ("rounds × duration", f"{meta.get('rounds')} × {meta.get('duration')} s per scenario and proxy"),
         ("proxies", ", ".join(meta.get("proxies", []))),
         ("tools", meta.get("versions")),
