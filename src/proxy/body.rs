@@ -230,5 +230,5 @@ impl Body for ProxyBody {
 /// Trailers cross the proxy without the hash header, the request-id header, their `_`
 /// twins or hop-by-hop fields, in both directions.
 fn strip_trailers(trailers: &mut http::HeaderMap, s: &Settings) {
-    front::strip_trailers(trailers, &s.hash_header, s.edge.request_id.as_ref());
+    front::strip_trailers(trailers, &s.hash.header, s.edge.request_id.as_ref());
 }

@@ -115,14 +115,14 @@ async fn check(b: &Backend, path: &str, timeout: Duration, settings: &Settings) 
         let req = Request::get(path)
             .header(header::HOST, host)
             .header(header::CONNECTION, "close")
-            .header(settings.hash_header.clone(), settings.hash_value.clone())
+            .header(settings.hash.header.clone(), settings.hash.value.clone())
             .body(Empty::new())
             .map_err(|e| e.to_string())?;
         let resp = tx.send_request(req).await.map_err(|e| e.to_string())?;
         if !resp.status().is_success() {
             return Err(format!("status {}", resp.status()));
         }
-        headers::check_hash(resp.headers(), &settings.hash_header, &settings.hash_value)
+        headers::check_hash(resp.headers(), &settings.hash.header, &settings.hash.value)
             .map_err(|r| format!("constitutional hash {}", r.as_str()))
     };
     match tokio::time::timeout(timeout, attempt).await {

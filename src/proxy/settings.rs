@@ -10,17 +10,15 @@ use crate::proxy::edge::EdgeSettings;
 
 #[derive(Debug)]
 pub struct Settings {
-    /// The constitutional hash: the header's name and its exact value.
-    pub hash_header: HeaderName,
-    pub hash_value: HeaderValue,
+    /// The constitutional hash every request and response is checked against.
+    pub hash: HashContract,
     /// What a request, and a backend's response, without the exact hash gets.
     pub requests: HashMode,
     pub responses: HashMode,
     /// `split.affinity`: what keeps a client on one pool.
     pub affinity: Affinity,
     /// `split.override_header` and its token: a trusted request picks its pool.
-    pub override_header: Option<HeaderName>,
-    pub override_token: Option<HeaderValue>,
+    pub pool_override: Option<PoolOverride>,
     /// `[proxy.limits]`: the request head's size and field count, the body's size.
     pub limits: Limits,
     /// `proxy.timeouts.upstream_response`: the backend's response head is due within it.
@@ -34,6 +32,21 @@ pub struct Settings {
     pub edge: EdgeSettings,
 }
 
+/// The constitutional hash: the header's name and its exact value.
+#[derive(Debug)]
+pub struct HashContract {
+    pub header: HeaderName,
+    pub value: HeaderValue,
+}
+
+/// The pool-override header and the token that makes a request trusted to use it
+/// (no token configured: no request is trusted).
+#[derive(Debug)]
+pub struct PoolOverride {
+    pub header: HeaderName,
+    pub token: Option<HeaderValue>,
+}
+
 /// Header that carries the override token (see `split.override_token`).
 pub static OVERRIDE_TOKEN_HEADER: HeaderName = HeaderName::from_static("x-switchyard-token");
 
@@ -41,18 +54,26 @@ impl Settings {
     pub fn from_config(cfg: &Config) -> Settings {
         let c = &cfg.constitution;
         Settings {
-            hash_header: c.header.clone(),
-            hash_value: HeaderValue::from_str(&c.hash)
-                .expect("config validation guarantees a valid header value"),
+            hash: HashContract {
+                header: c.header.clone(),
+                value: HeaderValue::from_str(&c.hash)
+                    .expect("config validation guarantees a valid header value"),
+            },
             requests: c.requests,
             responses: c.responses,
             affinity: cfg.split.affinity.clone(),
-            override_header: cfg.split.override_header.clone(),
-            override_token: cfg
+            pool_override: cfg
                 .split
-                .override_token
-                .as_deref()
-                .and_then(|t| HeaderValue::from_str(t).ok()),
+                .override_header
+                .clone()
+                .map(|header| PoolOverride {
+                    header,
+                    token: cfg
+                        .split
+                        .override_token
+                        .as_deref()
+                        .and_then(|t| HeaderValue::from_str(t).ok()),
+                }),
             limits: cfg.proxy.limits.clone(),
             tunnel_grace: cfg.proxy.drain_window,
             upstream_response_timeout: cfg.proxy.timeouts.upstream_response,

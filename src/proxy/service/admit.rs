@@ -54,7 +54,7 @@ pub(super) fn admit<'a>(
         }
     }
     if s.requests != HashMode::Off {
-        let verdict = headers::check_hash(&parts.headers, &s.hash_header, &s.hash_value);
+        let verdict = headers::check_hash(&parts.headers, &s.hash.header, &s.hash.value);
         trace.hash_request = HashVerdict::of(verdict);
         if let Err(reason) = verdict {
             metrics.request_violation(reason);
@@ -103,7 +103,7 @@ fn validate(req: &http::request::Parts, s: &Settings) -> Result<HostPlan, ProxyE
         });
     }
     let (size, twin) =
-        front::size_and_twin(&req.headers, &s.hash_header, s.edge.request_id.as_ref());
+        front::size_and_twin(&req.headers, &s.hash.header, s.edge.request_id.as_ref());
     if size > s.limits.max_header_bytes {
         return Err(ProxyError::HeaderTooLarge {
             limit: s.limits.max_header_bytes,
@@ -131,11 +131,11 @@ fn validate(req: &http::request::Parts, s: &Settings) -> Result<HostPlan, ProxyE
 /// forwarded (one lookup each, whether or not they are there).
 fn choose_pool(req: &mut http::request::Parts, table: &RouteTable) -> PoolId {
     let s = &table.settings;
-    if let Some(name) = &s.override_header {
-        let asked = req.headers.remove(name);
+    if let Some(over) = &s.pool_override {
+        let asked = req.headers.remove(&over.header);
         let token = req.headers.remove(&OVERRIDE_TOKEN_HEADER);
         if let Some(pool) = asked.and_then(|v| PoolId::parse(v.to_str().ok()?)) {
-            let trusted = match &s.override_token {
+            let trusted = match &over.token {
                 Some(expected) => token.as_ref() == Some(expected),
                 None => false,
             };

@@ -42,7 +42,7 @@ pub(super) fn judge(
     metrics.duration(pool_id, latency.as_secs_f64());
     let mut outcome = Outcome::Success;
     if s.responses != HashMode::Off {
-        let verdict = headers::check_hash(sent.resp.headers(), &s.hash_header, &s.hash_value);
+        let verdict = headers::check_hash(sent.resp.headers(), &s.hash.header, &s.hash.value);
         trace.hash_response = HashVerdict::of(verdict);
         if let Err(reason) = verdict {
             metrics.response_violation(pool_id, reason);

@@ -184,7 +184,7 @@ pub async fn handle(
     // Only the proxy's own answers get the hash: a forwarded response carries the
     // upstream's as it came (checked already in `enforce`, to be seen in `report`/`off`).
     if own {
-        h.insert(s.hash_header.clone(), s.hash_value.clone());
+        h.insert(s.hash.header.clone(), s.hash.value.clone());
     }
     let request_id = request_id.map(|(id, _)| id);
     if let (Some(name), Some(id)) = (&edge.request_id, &request_id) {
