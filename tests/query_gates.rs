@@ -1,6 +1,7 @@
 //! Query gates against a real Prometheus (started by the test on a loopback port, scraping a
 //! test exporter every second): a value crossing `max` rolls back naming the query; a
-//! Prometheus stopped mid-rollout leaves the gate inconclusive, never passing.
+//! Prometheus stopped mid-rollout leaves the gate inconclusive, never passing; a reload
+//! changes the query gates of the next rollout, not of the running one.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -127,4 +128,44 @@ async fn a_prometheus_stopped_mid_rollout_is_inconclusive_not_passing() {
     let q = query_report(&r);
     assert_eq!(q["verdict"], "inconclusive", "{q}");
     assert!(q["detail"].as_str().unwrap().contains("connect"), "{q}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_applies_query_gates_to_the_next_rollout_only() {
+    let (blue, green) = (upstream("blue").await, upstream("green").await);
+    let exporter = Exporter::start().await;
+    exporter.set_blue(0.01);
+    exporter.set_green(0.01);
+    let prom = Prometheus::start(&[exporter.addr]).await;
+    prom.wait_for_series("test_error_ratio", WAIT).await;
+    let toml = format!(
+        "{}{}",
+        rollout_toml(&[("hold", "\"4s\""), ("max_hold", "\"20s\"")]),
+        query_toml(&prom.url(), "")
+    );
+    let (p, _control) = proxy_with(&[blue.addr], &[green.addr], &toml, "", false).await;
+    let t = traffic(p.addr, 300, Duration::from_secs(120));
+    assert_eq!(p.admin("rollout start to green").await["ok"], true);
+    let r = wait_rollout(&p, WAIT, |r| query_report(r)["verdict"] == "pass").await;
+    assert_eq!(r["step"], 0, "{r}");
+    // A bound the candidate's 0.01 crosses, reloaded while the rollout runs.
+    let path = p.dir.path().join("switchyard.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("max = 0.05"));
+    std::fs::write(&path, text.replace("max = 0.05", "max = 0.005")).unwrap();
+    let reloaded = p.admin("reload").await;
+    assert_eq!(reloaded["ok"], true, "{reloaded}");
+    let r = wait_rollout(&p, Duration::from_secs(60), |r| {
+        r["phase"] != "progressing" && r["phase"] != "baking"
+    })
+    .await;
+    assert_eq!(r["phase"], "promoted", "{r}");
+    assert_eq!(query_report(&r)["max"].as_f64(), Some(0.05), "{r}");
+    // The next rollout (back to blue, also at 0.01) is judged by the reloaded bound.
+    assert_eq!(p.admin("rollout start to blue").await["ok"], true);
+    let r = wait_rollout(&p, WAIT, |r| r["phase"] == "rolled_back").await;
+    t.stop().await;
+    assert_eq!(r["gate"], "query", "{r}");
+    let reason = r["reason"].as_str().unwrap();
+    assert!(reason.contains("max 0.005"), "{r}");
 }

@@ -173,6 +173,11 @@ impl Exporter {
         Exporter { addr, values }
     }
 
+    /// Sets `test_error_ratio{pool="blue"}`.
+    pub fn set_blue(&self, value: f64) {
+        self.values.lock().unwrap()[0] = value;
+    }
+
     /// Sets `test_error_ratio{pool="green"}`.
     pub fn set_green(&self, value: f64) {
         self.values.lock().unwrap()[1] = value;
