@@ -83,24 +83,6 @@ async fn hold(uid: u32, socket: &std::path::Path, count: usize) -> (Holder, [u32
     (holder, counts)
 }
 
-/// The switchyard binary, or a copy of it in a world-readable temporary directory when
-/// another uid could not reach it where it is (a checkout under a 0700 home directory).
-fn executable_by_others() -> (std::path::PathBuf, Option<tempfile::TempDir>) {
-    let exe = std::path::PathBuf::from(BIN);
-    let open = |p: &std::path::Path| {
-        std::fs::metadata(p).is_ok_and(|m| m.permissions().mode() & 0o001 != 0)
-    };
-    if exe.ancestors().all(open) {
-        return (exe, None);
-    }
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let copy = dir.path().join("switchyard");
-    std::fs::copy(&exe, &copy).unwrap();
-    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
-    (copy, Some(dir))
-}
-
 /// A proxy whose socket anyone may open; uid 65534 is read-only with `max_clients = 4`.
 async fn open_proxy() -> (TestProxy, Upstream, Upstream) {
     let (blue, green) = (upstream("blue").await, upstream("green").await);

@@ -34,10 +34,11 @@ fn an_admin_socket_the_user_cannot_create_names_the_fix() {
         ),
     )
     .unwrap();
-    let bin = env!("CARGO_BIN_EXE_switchyard");
+    let (bin, _copy) = common::executable_by_others();
     let mut cmd = if as_nobody {
         let mut c = Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", bin]);
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&bin);
         c
     } else {
         Command::new(bin)

@@ -537,6 +537,26 @@ pub fn own_ids() -> (u32, u32) {
     (m.uid(), m.gid())
 }
 
+/// The switchyard binary, or a copy of it in a world-readable temporary directory when
+/// another uid could not reach it where it is (a checkout under a 0700 directory). Keep
+/// the directory as long as the path is used.
+pub fn executable_by_others() -> (PathBuf, Option<tempfile::TempDir>) {
+    use std::os::unix::fs::PermissionsExt;
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_switchyard"));
+    let open = |p: &std::path::Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.permissions().mode() & 0o001 != 0)
+    };
+    if exe.ancestors().all(open) {
+        return (exe, None);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let copy = dir.path().join("switchyard");
+    std::fs::copy(&exe, &copy).unwrap();
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (copy, Some(dir))
+}
+
 /// The real `switchyard run` binary as a child process, its stderr log collected.
 /// Dropping it kills (SIGKILL) and reaps the child it started.
 pub struct Daemon {
