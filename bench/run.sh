@@ -27,6 +27,7 @@ PROXY_CPU=0
 LOAD_CPU=1
 KEEP_TMP=0
 BIN_PATH=""
+BASE_BIN=""
 DURATION_SET=0
 ROUNDS_SET=0
 IDLE_SET=0
@@ -68,6 +69,11 @@ Options:
   --bin PATH           bench this switchyard binary instead of target/release/switchyard
                        (implies --no-build); to compare two commits, build each
                        with its own CARGO_TARGET_DIR and run once per binary
+  --baseline-bin PATH  also bench this second switchyard build as the proxy
+                       "switchyard-base", in the same rounds: the report's ratio
+                       table then has switchyard ÷ switchyard-base per round, an A/B
+                       comparison of two builds that the drift between separate
+                       runs does not blur
   --no-install         do not install missing tools; fail instead
   --workers N          workers of each proxy under test: switchyard workers,
                        nginx worker_processes, haproxy nbthread (default $WORKERS);
@@ -117,6 +123,8 @@ while (($#)); do
         --no-build) BUILD=0 ;;
         --bin) [[ $# -ge 2 ]] || die "--bin needs a value"; BIN_PATH=$2; BUILD=0; shift ;;
         --bin=*) BIN_PATH=${1#*=}; BUILD=0 ;;
+        --baseline-bin) [[ $# -ge 2 ]] || die "--baseline-bin needs a value"; BASE_BIN=$2; shift ;;
+        --baseline-bin=*) BASE_BIN=${1#*=} ;;
         --no-install) INSTALL=0 ;;
         --workers) [[ $# -ge 2 ]] || die "--workers needs a value"; WORKERS=$2; shift ;;
         --workers=*) WORKERS=${1#*=} ;;
@@ -141,6 +149,13 @@ done
 ((ROUNDS >= 1)) || die "--rounds must be at least 1"
 ((WORKERS >= 1)) || die "--workers must be at least 1"
 
+if [[ -n $BASE_BIN ]]; then
+    [[ ",$ONLY," == *",switchyard,"* ]] || die "--baseline-bin compares against switchyard: keep it in --only"
+    [[ -x $BASE_BIN ]] || die "--baseline-bin $BASE_BIN: not an executable file"
+    BASE_BIN=$(cd "$(dirname "$BASE_BIN")" && pwd)/$(basename "$BASE_BIN")
+    ONLY+=",switchyard-base"
+    ALL_PROXIES+=",switchyard-base"
+fi
 IFS=, read -r -a PROXY_LIST <<<"$ONLY"
 IFS=, read -r -a SCEN_LIST <<<"$SCENARIOS"
 ((${#PROXY_LIST[@]})) || die "--only is empty"
@@ -330,7 +345,7 @@ START_DATE=$(date -u '+%Y-%m-%d %H:%M:%S')
 
 # ------------------------------------------------------------------ ports, configs, cert
 
-mapfile -t PORTS < <(py ports 9)
+mapfile -t PORTS < <(py ports 12)
 UPSTREAM_BLUE=${PORTS[0]}
 UPSTREAM_GREEN=${PORTS[1]}
 SWITCHYARD_HTTP=${PORTS[2]}
@@ -340,6 +355,9 @@ NGINX_HTTP=${PORTS[5]}
 NGINX_TLS=${PORTS[6]}
 HAPROXY_HTTP=${PORTS[7]}
 HAPROXY_TLS=${PORTS[8]}
+BASE_HTTP=${PORTS[9]}
+BASE_TLS=${PORTS[10]}
+BASE_METRICS=${PORTS[11]}
 RUN_USER=$(id -un)
 
 render() {
@@ -361,7 +379,7 @@ render() {
         "$1"
 }
 
-mkdir -p "$TMP"/{upstream,nginx-proxy,haproxy,switchyard,tls,www,out}
+mkdir -p "$TMP"/{upstream,nginx-proxy,haproxy,switchyard,switchyard-base,tls,www,out}
 for d in upstream nginx-proxy; do
     mkdir -p "$TMP/$d"/{client_body,proxy,fastcgi,uwsgi,scgi}
 done
@@ -374,6 +392,14 @@ render "$CONF/switchyard.toml" >"$TMP/switchyard/full.toml"
 sed '/# WORKERS-LINE/d' "$TMP/switchyard/full.toml" >"$TMP/switchyard/no-workers.toml"
 sed '/# TLS-BEGIN/,/# TLS-END/d' "$TMP/switchyard/full.toml" >"$TMP/switchyard/no-tls.toml"
 sed '/# TLS-BEGIN/,/# TLS-END/d' "$TMP/switchyard/no-workers.toml" >"$TMP/switchyard/no-tls-no-workers.toml"
+# The baseline build's configs: the same, on ports and files of its own.
+for v in full no-workers no-tls no-tls-no-workers; do
+    sed -e "s|127.0.0.1:$SWITCHYARD_HTTP\"|127.0.0.1:$BASE_HTTP\"|" \
+        -e "s|127.0.0.1:$SWITCHYARD_TLS\"|127.0.0.1:$BASE_TLS\"|" \
+        -e "s|127.0.0.1:$SWITCHYARD_METRICS\"|127.0.0.1:$BASE_METRICS\"|" \
+        -e "s|$TMP/switchyard/|$TMP/switchyard-base/|g" \
+        "$TMP/switchyard/$v.toml" >"$TMP/switchyard-base/$v.toml"
+done
 
 log "self-signed certificate"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
@@ -416,6 +442,7 @@ if has_proxy switchyard; then
         SWITCHYARD_USABLE=1
     fi
     [[ -n $BIN_PATH ]] && note "switchyard binary: $SWITCHYARD_BIN (--bin; the commit above is the harness's, not necessarily the binary's)"
+    [[ -n $BASE_BIN ]] && note "switchyard-base binary: $BASE_BIN (--baseline-bin; the same config on ports of its own)"
     if ((SWITCHYARD_USABLE)) && [[ ! -x $SWITCHYARD_BIN ]]; then
         note "switchyard: $SWITCHYARD_BIN not found; switchyard rows are n/a"
         SWITCHYARD_USABLE=0
@@ -443,8 +470,8 @@ done
 # ------------------------------------------------------------------ proxies
 
 declare -A PID HTTP_PORT TLS_PORT USABLE TLS_OK
-HTTP_PORT=([switchyard]=$SWITCHYARD_HTTP [nginx]=$NGINX_HTTP [haproxy]=$HAPROXY_HTTP)
-TLS_PORT=([switchyard]=$SWITCHYARD_TLS [nginx]=$NGINX_TLS [haproxy]=$HAPROXY_TLS)
+HTTP_PORT=([switchyard]=$SWITCHYARD_HTTP [nginx]=$NGINX_HTTP [haproxy]=$HAPROXY_HTTP [switchyard-base]=$BASE_HTTP)
+TLS_PORT=([switchyard]=$SWITCHYARD_TLS [nginx]=$NGINX_TLS [haproxy]=$HAPROXY_TLS [switchyard-base]=$BASE_TLS)
 SWITCHYARD_CONFIG=
 
 start_nginx_proxy() {
@@ -464,12 +491,19 @@ start_haproxy() {
 }
 
 start_switchyard_with() {
-    local cfg=$1
-    rm -f "$TMP/switchyard/admin.sock"
-    start_bg "$TMP/switchyard/stdout.log" taskset -c "$PROXY_CPU" \
-        env RUST_LOG="${RUST_LOG:-warn}" "$SWITCHYARD_BIN" run --config "$cfg"
-    PID[switchyard]=$LAST_PID
-    wait_http "http://127.0.0.1:$SWITCHYARD_HTTP/" "$LAST_PID" 20
+    local cfg=$1 name=${2:-switchyard} bin=${3:-$SWITCHYARD_BIN}
+    rm -f "$TMP/$name/admin.sock"
+    start_bg "$TMP/$name/stdout.log" taskset -c "$PROXY_CPU" \
+        env RUST_LOG="${RUST_LOG:-warn}" "$bin" run --config "$cfg"
+    PID[$name]=$LAST_PID
+    wait_http "http://127.0.0.1:${HTTP_PORT[$name]}/" "$LAST_PID" 20
+}
+
+# The baseline build, with the config variant the build under test started with.
+start_switchyard_base() {
+    [[ -n $SWITCHYARD_CONFIG ]] || return 1
+    start_switchyard_with "$TMP/switchyard-base/$(basename "$SWITCHYARD_CONFIG")" \
+        switchyard-base "$BASE_BIN"
 }
 
 start_switchyard() {
@@ -513,6 +547,7 @@ start_proxy() {
         nginx) start_nginx_proxy ;;
         haproxy) start_haproxy ;;
         switchyard) start_switchyard ;;
+        switchyard-base) start_switchyard_base ;;
     esac
 }
 
@@ -520,7 +555,7 @@ start_proxy() {
 check_tls() {
     local p=$1
     TLS_OK[$p]=0
-    if [[ $p == switchyard && $SWITCHYARD_CONFIG == *no-tls* ]]; then
+    if [[ $p == switchyard* && $SWITCHYARD_CONFIG == *no-tls* ]]; then
         return 0
     fi
     local i
@@ -538,7 +573,7 @@ check_tls() {
 ACTIVE=()
 for p in "${PROXY_LIST[@]}"; do
     USABLE[$p]=0
-    if [[ $p == switchyard ]] && ((!SWITCHYARD_USABLE)); then
+    if [[ $p == switchyard* ]] && ((!SWITCHYARD_USABLE)); then
         continue
     fi
     log "starting $p on 127.0.0.1:${HTTP_PORT[$p]} (TLS :${TLS_PORT[$p]}), CPU $PROXY_CPU"

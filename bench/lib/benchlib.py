@@ -21,7 +21,7 @@ import statistics
 import sys
 import urllib.parse
 
-PROXIES = ["switchyard", "nginx", "haproxy"]
+PROXIES = ["switchyard", "nginx", "haproxy", "switchyard-base"]
 
 SCENARIOS = [
     # name, title, what
