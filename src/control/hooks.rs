@@ -35,7 +35,7 @@ use crate::metrics::{names, Metrics};
 
 /// Notifications waiting or in flight, at most.
 pub const QUEUE: usize = 64;
-/// The first wait between attempts; it doubles, up to [`BACKOFF_MAX`].
+/// The first wait between attempts; it doubles, up to `BACKOFF_MAX` (5 s).
 pub const BACKOFF: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -292,7 +292,7 @@ async fn once(hook: &HookConfig, body: Bytes) -> Result<StatusCode, String> {
 const BODY_MAX: usize = 1 << 20;
 
 /// One exchange with `url`'s server (one connection, HTTP/1.1, TLS for https verified with
-/// `tls_ca` or the system bundle): the status and the body (at most [`BODY_MAX`] bytes).
+/// `tls_ca` or the system bundle): the status and the body (at most `BODY_MAX`, 1 MiB).
 pub async fn fetch(
     url: &HookUrl,
     tls_ca: Option<&std::path::Path>,

@@ -18,7 +18,7 @@
 //! rolled back — unless stable fails the same gates or is unhealthy: then paused(both_degraded),
 //! never a flip onto a broken stable. Terminal states are left only by a new rollout.
 //!
-//! Gating hooks ([`waiting`]): at `pre_rollout` (before any traffic moves), before each step
+//! Gating hooks (`rollout/waiting.rs`): at `pre_rollout` (before any traffic moves), before each step
 //! after the first and before promotion, a rollout with such hooks records a [`Pending`] and
 //! holds (its gates stay live) until the driver hands in the hook's outcome: a pass goes on,
 //! a failure aborts (`pre_rollout`, reason `hook_failed`) or rolls back ([`Gate::HookFailed`]).

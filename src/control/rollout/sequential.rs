@@ -6,9 +6,10 @@
 //! - [`bernoulli_bounds`]: a confidence sequence for a rate, from the beta-binomial mixture
 //!   martingale (Robbins' conjugate mixture; Howard, Ramdas, McAuliffe and Sekhon, Ann.
 //!   Statist. 2021, section 3 and its discrete-mixture examples).
-//! - [`quantile_bounds`]: a confidence sequence for a latency quantile from the same martingale
-//!   applied to "how many samples lie below the true quantile" (Howard and Ramdas, "Sequential
-//!   estimation of quantiles", Bernoulli 2022, Theorem 1 with a conjugate-mixture boundary).
+//! - [`count_bounds`], [`quantile_ranks`]: a confidence sequence for a latency quantile from
+//!   the same martingale applied to "how many samples lie below the true quantile" (Howard
+//!   and Ramdas, "Sequential estimation of quantiles", Bernoulli 2022, Theorem 1 with a
+//!   conjugate-mixture boundary).
 //! - a difference of two rates (candidate minus stable) is bounded by the difference of their
 //!   bounds: `lower(c) - upper(s)` to `upper(c) - lower(s)` holds whenever both sequences do,
 //!   so at every tick with probability at least `1 - alpha_c - alpha_s` (a union bound).

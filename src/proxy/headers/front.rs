@@ -134,7 +134,7 @@ fn is_twin(name: &[u8], hash: &[u8], id: &[u8]) -> bool {
 }
 
 /// The first field whose name is a twin of the hash header or of the request-id header
-/// (see [`underscore_twin`]).
+/// (see `underscore_twin`).
 pub fn ambiguous_field<'a>(
     headers: &'a HeaderMap,
     hash: &HeaderName,
