@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::prometheus::{Exporter, Prometheus};
@@ -15,12 +16,42 @@ use switchyard::ctl::client::Connection;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn query_toml(prometheus: &str, extra: &str) -> String {
+fn query_toml(prometheus: &str) -> String {
     format!(
         "\n[[rollout.gates.query]]\nname = \"error-ratio\"\nprometheus = \"{prometheus}\"\n\
          query = 'max(test_error_ratio{{pool=\"$candidate\"}})'\nmax = 0.05\ninterval = \"1s\"\n\
-         timeout = \"1s\"\nfail_windows = 2\n{extra}"
+         timeout = \"1s\"\nfail_windows = 2\n"
     )
+}
+
+/// What every test here runs: blue and green upstreams, the test exporter (green's value
+/// given, blue's 0), a real Prometheus scraping it, and a proxy with the `error-ratio`
+/// query gate and `rollout` settings on top of the test defaults.
+struct Rig {
+    exporter: Exporter,
+    prom: Prometheus,
+    p: TestProxy,
+    _control: Arc<switchyard::control::Control>,
+    _upstreams: (Upstream, Upstream),
+}
+
+impl Rig {
+    async fn start(green: f64, rollout: &[(&str, &str)]) -> Rig {
+        let (blue, green_up) = (upstream("blue").await, upstream("green").await);
+        let exporter = Exporter::start().await;
+        exporter.set_green(green);
+        let prom = Prometheus::start(&[exporter.addr]).await;
+        prom.wait_for_series("test_error_ratio", WAIT).await;
+        let toml = format!("{}{}", rollout_toml(rollout), query_toml(&prom.url()));
+        let (p, control) = proxy_with(&[blue.addr], &[green_up.addr], &toml, "", false).await;
+        Rig {
+            exporter,
+            prom,
+            p,
+            _control: control,
+            _upstreams: (blue, green_up),
+        }
+    }
 }
 
 fn query_report(view: &serde_json::Value) -> serde_json::Value {
@@ -29,17 +60,8 @@ fn query_report(view: &serde_json::Value) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_query_crossing_max_rolls_back_naming_the_query() {
-    let (blue, green) = (upstream("blue").await, upstream("green").await);
-    let exporter = Exporter::start().await;
-    exporter.set_green(0.01);
-    let prom = Prometheus::start(&[exporter.addr]).await;
-    prom.wait_for_series("test_error_ratio", WAIT).await;
-    let toml = format!(
-        "{}{}",
-        rollout_toml(&[("hold", "\"60s\""), ("max_hold", "\"60s\"")]),
-        query_toml(&prom.url(), "")
-    );
-    let (p, _control) = proxy_with(&[blue.addr], &[green.addr], &toml, "", false).await;
+    let rig = Rig::start(0.01, &[("hold", "\"60s\""), ("max_hold", "\"60s\"")]).await;
+    let (p, exporter) = (&rig.p, &rig.exporter);
     let idle = p.admin("gates").await;
     assert_eq!(idle["queries"][0]["name"], "error-ratio", "{idle}");
     let mut watch = Connection::connect(&p.socket).await.unwrap();
@@ -47,7 +69,7 @@ async fn a_query_crossing_max_rolls_back_naming_the_query() {
     assert_eq!(watch.next().await.unwrap().unwrap()["ok"], true);
     assert_eq!(p.admin("rollout start to green").await["ok"], true);
     // The gate passes first, as `ctl gates` shows.
-    let r = wait_rollout(&p, WAIT, |r| query_report(r)["verdict"] == "pass").await;
+    let r = wait_rollout(p, WAIT, |r| query_report(r)["verdict"] == "pass").await;
     let q = query_report(&r);
     assert_eq!(
         (q["name"].as_str(), q["max"].as_f64()),
@@ -57,7 +79,7 @@ async fn a_query_crossing_max_rolls_back_naming_the_query() {
     let gates = p.admin("gates").await;
     assert_eq!(gates["queries"][0]["name"], "error-ratio", "{gates}");
     exporter.set_green(0.5);
-    let r = wait_rollout(&p, WAIT, |r| r["phase"] == "rolled_back").await;
+    let r = wait_rollout(p, WAIT, |r| r["phase"] == "rolled_back").await;
     assert_eq!(r["gate"], "query", "{r}");
     let reason = r["reason"].as_str().unwrap();
     assert!(
@@ -96,24 +118,15 @@ async fn a_query_crossing_max_rolls_back_naming_the_query() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prometheus_stopped_mid_rollout_is_inconclusive_not_passing() {
-    let (blue, green) = (upstream("blue").await, upstream("green").await);
-    let exporter = Exporter::start().await;
-    exporter.set_green(0.01);
-    let mut prom = Prometheus::start(&[exporter.addr]).await;
-    prom.wait_for_series("test_error_ratio", WAIT).await;
-    let toml = format!(
-        "{}{}",
-        rollout_toml(&[("hold", "\"5s\""), ("max_hold", "\"8s\"")]),
-        query_toml(&prom.url(), "")
-    );
-    let (p, _control) = proxy_with(&[blue.addr], &[green.addr], &toml, "", false).await;
+    let mut rig = Rig::start(0.01, &[("hold", "\"5s\""), ("max_hold", "\"8s\"")]).await;
+    let p = &rig.p;
     let t = traffic(p.addr, 300, Duration::from_secs(60));
     assert_eq!(p.admin("rollout start to green").await["ok"], true);
-    let r = wait_rollout(&p, WAIT, |r| query_report(r)["verdict"] == "pass").await;
+    let r = wait_rollout(p, WAIT, |r| query_report(r)["verdict"] == "pass").await;
     assert_eq!(r["step"], 0, "{r}");
-    prom.stop();
+    rig.prom.stop();
     // Without answers the step cannot complete: it pauses at max_hold.
-    let r = wait_rollout(&p, WAIT, |r| r["phase"] != "progressing").await;
+    let r = wait_rollout(p, WAIT, |r| r["phase"] != "progressing").await;
     t.stop().await;
     assert_eq!(
         (
@@ -132,21 +145,12 @@ async fn a_prometheus_stopped_mid_rollout_is_inconclusive_not_passing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_applies_query_gates_to_the_next_rollout_only() {
-    let (blue, green) = (upstream("blue").await, upstream("green").await);
-    let exporter = Exporter::start().await;
+    let rig = Rig::start(0.01, &[("hold", "\"4s\""), ("max_hold", "\"20s\"")]).await;
+    let (p, exporter) = (&rig.p, &rig.exporter);
     exporter.set_blue(0.01);
-    exporter.set_green(0.01);
-    let prom = Prometheus::start(&[exporter.addr]).await;
-    prom.wait_for_series("test_error_ratio", WAIT).await;
-    let toml = format!(
-        "{}{}",
-        rollout_toml(&[("hold", "\"4s\""), ("max_hold", "\"20s\"")]),
-        query_toml(&prom.url(), "")
-    );
-    let (p, _control) = proxy_with(&[blue.addr], &[green.addr], &toml, "", false).await;
     let t = traffic(p.addr, 300, Duration::from_secs(120));
     assert_eq!(p.admin("rollout start to green").await["ok"], true);
-    let r = wait_rollout(&p, WAIT, |r| query_report(r)["verdict"] == "pass").await;
+    let r = wait_rollout(p, WAIT, |r| query_report(r)["verdict"] == "pass").await;
     assert_eq!(r["step"], 0, "{r}");
     // A bound the candidate's 0.01 crosses, reloaded while the rollout runs.
     let path = p.dir.path().join("switchyard.toml");
@@ -155,7 +159,7 @@ async fn reload_applies_query_gates_to_the_next_rollout_only() {
     std::fs::write(&path, text.replace("max = 0.05", "max = 0.005")).unwrap();
     let reloaded = p.admin("reload").await;
     assert_eq!(reloaded["ok"], true, "{reloaded}");
-    let r = wait_rollout(&p, Duration::from_secs(60), |r| {
+    let r = wait_rollout(p, Duration::from_secs(60), |r| {
         r["phase"] != "progressing" && r["phase"] != "baking"
     })
     .await;
@@ -163,7 +167,7 @@ async fn reload_applies_query_gates_to_the_next_rollout_only() {
     assert_eq!(query_report(&r)["max"].as_f64(), Some(0.05), "{r}");
     // The next rollout (back to blue, also at 0.01) is judged by the reloaded bound.
     assert_eq!(p.admin("rollout start to blue").await["ok"], true);
-    let r = wait_rollout(&p, WAIT, |r| r["phase"] == "rolled_back").await;
+    let r = wait_rollout(p, WAIT, |r| r["phase"] == "rolled_back").await;
     t.stop().await;
     assert_eq!(r["gate"], "query", "{r}");
     let reason = r["reason"].as_str().unwrap();

@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -156,20 +156,9 @@ fn free_port() -> u16 {
 /// binary directory (the test's binary is that build; a release build would take minutes).
 /// `as_user` runs it under another uid (setpriv). Returns stdout.
 fn run_quick_start(as_user: Option<(u32, u32)>) -> String {
-    // `mktemp -d` makes $DIR in here, so that the daemon's and the backends' logs can be
-    // shown if the block fails; open to the other user too (sticky, like /tmp).
-    let tmp = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(
-        tmp.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o1777),
-    )
-    .unwrap();
-    // The other user may not be allowed into the checkout (a clone under a private
-    // directory): it runs a copy of this build then.
-    let (exe, _copy) = match as_user {
-        Some(_) => executable_by_others(),
-        None => (PathBuf::from(env!("CARGO_BIN_EXE_switchyard")), None),
-    };
+    // Another user may not be allowed into the checkout (a clone under a private
+    // directory): the block runs a copy of this build then.
+    let (exe, _copy) = executable_by_others();
     let bin_dir = exe.parent().unwrap().to_path_buf();
     let mut script = quick_start();
     assert!(script.contains("cargo build --release\n"), "{script}");
@@ -201,6 +190,14 @@ fn run_quick_start(as_user: Option<(u32, u32)>) -> String {
     // Its own process group: whatever it started in the background can be stopped by this
     // group id if the script fails half-way.
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    // `mktemp -d` makes $DIR in here, so that the daemon's and the backends' logs can be
+    // shown if the block fails; open to the other user too (sticky, like /tmp).
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        tmp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+    )
+    .unwrap();
     let logs = || {
         let mut all = String::new();
         for dir in std::fs::read_dir(tmp.path())
