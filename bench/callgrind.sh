@@ -47,7 +47,7 @@ if ((${#pkgs[@]})); then
 fi
 
 # One short harness run renders the configs, the certificate and the upstream's config.
-log=$(bench/run.sh --no-build --keep-tmp --only switchyard --scenarios small --rounds 1 --duration 1 2>&1) ||
+log=$(bench/run.sh --bin "$BIN" --keep-tmp --only switchyard --scenarios small --rounds 1 --duration 1 2>&1) ||
     { echo "$log" >&2; exit 1; }
 TMP=$(sed -n 's/.*temp dir kept: //p' <<<"$log" | tail -1)
 [[ -d $TMP ]] || { echo "callgrind: no temp dir from bench/run.sh" >&2; exit 1; }

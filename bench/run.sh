@@ -93,6 +93,12 @@ die() { printf 'bench: error: %s\n' "$*" >&2; exit 1; }
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
+# abs_path PATH: PATH from the root, its directory resolved (fails if that does not exist)
+abs_path() {
+    local d
+    d=$(cd "$(dirname "$1")" && pwd) || return 1
+    printf '%s/%s' "$d" "$(basename "$1")"
+}
 
 quote_arg() {
     if [[ $1 =~ ^[A-Za-z0-9_,./=:@%+-]+$ ]]; then
@@ -152,7 +158,7 @@ done
 if [[ -n $BASE_BIN ]]; then
     [[ ",$ONLY," == *",switchyard,"* ]] || die "--baseline-bin compares against switchyard: keep it in --only"
     [[ -x $BASE_BIN ]] || die "--baseline-bin $BASE_BIN: not an executable file"
-    BASE_BIN=$(cd "$(dirname "$BASE_BIN")" && pwd)/$(basename "$BASE_BIN")
+    BASE_BIN=$(abs_path "$BASE_BIN")
     ONLY+=",switchyard-base"
     ALL_PROXIES+=",switchyard-base"
 fi
@@ -360,8 +366,10 @@ BASE_TLS=${PORTS[10]}
 BASE_METRICS=${PORTS[11]}
 RUN_USER=$(id -un)
 
+SWITCHYARD_NAME=switchyard
 render() {
     sed -e "s|@DIR@|$TMP|g" \
+        -e "s|@SWITCHYARD_NAME@|$SWITCHYARD_NAME|g" \
         -e "s|@USER@|$RUN_USER|g" \
         -e "s|@WORKERS@|$WORKERS|g" \
         -e "s|@NOFILE@|$NOFILE|g" \
@@ -388,18 +396,19 @@ head -c 16384 /dev/zero | tr '\0' 'x' >"$TMP/www/16k"
 render "$CONF/upstream-nginx.conf" >"$TMP/upstream/nginx.conf"
 render "$CONF/nginx-proxy.conf" >"$TMP/nginx-proxy/nginx.conf"
 render "$CONF/haproxy.cfg" >"$TMP/haproxy/haproxy.cfg"
-render "$CONF/switchyard.toml" >"$TMP/switchyard/full.toml"
-sed '/# WORKERS-LINE/d' "$TMP/switchyard/full.toml" >"$TMP/switchyard/no-workers.toml"
-sed '/# TLS-BEGIN/,/# TLS-END/d' "$TMP/switchyard/full.toml" >"$TMP/switchyard/no-tls.toml"
-sed '/# TLS-BEGIN/,/# TLS-END/d' "$TMP/switchyard/no-workers.toml" >"$TMP/switchyard/no-tls-no-workers.toml"
-# The baseline build's configs: the same, on ports and files of its own.
-for v in full no-workers no-tls no-tls-no-workers; do
-    sed -e "s|127.0.0.1:$SWITCHYARD_HTTP\"|127.0.0.1:$BASE_HTTP\"|" \
-        -e "s|127.0.0.1:$SWITCHYARD_TLS\"|127.0.0.1:$BASE_TLS\"|" \
-        -e "s|127.0.0.1:$SWITCHYARD_METRICS\"|127.0.0.1:$BASE_METRICS\"|" \
-        -e "s|$TMP/switchyard/|$TMP/switchyard-base/|g" \
-        "$TMP/switchyard/$v.toml" >"$TMP/switchyard-base/$v.toml"
-done
+# render_switchyard NAME HTTP TLS METRICS: a switchyard config on these ports with its
+# files under $TMP/NAME, and the fallbacks for a build that lacks a key (full, no-workers,
+# no-tls, no-tls-no-workers). NAME is switchyard, or switchyard-base (--baseline-bin).
+render_switchyard() {
+    local SWITCHYARD_NAME=$1 SWITCHYARD_HTTP=$2 SWITCHYARD_TLS=$3 SWITCHYARD_METRICS=$4
+    local d="$TMP/$1"
+    render "$CONF/switchyard.toml" >"$d/full.toml"
+    sed '/# WORKERS-LINE/d' "$d/full.toml" >"$d/no-workers.toml"
+    sed '/# TLS-BEGIN/,/# TLS-END/d' "$d/full.toml" >"$d/no-tls.toml"
+    sed '/# TLS-BEGIN/,/# TLS-END/d' "$d/no-workers.toml" >"$d/no-tls-no-workers.toml"
+}
+render_switchyard switchyard "$SWITCHYARD_HTTP" "$SWITCHYARD_TLS" "$SWITCHYARD_METRICS"
+render_switchyard switchyard-base "$BASE_HTTP" "$BASE_TLS" "$BASE_METRICS"
 
 log "self-signed certificate"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
@@ -425,8 +434,7 @@ wait_http() {
 
 SWITCHYARD_BIN="$REPO/target/release/switchyard"
 if [[ -n $BIN_PATH ]]; then
-    SWITCHYARD_BIN=$(cd "$(dirname "$BIN_PATH")" && pwd)/$(basename "$BIN_PATH") ||
-        die "--bin $BIN_PATH: no such directory"
+    SWITCHYARD_BIN=$(abs_path "$BIN_PATH") || die "--bin $BIN_PATH: no such directory"
 fi
 SWITCHYARD_USABLE=0
 if has_proxy switchyard; then
