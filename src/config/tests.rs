@@ -237,7 +237,7 @@ fn minimal_config_gets_documented_defaults() {
     assert_eq!(p.limits.max_body_bytes, 1 << 30);
     assert_eq!(c.pool(PoolId::Blue).backends, ["127.0.0.1:9001"]);
     assert_eq!(c.pool(PoolId::Green).backends, ["127.0.0.1:9011"]);
-    assert_eq!(c.pool(PoolId::Green).max_idle_per_backend, 256);
+    assert_eq!(c.pool(PoolId::Green).max_idle_per_backend, 1024);
     assert_eq!(c.split.green_bp, 0);
     assert_eq!(c.split.affinity, Affinity::None);
     assert_eq!(
