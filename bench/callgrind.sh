@@ -3,10 +3,12 @@
 # load give the same count within about 0.5 %, where CPU time on a shared VM moves by
 # 10 % or more between runs. Use it to compare two builds of a hot-path change.
 #
-#   bench/callgrind.sh [plain|tls|h2] [REQUESTS] [--keep] [--bin PATH]
+#   bench/callgrind.sh [plain|tls|h2|close] [REQUESTS] [--keep] [--bin PATH]
 #
 # plain: HTTP/1.1 (h2load --h1), tls: HTTP/1.1 over TLS, h2: HTTP/2 over TLS (-m 10);
 # 16 keep-alive connections, REQUESTS (default 4000) counted after 500 to warm up.
+# close: plain HTTP/1.1 with `Connection: close`, a new connection per request (the
+# cost of a connection's setup and teardown; bench/run.sh's close scenario).
 # Measures target/release/switchyard (build it first), or the binary --bin names. The configs and the upstream
 # nginx are the load benchmark's (bench/run.sh renders them). --keep keeps the temp dir
 # with the profile (cg.out.1, for callgrind_annotate). Every process started here is
@@ -24,9 +26,9 @@ for arg in "$@"; do
     case $arg in
         --bin) NEXT_IS_BIN=1 ;;
         --bin=*) BIN=${arg#*=} ;;
-        plain | tls | h2) MODE=$arg ;;
+        plain | tls | h2 | close) MODE=$arg ;;
         --keep) KEEP=1 ;;
-        -h | --help) sed -n '2,14p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,16p' "$0"; exit 0 ;;
         *)
             [[ $arg =~ ^[0-9]+$ ]] || { echo "callgrind: unknown argument $arg (see --help)" >&2; exit 1; }
             REQUESTS=$arg ;;
@@ -66,6 +68,7 @@ case $MODE in
     plain) config=$TMP/switchyard/no-tls.toml; which=1; scheme=http; h2=(--h1) ;;
     tls) config=$TMP/switchyard/full.toml; which=2; scheme=https; h2=(--h1) ;;
     h2) config=$TMP/switchyard/full.toml; which=2; scheme=https; h2=(-m 10) ;;
+    close) config=$TMP/switchyard/no-tls.toml; which=1; scheme=http; h2=(--h1 -H 'Connection: close') ;;
 esac
 port=$(grep -o '127.0.0.1:[0-9]*' "$config" | sed -n "${which}p")
 url=$scheme://$port/
