@@ -30,8 +30,8 @@ const WAVE: usize = 300;
 const WAVES: usize = 3;
 
 /// A backend that counts the connections that carried a request (health checks dial
-/// their own and are not counted) and holds every request until `WAVE` have arrived,
-/// so that each wave has all of its requests in flight at once.
+/// their own and are not counted) and holds every request until `wave` have arrived,
+/// so that each wave has all of its requests in flight at once (1: no waiting).
 struct Backend {
     addr: std::net::SocketAddr,
     connections: Arc<AtomicUsize>,
@@ -45,7 +45,7 @@ impl Drop for Backend {
     }
 }
 
-async fn backend() -> Backend {
+async fn backend(wave: usize) -> Backend {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     // Room for a whole wave of connects at once.
@@ -75,17 +75,17 @@ async fn backend() -> Backend {
                             if !counted.swap(true, SeqCst) {
                                 c.fetch_add(1, SeqCst);
                             }
-                            // The n-th request belongs to wave n / WAVE; it is answered
+                            // The n-th request belongs to wave n / size; it is answered
                             // once that wave is complete (or after a deadline, so that a
                             // broken run fails on its counts rather than hangs).
                             let n = a.fetch_add(1, SeqCst) + 1;
-                            let wave = n.div_ceil(WAVE);
-                            if n % WAVE == 0 {
-                                tx.send_replace(wave);
+                            let this = n.div_ceil(wave);
+                            if n % wave == 0 {
+                                tx.send_replace(this);
                             }
                             let _ = tokio::time::timeout(
                                 Duration::from_secs(20),
-                                rx.wait_for(|w| *w >= wave),
+                                rx.wait_for(|w| *w >= this),
                             )
                             .await;
                         }
@@ -113,7 +113,7 @@ async fn backend() -> Backend {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waves_over_the_old_idle_cap_reuse_the_first_waves_connections() {
-    let blue = backend().await;
+    let blue = backend(WAVE).await;
     let green = upstream("green").await;
     // The pools' defaults: no max_idle_per_backend here.
     let proxy = proxy_multi(&[blue.addr], &[green.addr], "").await;
@@ -139,4 +139,29 @@ async fn waves_over_the_old_idle_cap_reuse_the_first_waves_connections() {
         blue.connections.load(SeqCst)
     );
     assert_eq!(green.hits.load(SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_pool_that_keeps_no_idle_connections_dials_one_per_request() {
+    let blue = backend(1).await;
+    let green = upstream("green").await;
+    let dir = tempfile::tempdir().unwrap();
+    // config_text has no room for a pool key: the same text with the cap added.
+    let text = config_text(dir.path(), &[blue.addr], &[green.addr], "").replacen(
+        "[pools.green]",
+        "max_idle_per_backend = 0\n[pools.green]",
+        1,
+    );
+    let cfg = switchyard::config::Config::from_toml_str(&text).unwrap();
+    let server = switchyard::Switchyard::bind(cfg).await.unwrap();
+    let url = format!("http://{}/", server.http_addrs()[0]);
+    let stop = CancellationToken::new();
+    let _stop = DropCancel(stop.clone());
+    tokio::spawn(async move { server.run(stop).await.unwrap() });
+    let c = client();
+    for i in 1..=5 {
+        let (status, _, _) = send(&c, get(&url)).await;
+        assert!(status.is_success(), "request {i}: {status}");
+        assert_eq!(blue.connections.load(SeqCst), i, "request {i}");
+    }
 }

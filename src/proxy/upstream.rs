@@ -326,7 +326,11 @@ impl ConnPool {
 
     /// Returns a connection whose last response has been read in full.
     pub fn checkin(&self, tx: Sender) {
-        if !tx.is_closed() && self.keep_idle.load(Ordering::Relaxed) {
+        // `max_idle_per_backend = 0`: no connection is kept (the queue has one slot anyway).
+        if !tx.is_closed()
+            && self.keep_idle.load(Ordering::Relaxed)
+            && self.opts.max_idle_per_backend > 0
+        {
             // A full pool drops the connection: the cap bounds idle sockets per backend.
             let _ = self.idle.push(Idle {
                 tx,
