@@ -10,7 +10,7 @@ CONF="$SCRIPT_DIR/conf"
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin:${CARGO_HOME:-$HOME/.cargo}/bin"
 
 ALL_PROXIES="switchyard,nginx,haproxy"
-ALL_SCENARIOS="small,body16k,tls,h2,close,rate,flip,idle"
+ALL_SCENARIOS="small,body16k,tls,h2,close,rate,tlsrate,flip,idle"
 
 DURATION=10
 ROUNDS=3
@@ -59,12 +59,13 @@ Options:
                          h2      h2load over TLS, -c 64 -m 10
                          close   wrk, 16 connections, Connection: close
                          rate    oha at a fixed rate (--rate), P50/P99/P99.9
+                         tlsrate the same over https (HTTP/1.1)
                          flip    switchyard only: small load while the admin
                                  socket flips the weight every ${FLIP_INTERVAL_MS} ms, right
                                  after the same load without flips
                          idle    RSS with N idle keep-alive connections
   --idle-conns N       connections for the idle scenario (default $IDLE_CONNS)
-  --rate N             requests per second for the rate scenario (default $RATE)
+  --rate N             requests per second for the rate and tlsrate scenarios (default $RATE)
   --no-build           do not run cargo build --release (use target/release/switchyard)
   --bin PATH           bench this switchyard binary instead of target/release/switchyard
                        (implies --no-build); to compare two commits, build each
@@ -219,7 +220,7 @@ ensure_tools() {
         mapfile -t uniq < <(printf '%s\n' "${pkgs[@]}" | sort -u)
         apt_install "${uniq[@]}"
     fi
-    if has_scen rate && ! command -v oha >/dev/null; then
+    if { has_scen rate || has_scen tlsrate; } && ! command -v oha >/dev/null; then
         ((INSTALL)) || die "oha missing (cargo install oha --locked)"
         command -v cargo >/dev/null || die "oha missing and no cargo to install it"
         log "cargo install oha --locked (a few minutes, once)"
@@ -588,7 +589,7 @@ for p in "${PROXY_LIST[@]}"; do
     if start_proxy "$p"; then
         USABLE[$p]=1
         ACTIVE+=("$p")
-        if has_scen tls || has_scen h2; then check_tls "$p"; fi
+        if has_scen tls || has_scen h2 || has_scen tlsrate; then check_tls "$p"; fi
     else
         note "$p did not start or serve (log: $(proxy_log_tail "$p"))"
         stop_pid "${PID[$p]:-}"
@@ -657,7 +658,7 @@ oha_json_flag() {
     # let requests in flight at the deadline finish instead of counting them as errors
     if grep -q -- '--wait-ongoing-requests-after-deadline' <<<"$help"; then OHA_JSON+=(-w); fi
 }
-if has_scen rate; then oha_json_flag; fi
+if has_scen rate || has_scen tlsrate; then oha_json_flag; fi
 
 admin_socket() { echo "$TMP/switchyard/admin.sock"; }
 
@@ -736,6 +737,13 @@ run_one() {
             measure "$round" "$scen" "$p" oha "$out" taskset -c "$LOAD_CPU" \
                 oha --no-tui "${OHA_JSON[@]}" -q "$RATE" -z "${DURATION}s" -c 64 \
                 --latency-correction "$http/" ;;
+        tlsrate)
+            if [[ ${TLS_OK[$p]:-0} != 1 ]]; then na "$round" "$scen" "$p" "TLS not served"; return; fi
+            # HTTP/1.1 over TLS (oha offers no ALPN h2 unless asked); the certificate is
+            # the run's self-signed one
+            measure "$round" "$scen" "$p" oha "$out" taskset -c "$LOAD_CPU" \
+                oha --no-tui "${OHA_JSON[@]}" -q "$RATE" -z "${DURATION}s" -c 64 \
+                --latency-correction --insecure "$https/" ;;
         flip)
             [[ $p == switchyard ]] || return 0
             # the same load without flips right before, as the baseline

@@ -34,6 +34,8 @@ SCENARIOS = [
      "wrk, 16 connections, `Connection: close`, GET /"),
     ("rate", "fixed rate",
      "oha at a fixed request rate, latency corrected for coordinated omission, 64 keep-alive connections"),
+    ("tlsrate", "fixed rate over TLS",
+     "oha at the same fixed rate over https (HTTP/1.1), latency corrected, 64 keep-alive connections"),
     ("flip", "weight flips (switchyard only)",
      "small keep-alive load while the admin socket flips the green weight 0/100/50 every 10 ms; "
      "the same load without flips runs right before it as the baseline"),
