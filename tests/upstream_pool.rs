@@ -35,6 +35,8 @@ const WAVES: usize = 3;
 struct Backend {
     addr: std::net::SocketAddr,
     connections: Arc<AtomicUsize>,
+    /// Of those, the ones still open.
+    open: Arc<AtomicUsize>,
     arrived: Arc<AtomicUsize>,
     stop: CancellationToken,
 }
@@ -52,11 +54,17 @@ async fn backend(wave: usize) -> Backend {
     let listener = socket.listen(1024).unwrap();
     let addr = listener.local_addr().unwrap();
     let connections = Arc::new(AtomicUsize::new(0));
+    let open = Arc::new(AtomicUsize::new(0));
     let arrived = Arc::new(AtomicUsize::new(0));
     let (released_tx, released) = watch::channel(0usize);
     let released_tx = Arc::new(released_tx);
     let stop = CancellationToken::new();
-    let (c, a, s) = (connections.clone(), arrived.clone(), stop.clone());
+    let (c, o, a, s) = (
+        connections.clone(),
+        open.clone(),
+        arrived.clone(),
+        stop.clone(),
+    );
     tokio::spawn(async move {
         loop {
             let stream = tokio::select! {
@@ -64,16 +72,19 @@ async fn backend(wave: usize) -> Backend {
                 _ = s.cancelled() => return,
             };
             let counted = Arc::new(AtomicBool::new(false));
-            let (c, a, s) = (c.clone(), a.clone(), s.clone());
+            let (c, o, a, s) = (c.clone(), o.clone(), a.clone(), s.clone());
+            let was_counted = counted.clone();
             let (tx, rx) = (released_tx.clone(), released.clone());
             tokio::spawn(async move {
+                let open = o.clone();
                 let svc = service_fn(move |req: Request<Incoming>| {
-                    let (c, a, counted) = (c.clone(), a.clone(), counted.clone());
+                    let (c, o, a, counted) = (c.clone(), o.clone(), a.clone(), counted.clone());
                     let (tx, mut rx) = (tx.clone(), rx.clone());
                     async move {
                         if req.uri().path() != "/health" {
                             if !counted.swap(true, SeqCst) {
                                 c.fetch_add(1, SeqCst);
+                                o.fetch_add(1, SeqCst);
                             }
                             // The n-th request belongs to wave n / size; it is answered
                             // once that wave is complete (or after a deadline, so that a
@@ -100,12 +111,16 @@ async fn backend(wave: usize) -> Backend {
                     _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc) => {}
                     _ = s.cancelled() => {}
                 }
+                if was_counted.load(SeqCst) {
+                    open.fetch_sub(1, SeqCst);
+                }
             });
         }
     });
     Backend {
         addr,
         connections,
+        open,
         arrived,
         stop,
     }
@@ -164,4 +179,33 @@ async fn a_pool_that_keeps_no_idle_connections_dials_one_per_request() {
         assert!(status.is_success(), "request {i}: {status}");
         assert_eq!(blue.connections.load(SeqCst), i, "request {i}");
     }
+}
+
+#[tokio::test]
+async fn idle_connections_close_after_upstream_idle_with_no_requests() {
+    const HELD: usize = 3;
+    let blue = backend(HELD).await;
+    let green = upstream("green").await;
+    let proxy = proxy_multi(
+        &[blue.addr],
+        &[green.addr],
+        "[proxy]\nlisten = [\"127.0.0.1:0\"]\n[proxy.timeouts]\nupstream_idle = \"1s\"\n",
+    )
+    .await;
+    let c = client();
+    let url = proxy.url("/");
+    let answers = futures_util::future::join_all((0..HELD).map(|_| {
+        let (c, url) = (c.clone(), url.clone());
+        async move { send(&c, get(&url)).await.0 }
+    }))
+    .await;
+    assert!(answers.iter().all(|s| s.is_success()), "{answers:?}");
+    assert_eq!(blue.connections.load(SeqCst), HELD);
+    // No request comes to take them: the sweep closes them once they have waited 1 s.
+    wait_for(
+        "the pool to close its idle connections",
+        Duration::from_secs(10),
+        || async { blue.open.load(SeqCst) == 0 },
+    )
+    .await;
 }

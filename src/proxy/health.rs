@@ -3,7 +3,8 @@
 //! carries the exact constitutional hash. `fall` failures in a row take a backend out of
 //! rotation, `rise` passes bring it back. Pools are re-read from the route table every
 //! round, so reloads and new backends are picked up. A pool with TLS to its backends is
-//! checked over TLS.
+//! checked over TLS. Beside them, once a second, pooled upstream connections idle longer
+//! than `proxy.timeouts.upstream_idle` are closed.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -25,7 +26,7 @@ use crate::proxy::route::RouteHandle;
 use crate::proxy::settings::Settings;
 use crate::proxy::upstream::open;
 
-/// Runs the checks of both pools until shutdown.
+/// Runs the checks of both pools, and the idle-connection sweep, until shutdown.
 pub async fn run(routes: Arc<RouteHandle>, metrics: Arc<Metrics>, shutdown: CancellationToken) {
     tokio::join!(
         pool_loop(
@@ -34,8 +35,32 @@ pub async fn run(routes: Arc<RouteHandle>, metrics: Arc<Metrics>, shutdown: Canc
             metrics.clone(),
             shutdown.clone()
         ),
-        pool_loop(PoolId::Green, routes, metrics, shutdown),
+        pool_loop(PoolId::Green, routes.clone(), metrics, shutdown.clone()),
+        sweep_loop(routes, shutdown),
     );
+}
+
+/// Once a second, closes pooled upstream connections idle longer than
+/// `proxy.timeouts.upstream_idle`: without it, the connections a burst left in the pools
+/// stay open until the next requests come to skip them.
+async fn sweep_loop(routes: Arc<RouteHandle>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let table = routes.load();
+        for id in [PoolId::Blue, PoolId::Green] {
+            for b in table.pool(id).backends.iter() {
+                let closed = b.conns.sweep();
+                if closed > 0 {
+                    debug!(pool = %id, backend = %b.addr, closed, "closed idle upstream connections");
+                }
+            }
+        }
+    }
 }
 
 async fn pool_loop(

@@ -339,6 +339,27 @@ impl ConnPool {
         }
     }
 
+    /// Closes the idle connections that have waited longer than the idle timeout (or were
+    /// closed by the backend meanwhile), oldest first, up to the first one still fresh: the
+    /// queue is in the order connections came back, so the stale ones are at its front.
+    /// Checkouts skip stale connections too; this closes them when no request comes.
+    /// Returns how many were closed.
+    pub fn sweep(&self) -> usize {
+        let mut closed = 0;
+        // At most the queue's length, so that checkins cannot keep this looping.
+        for _ in 0..self.idle.len() {
+            let Some(idle) = self.idle.pop() else { break };
+            if idle.tx.is_closed() || idle.since.elapsed() > self.opts.idle_timeout {
+                closed += 1;
+                continue;
+            }
+            // Still fresh: back in, at the end (a full queue drops it, as a checkin would).
+            let _ = self.idle.push(idle);
+            break;
+        }
+        closed
+    }
+
     /// Closes every idle connection.
     pub fn clear(&self) {
         while self.idle.pop().is_some() {}
