@@ -339,23 +339,22 @@ impl ConnPool {
         }
     }
 
-    /// Closes the idle connections that have waited longer than the idle timeout (or were
-    /// closed by the backend meanwhile), oldest first, up to the first one still fresh: the
-    /// queue is in the order connections came back, so the stale ones are at its front.
-    /// Checkouts skip stale connections too; this closes them when no request comes.
-    /// Returns how many were closed.
+    /// Closes the idle connections that have waited longer than the idle timeout or were
+    /// closed by the backend meanwhile; checkouts skip those too, this closes them when no
+    /// request comes. One turn of the queue: each entry is taken and the live ones put back
+    /// in the order they had, so that the queue stays oldest first. Returns how many were
+    /// closed.
     pub fn sweep(&self) -> usize {
         let mut closed = 0;
-        // At most the queue's length, so that checkins cannot keep this looping.
+        // One turn: at most the length at the start, however many come back meanwhile.
         for _ in 0..self.idle.len() {
             let Some(idle) = self.idle.pop() else { break };
             if idle.tx.is_closed() || idle.since.elapsed() > self.opts.idle_timeout {
                 closed += 1;
-                continue;
+            } else {
+                // A full queue (refilled by checkins meanwhile) drops it, as a checkin would.
+                let _ = self.idle.push(idle);
             }
-            // Still fresh: back in, at the end (a full queue drops it, as a checkin would).
-            let _ = self.idle.push(idle);
-            break;
         }
         closed
     }
