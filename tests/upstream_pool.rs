@@ -154,6 +154,16 @@ async fn waves_over_the_old_idle_cap_reuse_the_first_waves_connections() {
         blue.connections.load(SeqCst)
     );
     assert_eq!(green.hits.load(SeqCst), 0);
+    // The same count, as an operator sees it.
+    let text = proxy.metrics().await;
+    let opened = metric(
+        &text,
+        &format!(
+            "switchyard_upstream_connections_opened_total{{pool=\"blue\",backend=\"{}\"}}",
+            blue.addr
+        ),
+    );
+    assert_eq!(opened, WAVE as f64, "{text}");
 }
 
 #[tokio::test]

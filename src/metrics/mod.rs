@@ -355,6 +355,27 @@ impl Metrics {
         backend
             .responses
             .get_or_init(|| self.backend_counters(pool, &backend.addr));
+        backend
+            .opened
+            .get_or_init(|| self.opened_counter(pool, &backend.addr));
+    }
+
+    fn opened_counter(&self, pool: PoolId, addr: &str) -> Counter {
+        self.counter(
+            names::UPSTREAM_CONNECTIONS_OPENED_TOTAL,
+            vec![
+                Label::new("pool", pool.as_str()),
+                Label::new("backend", addr.to_string()),
+            ],
+        )
+    }
+
+    /// A new connection to `backend` carried a request (not taken from the idle pool).
+    pub fn upstream_connection_opened(&self, pool: PoolId, backend: &Backend) {
+        backend
+            .opened
+            .get_or_init(|| self.opened_counter(pool, &backend.addr))
+            .increment(1);
     }
 
     fn backend_counters(&self, pool: PoolId, addr: &str) -> [Counter; 5] {

@@ -28,6 +28,7 @@ pub const STATE_SAVE_FAILURES_TOTAL: &str = "switchyard_state_save_failures_tota
 pub const FAILOVER_ACTIVE: &str = "switchyard_failover_active";
 pub const BUILD_INFO: &str = "switchyard_build_info";
 pub const BACKEND_REQUESTS_TOTAL: &str = "switchyard_backend_requests_total";
+pub const UPSTREAM_CONNECTIONS_OPENED_TOTAL: &str = "switchyard_upstream_connections_opened_total";
 pub const CERT_EXPIRY: &str = "switchyard_tls_certificate_expiry_timestamp_seconds";
 pub const CONFIG_LAST_RELOAD_SUCCESS: &str = "switchyard_config_last_reload_success";
 pub const RELOAD_SUCCESS_TIME: &str = "switchyard_config_last_reload_success_timestamp_seconds";
@@ -68,6 +69,7 @@ pub const HELP: &[(&str, &str)] = &[
     (ACCESS_LOG_DROPPED_TOTAL, "Access log lines not written, by reason (queue_full: the writer fell behind; write_error)."),
     (BUILD_INFO, "Always 1; the labels carry the version and the commit the binary was built from."),
     (BACKEND_REQUESTS_TOTAL, "Responses received from each backend, by pool, backend (host:port) and status class."),
+    (UPSTREAM_CONNECTIONS_OPENED_TOTAL, "Connections opened to each backend for requests (health checks not counted), by pool and backend; near the request rate means the idle pool is too small or the backend closes keep-alive connections."),
     (CERT_EXPIRY, "Unix time at which a served certificate expires (notAfter), by TLS listener and the certificate's first name."),
     (CONFIG_LAST_RELOAD_SUCCESS, "1 when the last config load or reload succeeded, 0 when the last reload failed (the old config stays)."),
     (RELOAD_SUCCESS_TIME, "Unix time of the last successful config load (start) or reload."),

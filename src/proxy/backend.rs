@@ -34,6 +34,8 @@ pub struct Backend {
     /// `switchyard_backend_requests_total` by status class, registered once (see
     /// [`crate::metrics::Metrics::backend_response`]).
     pub(crate) responses: std::sync::OnceLock<[metrics::Counter; 5]>,
+    /// `switchyard_upstream_connections_opened_total`, registered once like `responses`.
+    pub(crate) opened: std::sync::OnceLock<metrics::Counter>,
 }
 
 /// Milliseconds since the process's first call: a cheap monotonic clock for ejections.
@@ -58,6 +60,7 @@ impl Backend {
             check_streak: std::sync::atomic::AtomicI32::new(0),
             ejected_until: AtomicU64::new(0),
             responses: std::sync::OnceLock::new(),
+            opened: std::sync::OnceLock::new(),
         })
     }
 

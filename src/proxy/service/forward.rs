@@ -154,6 +154,9 @@ pub(super) fn forward<'a, 't>(
                 }
             }
             let (reused, mut tx) = (checkout.reused, checkout.tx);
+            if !reused {
+                cx.metrics.upstream_connection_opened(pool.id, backend);
+            }
             let timeout = s.upstream_response_timeout;
             let sent = tokio::time::timeout(timeout, tx.try_send_request(req)).await;
             let err = match sent {
