@@ -349,7 +349,9 @@ impl ConnPool {
         // One turn: at most the length at the start, however many come back meanwhile.
         for _ in 0..self.idle.len() {
             let Some(idle) = self.idle.pop() else { break };
-            if idle.tx.is_closed() || idle.since.elapsed() > self.opts.idle_timeout {
+            let stale = idle.tx.is_closed() || idle.since.elapsed() > self.opts.idle_timeout;
+            if stale || !self.keep_idle.load(Ordering::Relaxed) {
+                // Also when a drain began meanwhile: its `clear` did not see this one.
                 closed += 1;
             } else {
                 // A full queue (refilled by checkins meanwhile) drops it, as a checkin would.
