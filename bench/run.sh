@@ -175,6 +175,8 @@ for s in "${SCEN_LIST[@]}"; do
 done
 has_proxy() { [[ ",$ONLY," == *",$1,"* ]]; }
 has_scen() { [[ ",$SCENARIOS," == *",$1,"* ]]; }
+# a fixed-rate scenario (oha): rate or tlsrate
+has_rate_scen() { has_scen rate || has_scen tlsrate; }
 
 NCPU=$(nproc)
 MAX_PROXY_CPU=$(tr , '\n' <<<"$PROXY_CPU" | sort -n | tail -n 1)
@@ -220,7 +222,7 @@ ensure_tools() {
         mapfile -t uniq < <(printf '%s\n' "${pkgs[@]}" | sort -u)
         apt_install "${uniq[@]}"
     fi
-    if { has_scen rate || has_scen tlsrate; } && ! command -v oha >/dev/null; then
+    if has_rate_scen && ! command -v oha >/dev/null; then
         ((INSTALL)) || die "oha missing (cargo install oha --locked)"
         command -v cargo >/dev/null || die "oha missing and no cargo to install it"
         log "cargo install oha --locked (a few minutes, once)"
@@ -658,7 +660,7 @@ oha_json_flag() {
     # let requests in flight at the deadline finish instead of counting them as errors
     if grep -q -- '--wait-ongoing-requests-after-deadline' <<<"$help"; then OHA_JSON+=(-w); fi
 }
-if has_scen rate || has_scen tlsrate; then oha_json_flag; fi
+if has_rate_scen; then oha_json_flag; fi
 
 admin_socket() { echo "$TMP/switchyard/admin.sock"; }
 
@@ -704,6 +706,8 @@ run_one() {
     local out="$TMP/out/r$round-$scen-$p.txt"
     local http="http://127.0.0.1:${HTTP_PORT[$p]}" https="https://127.0.0.1:${TLS_PORT[$p]}"
     local wrk=(taskset -c "$LOAD_CPU" wrk -t1 -d"${DURATION}s" --timeout 5s -s "$LIB/wrk_report.lua")
+    local oha=(taskset -c "$LOAD_CPU" oha --no-tui "${OHA_JSON[@]}" -q "$RATE" -z "${DURATION}s" -c 64
+        --latency-correction)
     [[ $scen != flip || $p == switchyard ]] || return 0
     if [[ ${USABLE[$p]} != 1 ]]; then
         na "$round" "$scen" "$p" "$p not running"
@@ -734,16 +738,12 @@ run_one() {
             measure "$round" "$scen" "$p" h2load "$out" taskset -c "$LOAD_CPU" \
                 h2load -t1 -c64 -m10 -D "$DURATION" "$https/" ;;
         rate)
-            measure "$round" "$scen" "$p" oha "$out" taskset -c "$LOAD_CPU" \
-                oha --no-tui "${OHA_JSON[@]}" -q "$RATE" -z "${DURATION}s" -c 64 \
-                --latency-correction "$http/" ;;
+            measure "$round" "$scen" "$p" oha "$out" "${oha[@]}" "$http/" ;;
         tlsrate)
             if [[ ${TLS_OK[$p]:-0} != 1 ]]; then na "$round" "$scen" "$p" "TLS not served"; return; fi
             # HTTP/1.1 over TLS (oha offers no ALPN h2 unless asked); the certificate is
             # the run's self-signed one
-            measure "$round" "$scen" "$p" oha "$out" taskset -c "$LOAD_CPU" \
-                oha --no-tui "${OHA_JSON[@]}" -q "$RATE" -z "${DURATION}s" -c 64 \
-                --latency-correction --insecure "$https/" ;;
+            measure "$round" "$scen" "$p" oha "$out" "${oha[@]}" --insecure "$https/" ;;
         flip)
             [[ $p == switchyard ]] || return 0
             # the same load without flips right before, as the baseline
