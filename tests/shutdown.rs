@@ -106,3 +106,22 @@ async fn hundred_megabyte_bodies_stream_with_flat_memory() {
         peak.saturating_sub(baseline)
     );
 }
+
+/// Transparent huge pages are off for the daemon: khugepaged would otherwise fill every
+/// 2 MiB range of the allocator's arenas that has one page in use, and the memory that
+/// parked idle connections gave back would come back as resident (src/main.rs
+/// `tune_allocator`). `MIMALLOC_ALLOW_THP=1` keeps them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transparent_huge_pages_are_off_unless_the_environment_allows_them() {
+    let (blue, green) = (upstream("blue").await, upstream("green").await);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &blue, &green);
+    let socket = dir.path().join("admin.sock");
+    let d = tokio::task::block_in_place(|| daemon::start(&config, &socket));
+    assert_eq!(d.status("THP_enabled"), "0");
+    drop(d);
+    let d = tokio::task::block_in_place(|| {
+        daemon::start_with_env(&config, &socket, &[("MIMALLOC_ALLOW_THP", "1")])
+    });
+    assert_eq!(d.status("THP_enabled"), "1");
+}

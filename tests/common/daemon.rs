@@ -27,9 +27,15 @@ impl Drop for Daemon {
 
 /// Starts the binary on `config` and waits (up to 30 s) for its listening line.
 pub fn start(config: &Path, socket: &Path) -> Daemon {
+    start_with_env(config, socket, &[])
+}
+
+/// [`start`] with more environment variables.
+pub fn start_with_env(config: &Path, socket: &Path, envs: &[(&str, &str)]) -> Daemon {
     let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .args(["run", "--config"])
         .arg(config)
+        .envs(envs.iter().copied())
         .env("RUST_LOG", "info")
         // These helpers read the text form (`addr=`); JSON lines are tested in tests/notify.rs.
         .env("SWITCHYARD_LOG_FORMAT", "text")
@@ -122,17 +128,17 @@ impl Daemon {
 
     /// A field of /proc/PID/status in KiB (VmRSS, VmHWM).
     pub fn status_kib(&self, field: &str) -> u64 {
+        self.status(field)
+            .strip_suffix("kB")
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{field} in /proc status is not in kB"))
+    }
+
+    /// A field of /proc/PID/status as text (e.g. THP_enabled).
+    pub fn status(&self, field: &str) -> String {
         let text = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
         text.lines()
-            .find_map(|l| {
-                l.strip_prefix(field)?
-                    .strip_prefix(':')?
-                    .trim()
-                    .strip_suffix("kB")?
-                    .trim()
-                    .parse()
-                    .ok()
-            })
+            .find_map(|l| Some(l.strip_prefix(field)?.strip_prefix(':')?.trim().to_string()))
             .unwrap_or_else(|| panic!("no {field} in /proc status"))
     }
 }
