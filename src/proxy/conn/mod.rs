@@ -215,22 +215,24 @@ fn request_service(
        + Send
        + 'static {
     service_fn(move |req: Request<Incoming>| {
-        let conn = conn.clone();
-        async move {
-            let version = req.version();
-            if version == Version::HTTP_2 {
-                conn.close.h2.store(true, Ordering::Relaxed);
-            }
-            let mut resp = handle(conn.clone(), req).await?;
+        let version = req.version();
+        if version == Version::HTTP_2 {
+            conn.close.h2.store(true, Ordering::Relaxed);
+        }
+        let close = conn.clone();
+        // `map`, not an async block that awaits `handle`: the block would keep room for
+        // the request it captured besides the future it moved it into.
+        handle(conn.clone(), req).map(move |handled| {
+            let mut resp = handled?;
             if version <= Version::HTTP_11
-                && conn.close.closing.load(Ordering::Relaxed)
+                && close.close.closing.load(Ordering::Relaxed)
                 && resp.status() != StatusCode::SWITCHING_PROTOCOLS
             {
                 resp.headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             Ok::<_, Infallible>(resp)
-        }
+        })
     })
 }
 
