@@ -10,7 +10,7 @@ CONF="$SCRIPT_DIR/conf"
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin:${CARGO_HOME:-$HOME/.cargo}/bin"
 
 ALL_PROXIES="switchyard,nginx,haproxy"
-ALL_SCENARIOS="small,body16k,tls,h2,close,rate,tlsrate,flip,idle"
+ALL_SCENARIOS="small,body16k,tls,h2,close,rate,tlsrate,flip,idle,tlsidle"
 
 DURATION=10
 ROUNDS=3
@@ -64,7 +64,8 @@ Options:
                                  socket flips the weight every ${FLIP_INTERVAL_MS} ms, right
                                  after the same load without flips
                          idle    RSS with N idle keep-alive connections
-  --idle-conns N       connections for the idle scenario (default $IDLE_CONNS)
+                         tlsidle the same over https (HTTP/1.1)
+  --idle-conns N       connections for the idle scenarios (default $IDLE_CONNS)
   --rate N             requests per second for the rate and tlsrate scenarios (default $RATE)
   --no-build           do not run cargo build --release (use target/release/switchyard)
   --bin PATH           bench this switchyard binary instead of target/release/switchyard
@@ -338,7 +339,7 @@ HAPROXY_MAXCONN=$(((NOFILE - 100) / 2))
 ((HAPROXY_MAXCONN <= 30000)) || HAPROXY_MAXCONN=30000
 NOTES=()
 note() { NOTES+=("$*"); log "note: $*"; }
-if has_scen idle; then
+if has_scen idle || has_scen tlsidle; then
     max_idle=$((NOFILE - 200))
     # HAProxy counts two descriptors per connection: keep the same N for every proxy
     if has_proxy haproxy && ((HAPROXY_MAXCONN - 50 < max_idle)); then max_idle=$((HAPROXY_MAXCONN - 50)); fi
@@ -591,7 +592,7 @@ for p in "${PROXY_LIST[@]}"; do
     if start_proxy "$p"; then
         USABLE[$p]=1
         ACTIVE+=("$p")
-        if has_scen tls || has_scen h2 || has_scen tlsrate; then check_tls "$p"; fi
+        if has_scen tls || has_scen h2 || has_scen tlsrate || has_scen tlsidle; then check_tls "$p"; fi
     else
         note "$p did not start or serve (log: $(proxy_log_tail "$p"))"
         stop_pid "${PID[$p]:-}"
@@ -664,14 +665,21 @@ if has_rate_scen; then oha_json_flag; fi
 
 admin_socket() { echo "$TMP/switchyard/admin.sock"; }
 
+# run_idle ROUND PROXY [idle|tlsidle]
 run_idle() {
-    local round=$1 p=$2
-    local out="$TMP/out/r$round-idle-$p"
+    local round=$1 p=$2 scen=${3:-idle}
+    local out="$TMP/out/r$round-$scen-$p"
+    local port=${HTTP_PORT[$p]} tls=()
+    if [[ $scen == tlsidle ]]; then
+        if [[ ${TLS_OK[$p]:-0} != 1 ]]; then na "$round" "$scen" "$p" "TLS not served"; return; fi
+        port=${TLS_PORT[$p]}
+        tls=(--tls)
+    fi
     # a fresh process, so that the numbers do not depend on earlier scenarios
     stop_pid "${PID[$p]}"
     if ! start_proxy "$p"; then
         USABLE[$p]=0
-        na "$round" idle "$p" "$p did not restart"
+        na "$round" "$scen" "$p" "$p did not restart"
         return
     fi
     sleep 1
@@ -679,7 +687,7 @@ run_idle() {
     base=$(py rss "${PID[$p]}")
     rm -f "$out.ready"
     start_bg "$out.client" timeout -k 5 $((120 + IDLE_CONNS / 100)) \
-        python3 "$LIB/idle_conns.py" --port "${HTTP_PORT[$p]}" -n "$IDLE_CONNS" \
+        python3 "$LIB/idle_conns.py" --port "$port" "${tls[@]}" -n "$IDLE_CONNS" \
         --hold 60 --concurrency 64 --ready-file "$out.ready"
     cpid=$LAST_PID
     for ((i = 0; i < 900; i++)); do
@@ -689,7 +697,7 @@ run_idle() {
     done
     if [[ ! -s $out.ready ]]; then
         stop_pid "$cpid"
-        na "$round" idle "$p" "idle client did not finish opening: $(tail -n 2 "$out.client" | tr '\n' ' ')"
+        na "$round" "$scen" "$p" "idle client did not finish opening: $(tail -n 2 "$out.client" | tr '\n' ' ')"
         return
     fi
     sleep 4
@@ -697,7 +705,7 @@ run_idle() {
     local extra=()
     proc_alive "${PID[$p]}" || extra+=(--note "$p exited while holding connections")
     stop_pid "$cpid"
-    py record --results "$RESULTS" --round "$round" --scenario idle --proxy "$p" --tool idle \
+    py record --results "$RESULTS" --round "$round" --scenario "$scen" --proxy "$p" --tool idle \
         --output "$out.ready" --rss-base "$base" --rss "$held" "${extra[@]}"
 }
 
@@ -757,6 +765,7 @@ run_one() {
             FLIP_PID=
             FLIP_OUT= ;;
         idle) run_idle "$round" "$p" ;;
+        tlsidle) run_idle "$round" "$p" tlsidle ;;
     esac
 }
 

@@ -41,8 +41,12 @@ SCENARIOS = [
      "the same load without flips runs right before it as the baseline"),
     ("idle", "idle keep-alive connections",
      "RSS of the proxy (all its processes) with N idle keep-alive connections, each after one request"),
+    ("tlsidle", "idle TLS keep-alive connections",
+     "the same over https (HTTP/1.1 by ALPN): RSS with N idle TLS keep-alive connections"),
 ]
 SCENARIO_NAMES = [s[0] for s in SCENARIOS]
+# memory scenarios (no load): a table of their own, no latency rows or ratios
+IDLE_SCENARIOS = {name: title for name, title, _ in SCENARIOS if name in ("idle", "tlsidle")}
 
 
 # --------------------------------------------------------------------- procfs
@@ -409,7 +413,7 @@ def cmd_report(args):
 
     rows = []
     for s in scen_present:
-        if s == "idle":
+        if s in IDLE_SCENARIOS:
             continue
         for p in proxies:
             rs = by.get((s, p))
@@ -458,7 +462,7 @@ def cmd_report(args):
         others = [p for p in proxies if p != "switchyard"]
         rrows = []
         for s in scen_present:
-            if s in ("idle", "flip"):
+            if s in IDLE_SCENARIOS or s == "flip":
                 continue
             row = [s]
             for o in others:
@@ -538,10 +542,12 @@ def cmd_report(args):
                    "admin replies took longer than 10 ms under load.")
         out.append("")
 
-    if "idle" in scen_present:
+    for scen, title in IDLE_SCENARIOS.items():
+        if scen not in scen_present:
+            continue
         irows = []
         for p in proxies:
-            rs = by.get(("idle", p))
+            rs = by.get((scen, p))
             if not rs:
                 continue
             good = [r for r in rs if r.get("ok")]
@@ -558,7 +564,7 @@ def cmd_report(args):
                           fmt(med(r.get("rss_kib") for r in good), "kib"),
                           fmt(med(r.get("kib_per_conn") for r in good), "ratio"),
                           "; ".join(["client errors " + n for n in notes] + extra)])
-        out.append("## Memory with idle keep-alive connections")
+        out.append(f"## Memory with {title}")
         out.append("")
         out.append(table(["proxy", "connections held", "RSS before KiB", "RSS held KiB",
                           "KiB/conn", "notes"], irows, ["l", "r", "r", "r", "r", "l"]))

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Open N keep-alive HTTP/1.1 connections to HOST:PORT, send one request on
-each, read its response, then hold them all open (stdlib only).
+"""Open N keep-alive HTTP/1.1 connections to HOST:PORT (with --tls: over TLS,
+HTTP/1.1 by ALPN, the certificate not checked), send one request on each, read
+its response, then hold them all open (stdlib only).
 
 Used by bench/run.sh for the idle-memory scenario. When every connection has
 been tried, a JSON line {"opened":N,"failed":M,...} is written to --ready-file
@@ -12,15 +13,16 @@ import asyncio
 import json
 import os
 import signal
+import ssl
 import sys
 import time
 
 
-async def one(host, port, path, sem, timeout):
+async def one(host, port, path, sem, timeout, tls):
     async with sem:
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(host, port), timeout)
+                asyncio.open_connection(host, port, ssl=tls), timeout)
             writer.write(
                 f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
                 "User-Agent: switchyard-bench-idle\r\n\r\n".encode())
@@ -61,7 +63,15 @@ async def main():
     ap.add_argument("--timeout", type=float, default=10.0, help="per connection step")
     ap.add_argument("--hold", type=float, default=60.0, help="max seconds to hold")
     ap.add_argument("--ready-file", default=None)
+    ap.add_argument("--tls", action="store_true",
+                    help="TLS, HTTP/1.1 by ALPN (the bench's certificate is self-signed)")
     args = ap.parse_args()
+    tls = None
+    if args.tls:
+        tls = ssl.create_default_context()
+        tls.check_hostname = False
+        tls.verify_mode = ssl.CERT_NONE
+        tls.set_alpn_protocols(["http/1.1"])
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -70,7 +80,8 @@ async def main():
 
     t0 = time.monotonic()
     sem = asyncio.Semaphore(args.concurrency)
-    results = await asyncio.gather(*(one(args.host, args.port, args.path, sem, args.timeout)
+    results = await asyncio.gather(*(one(args.host, args.port, args.path, sem, args.timeout,
+                                         tls)
                                      for _ in range(args.connections)))
     conns = [r for r in results if isinstance(r, tuple)]
     errors = {}
