@@ -104,8 +104,9 @@ unsafe impl std::alloc::GlobalAlloc for Mimalloc {
 /// memory that parking freed came back as resident. With 10,000 idle connections RSS rose
 /// from 48 to 75 MB within 20 s of the last one opening and the idle figure read anywhere
 /// from 3.1 to 4.5 KiB a connection, depending on when the scan ran; without huge pages it
-/// holds at 38.5 MB (2.8 KiB) and the process starts at 10 MB instead of 19. No throughput
-/// scenario changed beyond noise (bench/RESULTS.md). `MIMALLOC_ALLOW_THP=1` in the
+/// holds at 41.5 MB (2.8 KiB) and the process starts at 14 MB instead of 19 (the first
+/// 4 MiB of mimalloc's arena are already huge pages before `main`). No throughput scenario
+/// changed beyond noise (bench/RESULTS.md). `MIMALLOC_ALLOW_THP=1` in the
 /// environment keeps them (a process started by `run --takeover` inherits the flag, so it
 /// is set either way). Returns a warning to log when the call failed.
 fn tune_allocator() -> Option<String> {
