@@ -97,26 +97,9 @@ unsafe impl std::alloc::GlobalAlloc for Mimalloc {
 /// `bench/run.sh --scenarios idle` (9,900 idle connections): RSS 204 MB → 82 MB; the
 /// throughput scenarios are in bench/RESULTS.md. `MIMALLOC_PURGE_DELAY` in the
 /// environment still wins.
-///
-/// Transparent huge pages are turned off for the process (`PR_SET_THP_DISABLE`). mimalloc
-/// asks for them on its arenas (`MADV_HUGEPAGE`), and the kernel's khugepaged then turns
-/// each 2 MiB range that has any page in use into a whole huge page, every 10 s: the
-/// memory that parking freed came back as resident. With 10,000 idle connections RSS rose
-/// from 48 to 75 MB within 20 s of the last one opening and the idle figure read anywhere
-/// from 3.1 to 4.5 KiB a connection, depending on when the scan ran; without huge pages it
-/// holds at 41.5 MB (2.8 KiB) and the process starts at 14 MB instead of 19 (the first
-/// 4 MiB of mimalloc's arena are already huge pages before `main`). No throughput scenario
-/// changed beyond noise (bench/RESULTS.md). `MIMALLOC_ALLOW_THP=1` in the
-/// environment keeps them (a process started by `run --takeover` inherits the flag, so it
-/// is set either way). Returns a warning to log when the call failed.
-fn tune_allocator() -> Option<String> {
-    let allow_thp = std::env::var_os("MIMALLOC_ALLOW_THP").is_some_and(|v| v != "0");
-    // Not fatal: on a kernel without the call, huge pages stay as the system has them.
-    let warning = rustix::thread::disable_transparent_huge_pages(!allow_thp)
-        .err()
-        .map(|e| format!("could not turn transparent huge pages off ({e}): idle connections may hold more memory"));
+fn tune_allocator() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
-        return warning;
+        return;
     }
     // `mi_option_purge_delay` of mimalloc.h (the same index in mimalloc 2 and 3); the Rust
     // bindings do not name it.
@@ -127,7 +110,22 @@ fn tune_allocator() -> Option<String> {
     unsafe {
         libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 10);
     }
-    warning
+}
+
+/// Transparent huge pages are turned off for the process (`PR_SET_THP_DISABLE`). mimalloc
+/// asks for them on its arenas (`MADV_HUGEPAGE`), and the kernel's khugepaged then turns
+/// each 2 MiB range that has any page in use into a whole huge page, every 10 s: the
+/// memory that parking freed came back as resident. With 10,000 idle connections RSS rose
+/// from 48 to 75 MB within 20 s of the last one opening and the idle figure read anywhere
+/// from 3.1 to 4.5 KiB a connection, depending on when the scan ran; without huge pages it
+/// holds at 41.5 MB (2.8 KiB) and the process starts at 14 MB instead of 19 (the first
+/// 4 MiB of mimalloc's arena are already huge pages before `main`). No throughput scenario
+/// changed beyond noise (bench/RESULTS.md). `MIMALLOC_ALLOW_THP=1` in the
+/// environment keeps them (a process started by `run --takeover` inherits the flag, so it
+/// is set either way).
+fn set_huge_pages() -> rustix::io::Result<()> {
+    let allow = std::env::var_os("MIMALLOC_ALLOW_THP").is_some_and(|v| v != "0");
+    rustix::thread::disable_transparent_huge_pages(!allow)
 }
 
 const DEFAULT_CONFIG: &str = "/etc/switchyard/switchyard.toml";
@@ -473,10 +471,12 @@ fn init_logging(format: LogFormat) {
 }
 
 fn run(path: PathBuf, takeover: bool, stop_old: bool, log_format: LogFormat) -> ExitCode {
-    let allocator_warning = tune_allocator();
+    let huge_pages = set_huge_pages();
+    tune_allocator();
     init_logging(log_format);
-    if let Some(w) = allocator_warning {
-        warn!("{w}");
+    if let Err(e) = huge_pages {
+        // Not fatal: huge pages stay as the system has them.
+        warn!(error = %e, "could not set transparent huge pages for the process; idle connections may hold more memory");
     }
     let config = match Config::load(&path) {
         Ok(c) => c,
