@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use http::{header, HeaderValue, Request, Response, StatusCode, Version};
+use http::{Request, Response, Version};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::{service_fn, Service};
@@ -202,8 +202,8 @@ impl Acceptor {
     }
 }
 
-/// The request service of one connection: [`handle`], plus `Connection: close` on
-/// HTTP/1.1 responses once the connection is closing.
+/// The request service of one connection: [`handle`] (which also says `Connection: close`
+/// on HTTP/1.1 responses once the connection is closing).
 fn request_service(
     conn: Arc<Conn>,
 ) -> impl Service<
@@ -215,24 +215,10 @@ fn request_service(
        + Send
        + 'static {
     service_fn(move |req: Request<Incoming>| {
-        let version = req.version();
-        if version == Version::HTTP_2 {
+        if req.version() == Version::HTTP_2 {
             conn.close.h2.store(true, Ordering::Relaxed);
         }
-        let close = conn.clone();
-        // `map`, not an async block that awaits `handle`: the block would keep room for
-        // the request it captured besides the future it moved it into.
-        handle(conn.clone(), req).map(move |handled| {
-            let mut resp = handled?;
-            if version <= Version::HTTP_11
-                && close.close.closing.load(Ordering::Relaxed)
-                && resp.status() != StatusCode::SWITCHING_PROTOCOLS
-            {
-                resp.headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            }
-            Ok::<_, Infallible>(resp)
-        })
+        handle(conn.clone(), req)
     })
 }
 

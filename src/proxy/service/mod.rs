@@ -11,12 +11,12 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use http::header::{self, HeaderValue};
-use http::{Request, Response, Version};
+use http::{Request, Response, StatusCode, Version};
 use hyper::body::{Body as _, Incoming};
 use tokio::net::TcpStream;
 use tracing::debug;
@@ -198,6 +198,14 @@ pub fn handle(
             h.insert(name, id.clone());
         }
         edge.security.apply(h, conn.tls);
+        if version <= Version::HTTP_11
+            && conn.close.closing.load(Ordering::Relaxed)
+            && resp.status() != StatusCode::SWITCHING_PROTOCOLS
+        {
+            // The connection is closing (shutdown or a drain): the client learns it here.
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         let record = pending.finish(&trace, request_id.as_ref(), resp.status().as_u16());
         let permit = trace.permit.take().map(PoolPermit::keep);
         let bytes_in = trace.bytes_in.take();
