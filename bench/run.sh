@@ -178,6 +178,10 @@ has_proxy() { [[ ",$ONLY," == *",$1,"* ]]; }
 has_scen() { [[ ",$SCENARIOS," == *",$1,"* ]]; }
 # a fixed-rate scenario (oha): rate or tlsrate
 has_rate_scen() { has_scen rate || has_scen tlsrate; }
+# an idle-memory scenario: idle or tlsidle
+has_idle_scen() { has_scen idle || has_scen tlsidle; }
+# a scenario over the TLS listener
+has_tls_scen() { has_scen tls || has_scen h2 || has_scen tlsrate || has_scen tlsidle; }
 
 NCPU=$(nproc)
 MAX_PROXY_CPU=$(tr , '\n' <<<"$PROXY_CPU" | sort -n | tail -n 1)
@@ -339,7 +343,7 @@ HAPROXY_MAXCONN=$(((NOFILE - 100) / 2))
 ((HAPROXY_MAXCONN <= 30000)) || HAPROXY_MAXCONN=30000
 NOTES=()
 note() { NOTES+=("$*"); log "note: $*"; }
-if has_scen idle || has_scen tlsidle; then
+if has_idle_scen; then
     max_idle=$((NOFILE - 200))
     # HAProxy counts two descriptors per connection: keep the same N for every proxy
     if has_proxy haproxy && ((HAPROXY_MAXCONN - 50 < max_idle)); then max_idle=$((HAPROXY_MAXCONN - 50)); fi
@@ -592,7 +596,7 @@ for p in "${PROXY_LIST[@]}"; do
     if start_proxy "$p"; then
         USABLE[$p]=1
         ACTIVE+=("$p")
-        if has_scen tls || has_scen h2 || has_scen tlsrate || has_scen tlsidle; then check_tls "$p"; fi
+        if has_tls_scen; then check_tls "$p"; fi
     else
         note "$p did not start or serve (log: $(proxy_log_tail "$p"))"
         stop_pid "${PID[$p]:-}"

@@ -569,6 +569,7 @@ def cmd_report(args):
         out.append(table(["proxy", "connections held", "RSS before KiB", "RSS held KiB",
                           "KiB/conn", "notes"], irows, ["l", "r", "r", "r", "r", "l"]))
         out.append("")
+    if any(s in scen_present for s in IDLE_SCENARIOS):
         out.append("RSS = VmRSS from /proc summed over the proxy's processes (nginx: master + "
                    "worker), read on a freshly started proxy, then again while the connections are held, "
                    "4.5 s after the last one opened.")
