@@ -1,8 +1,9 @@
-//! Idle HTTP/1.1 keep-alive connections are parked: the codec and its buffers are dropped
-//! and only the socket is kept until the client sends again. Parking must be invisible to
-//! the client: the next request (even pipelined, even an upgrade with early bytes) is
-//! served on the same connection; the idle limit (`proxy.timeouts.idle`) and shutdown
-//! still close it. `switchyard_connections_parked` shows how many are parked.
+//! Idle HTTP/1.1 keep-alive connections, plain or TLS, are parked: the codec and its
+//! buffers are dropped and only the socket (and TLS session) is kept until the client
+//! sends again. Parking must be invisible to the client: the next request (even
+//! pipelined, even an upgrade with early bytes) is served on the same connection; the idle
+//! limit (`proxy.timeouts.idle`), the header deadline and shutdown still close it (TLS:
+//! with a `close_notify`). `switchyard_connections_parked` shows how many are parked.
 
 #![allow(clippy::unwrap_used)]
 
@@ -10,8 +11,9 @@ mod common;
 
 use std::time::Duration;
 
+use common::tls::{connect_tls, tls_listener};
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// A short `header_read` makes the idle check run every 100 ms.
@@ -23,7 +25,7 @@ fn request(path: &str) -> String {
 }
 
 /// Reads one response with a Content-Length body; returns (status line, body).
-async fn read_response(s: &mut TcpStream) -> (String, String) {
+async fn read_response<S: AsyncRead + Unpin>(s: &mut S) -> (String, String) {
     let mut head = Vec::new();
     let mut b = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -66,7 +68,7 @@ async fn wait_parked(p: &TestProxy, n: f64) {
 }
 
 /// The client sees its connection closed (EOF or reset) within `within`.
-async fn closed_within(s: &mut TcpStream, within: Duration) {
+async fn closed_within<S: AsyncRead + Unpin>(s: &mut S, within: Duration) {
     let mut rest = Vec::new();
     let read = tokio::time::timeout(within, s.read_to_end(&mut rest)).await;
     assert!(read.is_ok(), "the connection stayed open");
@@ -177,6 +179,12 @@ async fn an_upgrade_after_parking_tunnels_and_keeps_its_early_bytes() {
     wait_parked(&p, 1.0).await;
     // The upgrade request and a first WebSocket frame in one write: the frame is read
     // by the codec before the switch and must still reach the upstream.
+    upgrade_with_early_bytes(&mut s).await;
+}
+
+/// Asks for a WebSocket upgrade with a first frame in the same write; the 101 comes back,
+/// the frame is echoed by the upstream, and the tunnel keeps working.
+async fn upgrade_with_early_bytes<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S) {
     let frame = WS_HELLO_FRAME;
     let mut bytes = format!(
         "GET /ws HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
@@ -254,4 +262,130 @@ async fn a_drain_closes_parked_connections_within_its_window() {
         closed_within(s, Duration::from_secs(10)).await;
     }
     wait_parked(&p, 0.0).await;
+}
+
+/// A proxy with [`FAST_CHECKS`] (and `extra` timeouts) and a TLS listener; the
+/// certificate to trust, and the directory that holds its files.
+async fn tls_proxy(
+    blue: &Upstream,
+    green: &Upstream,
+    extra: &str,
+) -> (
+    TestProxy,
+    rustls::pki_types::CertificateDer<'static>,
+    tempfile::TempDir,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let (section, cert) = tls_listener(dir.path());
+    let p = proxy(blue, green, &format!("{FAST_CHECKS}{extra}{section}")).await;
+    (p, cert, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_tls_connection_is_parked_served_again_and_upgraded() {
+    let (blue, green) = (upstream("blue").await, upstream("green").await);
+    let (p, cert, _certs) = tls_proxy(&blue, &green, "").await;
+    let mut s = connect_tls(p.tls_addr.unwrap(), &cert, &[b"http/1.1"]).await;
+    s.write_all(request("/").as_bytes()).await.unwrap();
+    let (status, _) = read_response(&mut s).await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    wait_parked(&p, 1.0).await;
+
+    // Two pipelined requests in one write (so in one TLS record) wake it; both are
+    // answered, in order.
+    let both = format!("{}{}", request("/first"), request("/second"));
+    s.write_all(both.as_bytes()).await.unwrap();
+    for _ in 0..2 {
+        let (status, body) = read_response(&mut s).await;
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+        assert!(body == "blue" || body == "green", "{body}");
+    }
+    wait_parked(&p, 1.0).await;
+    // A parked TLS connection hands its stream to a tunnel like a plain one.
+    upgrade_with_early_bytes(&mut s).await;
+    wait_parked(&p, 0.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_without_alpn_is_http1_unless_its_first_bytes_are_an_http2_preface() {
+    let (blue, green) = (upstream("blue").await, upstream("green").await);
+    let (p, cert, _certs) = tls_proxy(&blue, &green, "").await;
+    let tls = p.tls_addr.unwrap();
+
+    let mut s = connect_tls(tls, &cert, &[]).await;
+    s.write_all(request("/").as_bytes()).await.unwrap();
+    let (status, _) = read_response(&mut s).await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    wait_parked(&p, 1.0).await;
+
+    // HTTP/2 with prior knowledge over TLS: the connection's first bytes decide.
+    let s = connect_tls(tls, &cert, &[]).await;
+    let (mut tx, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(s),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    for _ in 0..2 {
+        let req = http::Request::get(format!("https://{}/", common::tls::TLS_NAME))
+            .header(HASH_HEADER, HASH)
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(5), tx.send_request(req))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(resp.version(), http::Version::HTTP_2);
+        assert_eq!(resp.status(), 200);
+    }
+    // The HTTP/1.1 connection is still the only one parked.
+    assert_eq!(p.gauge("switchyard_connections_parked").await, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_tls_connection_is_closed_with_close_notify_after_the_idle_limit() {
+    let (blue, green) = (upstream("blue").await, upstream("green").await);
+    let (p, cert, _certs) = tls_proxy(&blue, &green, "idle = \"1500ms\"\n").await;
+    let mut s = connect_tls(p.tls_addr.unwrap(), &cert, &[b"http/1.1"]).await;
+    s.write_all(request("/").as_bytes()).await.unwrap();
+    read_response(&mut s).await;
+    wait_parked(&p, 1.0).await;
+    // rustls reports an end of stream without `close_notify` as an error (a truncation
+    // attack); `read_to_end` succeeds only after a proper TLS close.
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest))
+        .await
+        .expect("closed after the idle limit")
+        .expect("closed with a close_notify");
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    wait_for("no open connections", Duration::from_secs(5), || async {
+        p.gauge("switchyard_connections_active").await == 0.0
+            && p.gauge("switchyard_connections_parked").await == 0.0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_tls_request_head_is_closed_by_the_header_deadline() {
+    let (blue, green) = (upstream("blue").await, upstream("green").await);
+    let (p, cert, _certs) = tls_proxy(&blue, &green, "").await;
+    let mut s = connect_tls(p.tls_addr.unwrap(), &cert, &[b"http/1.1"]).await;
+    s.write_all(request("/").as_bytes()).await.unwrap();
+    read_response(&mut s).await;
+    s.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest))
+        .await
+        .expect("a partial head is closed after header_read (400 ms)");
+    wait_for("header_timeout counted", Duration::from_secs(5), || async {
+        metric(
+            &p.metrics().await,
+            r#"switchyard_rejected_requests_total{reason="header_timeout"}"#,
+        ) == 1.0
+    })
+    .await;
+    // A TLS connection that sends nothing after its handshake is closed too.
+    let mut silent = connect_tls(p.tls_addr.unwrap(), &cert, &[b"http/1.1"]).await;
+    closed_within(&mut silent, Duration::from_secs(10)).await;
 }

@@ -221,6 +221,7 @@ async fn tls_pool_proxy(dir: &Path, sections: &str, green: SocketAddr) -> TestPr
     let tmp = tempfile::tempdir().unwrap();
     TestProxy {
         addr,
+        tls_addr: None,
         metrics_addr,
         socket: dir.join("admin.sock"),
         dir: tmp,

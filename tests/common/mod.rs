@@ -8,6 +8,7 @@ pub mod hooks;
 pub mod load;
 pub mod prometheus;
 pub mod rollout;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -288,6 +289,8 @@ pub async fn upstream_at(name: &'static str, addr: SocketAddr) -> Upstream {
 
 pub struct TestProxy {
     pub addr: SocketAddr,
+    /// The first `[[proxy.tls]]` listener, if the config has one.
+    pub tls_addr: Option<SocketAddr>,
     pub metrics_addr: SocketAddr,
     pub socket: PathBuf,
     pub dir: tempfile::TempDir,
@@ -353,6 +356,7 @@ pub async fn proxy_multi(blue: &[SocketAddr], green: &[SocketAddr], sections: &s
         Config::from_toml_str(&text).unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"));
     let server = Switchyard::bind(cfg).await.unwrap();
     let addr = server.http_addrs()[0];
+    let tls_addr = server.tls_addrs().first().copied();
     let metrics_addr = server.metrics_addr().unwrap();
     let routes = server.routes();
     let shutdown = CancellationToken::new();
@@ -362,6 +366,7 @@ pub async fn proxy_multi(blue: &[SocketAddr], green: &[SocketAddr], sections: &s
     });
     TestProxy {
         addr,
+        tls_addr,
         metrics_addr,
         socket: dir.path().join("admin.sock"),
         dir,
@@ -508,6 +513,7 @@ pub async fn proxy_with(
     };
     let server = Switchyard::bind_with(cfg, options).await.unwrap();
     let (addr, metrics_addr) = (server.http_addrs()[0], server.metrics_addr().unwrap());
+    let tls_addr = server.tls_addrs().first().copied();
     let (routes, control) = (server.routes(), server.control());
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
@@ -518,6 +524,7 @@ pub async fn proxy_with(
     (
         TestProxy {
             addr,
+            tls_addr,
             metrics_addr,
             socket,
             dir,

@@ -1,5 +1,5 @@
 //! DATA PLANE: how a connection closes, on shutdown or when a pool drains. One type,
-//! [`Closing`], for both the parked HTTP/1.1 path ([`super::plain`]) and the hyper path
+//! [`Closing`], for both the parked HTTP/1.1 path ([`super::h1`]) and the hyper path
 //! ([`super::serve`]).
 //!
 //! The way out is gentle, so that no request is lost to a keep-alive race: a drain first

@@ -3,21 +3,22 @@
 //! ```text
 //! accept       Acceptor::run_plain / run_tls: a permit of the connection limit, a task per
 //!              connection, accept errors backed off; TLS: the handshake, under its deadline
-//! sniff, park  plain: the raw stream watched by proxy::sniff (framing, idleness, the
-//!              header deadline); idle HTTP/1.1 connections parked without a codec (plain)
-//! serve        hyper: HTTP/1.1 on plain TCP (plain), HTTP/1.1 + HTTP/2 with upgrades on
-//!              TLS or after an HTTP/2 preface (serve); every request goes to
+//! sniff, park  the raw stream watched by proxy::sniff (framing, idleness, the header
+//!              deadline); idle HTTP/1.1 connections, plain or TLS, parked without a
+//!              codec (h1)
+//! serve        hyper: HTTP/1.1 (h1); HTTP/2 by ALPN or after a preface, served by the
+//!              auto builder with upgrades (serve); every request goes to
 //!              proxy::service::handle (request_service)
 //! close        one closing phase for both (closing): on shutdown or a pool drain,
 //!              `Connection: close` then close, or GOAWAY
 //! ```
 
 mod closing;
-mod plain;
+mod h1;
 mod serve;
 
 pub use closing::LINGER;
-pub use plain::PARK_AFTER;
+pub use h1::PARK_AFTER;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -51,7 +52,7 @@ use crate::proxy::tls::TlsTerminator;
 pub struct Acceptor {
     pub shared: Arc<Shared>,
     pub builder: auto::Builder<TokioExecutor>,
-    /// HTTP/1.1 on plain TCP, where idle connections are parked.
+    /// HTTP/1.1, plain or TLS, where idle connections are parked.
     pub h1: http1::Builder,
     /// `proxy.timeouts.header_read`: the first request head of a connection.
     pub header_read: Duration,
@@ -107,7 +108,7 @@ pub fn server_builder(cfg: &Config) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-/// The hyper HTTP/1.1 settings for plain-TCP connections: the HTTP/1.1 half of
+/// The hyper HTTP/1.1 settings for HTTP/1.1 connections: the HTTP/1.1 half of
 /// [`server_builder`], except that the connection task keeps the header deadline (hyper's
 /// would arm a timer per request) and hands upgrades over.
 pub fn h1_builder(cfg: &Config) -> http1::Builder {
@@ -124,11 +125,11 @@ pub fn h1_builder(cfg: &Config) -> http1::Builder {
 impl Acceptor {
     /// Accepts plain-TCP connections until shutdown.
     pub async fn run_plain(self: Arc<Self>, listener: TcpListener) {
-        // The connection's future is `serve_plain`'s own, with no wrapper around it: every
+        // The connection's future is `serve_h1`'s own, with no wrapper around it: every
         // async layer keeps its own copy of the arguments, and this future is held by
         // every idle connection.
         self.accept_loop(listener, |this, stream, peer| {
-            this.serve_plain(stream, peer)
+            this.serve_h1(stream, peer, "http", 0)
         })
         .await;
     }
@@ -148,12 +149,17 @@ impl Acceptor {
                 let handshake =
                     tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream)).await;
                 match handshake {
-                    Ok(Ok(stream)) => {
+                    // ALPN chose HTTP/2: the auto builder, boxed so that an HTTP/1.1
+                    // connection's task has no room for it.
+                    Ok(Ok(stream)) if stream.get_ref().1.alpn_protocol() == Some(b"h2") => {
                         let framing = FramingVerdict::new();
                         let _active = ActiveConn::new(&this.shared.metrics);
                         let io = SniffIo::new(stream, framing.clone());
-                        this.serve_io(io, framing, peer, "https", index).await;
+                        Box::pin(this.serve_io(io, framing, peer, "https", index)).await;
                     }
+                    // HTTP/1.1, by ALPN or by default (its first bytes may still be an
+                    // HTTP/2 preface).
+                    Ok(Ok(stream)) => this.serve_h1(stream, peer, "https", index).await,
                     Ok(Err(e)) => warn!(client.addr = %peer, error = %e, "TLS handshake failed"),
                     Err(_) => debug!(client.addr = %peer, "TLS handshake timed out"),
                 }

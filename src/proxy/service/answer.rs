@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, warn};
 
 use super::forward::Sent;
-use super::{Ctx, PlainIo, Upgrades};
+use super::{Ctx, UpgradedIo, Upgrades};
 use crate::config::{HashMode, PoolId};
 use crate::metrics::window::Outcome;
 use crate::metrics::{Charge, UpstreamErrorKind};
@@ -141,7 +141,7 @@ fn switch_protocols(
 /// The client side of a tunnel, once the response has switched protocols.
 enum Downstream {
     Hyper(OnUpgrade),
-    Manual(tokio::sync::oneshot::Receiver<PlainIo>),
+    Manual(tokio::sync::oneshot::Receiver<UpgradedIo>),
 }
 
 /// Copies bytes both ways until either side ends.

@@ -18,7 +18,7 @@ use std::time::Instant;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::{Body as _, Incoming};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 
 use crate::metrics::window::{LiveStats, Outcome};
@@ -30,7 +30,7 @@ use crate::proxy::edge::{client, request_id, Edge, ListenerIndex};
 use crate::proxy::error::ProxyError;
 use crate::proxy::route::{RouteHandle, RouteTable};
 use crate::proxy::settings::Settings;
-use crate::proxy::sniff::{FramingVerdict, SniffIo};
+use crate::proxy::sniff::FramingVerdict;
 
 mod admit;
 mod answer;
@@ -76,21 +76,26 @@ pub struct CloseFlags {
     pub h2: std::sync::atomic::AtomicBool,
 }
 
-/// The client stream of a plain HTTP/1.1 connection, as its task serves it.
-pub type PlainIo = SniffIo<TcpStream>;
+/// A client stream handed to a tunnel by a connection's task (plain or TLS).
+pub trait ClientStream: AsyncRead + AsyncWrite + Send + Unpin {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> ClientStream for T {}
+
+/// The client side of a tunnel, as a connection's task hands it over.
+pub type UpgradedIo = Box<dyn ClientStream>;
 
 /// How the client side of an upgraded connection is obtained.
 pub enum Upgrades {
     /// From hyper (`OnUpgrade`), for connections served with upgrade support.
     Hyper,
     /// From the connection's task: after the codec hands the stream back, the task sends
-    /// it down the channel the service left here (see `listener::serve_plain`).
-    Manual(std::sync::Mutex<Option<tokio::sync::oneshot::Sender<PlainIo>>>),
+    /// it down the channel the service left here (see `conn::h1`).
+    Manual(std::sync::Mutex<Option<tokio::sync::oneshot::Sender<UpgradedIo>>>),
 }
 
 impl Upgrades {
     /// The channel a switched-protocol response left for the task, if any.
-    pub fn take_pending(&self) -> Option<tokio::sync::oneshot::Sender<PlainIo>> {
+    pub fn take_pending(&self) -> Option<tokio::sync::oneshot::Sender<UpgradedIo>> {
         match self {
             Upgrades::Hyper => None,
             Upgrades::Manual(slot) => slot.lock().ok().and_then(|mut s| s.take()),

@@ -1,4 +1,4 @@
-//! DATA PLANE: the header deadline of a plain HTTP/1.1 connection, kept by its task in
+//! DATA PLANE: the header deadline of an HTTP/1.1 connection (plain or TLS), kept by its task in
 //! place of hyper's (which would arm a timer per request): a request head that has begun
 //! must be complete within `proxy.timeouts.header_read`.
 

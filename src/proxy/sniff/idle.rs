@@ -1,5 +1,5 @@
 //! DATA PLANE: idle tracking, for parking. The connection's task tells an idle HTTP/1.1
-//! connection from a busy one without asking the codec (see `conn::plain`): the bytes read
+//! connection from a busy one without asking the codec (see `conn::h1`): the bytes read
 //! so far end at a request boundary, every request head read has had its response
 //! finished, and no write is waiting on the socket. To park, it makes reads report end of
 //! stream, which an idle codec takes as a quiet close, handing the socket back.

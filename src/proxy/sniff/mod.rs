@@ -5,7 +5,7 @@
 //! - `framing`: the framing policy: requests that frame their body ambiguously are
 //!   refused (the [`Scanner`]).
 //! - `idle`: idle tracking: whether the connection sits between requests, for parking
-//!   (`conn::plain`), and the end of stream that parks it.
+//!   (`conn::h1`), and the end of stream that parks it.
 //! - `deadline`: the header deadline that replaces hyper's ([`HeadClock`]).
 //!
 //! HTTP/1.1 only: the scan stops at an HTTP/2 preface and after a 101.
@@ -100,6 +100,11 @@ impl<I> SniffIo<I> {
     /// The stream underneath.
     pub fn get_ref(&self) -> &I {
         &self.inner
+    }
+
+    /// The stream underneath, to change.
+    pub fn get_mut(&mut self) -> &mut I {
+        &mut self.inner
     }
 
     /// Puts `bytes` in front of whatever is still unread.
