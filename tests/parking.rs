@@ -67,6 +67,17 @@ async fn wait_parked(p: &TestProxy, n: f64) {
     .await;
 }
 
+/// Two requests in one write; both answered by an upstream.
+async fn two_pipelined<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S) {
+    let both = format!("{}{}", request("/first"), request("/second"));
+    s.write_all(both.as_bytes()).await.unwrap();
+    for _ in 0..2 {
+        let (status, body) = read_response(s).await;
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+        assert!(body == "blue" || body == "green", "{body}");
+    }
+}
+
 /// The client sees its connection closed (EOF or reset) within `within`.
 async fn closed_within<S: AsyncRead + Unpin>(s: &mut S, within: Duration) {
     let mut rest = Vec::new();
@@ -91,13 +102,7 @@ async fn an_idle_connection_is_parked_and_its_next_requests_are_served() {
     assert_eq!(p.gauge("switchyard_connections_active").await, 1.0);
 
     // Two pipelined requests in one write wake it; both are answered, in order.
-    let both = format!("{}{}", request("/first"), request("/second"));
-    s.write_all(both.as_bytes()).await.unwrap();
-    for _ in 0..2 {
-        let (status, body) = read_response(&mut s).await;
-        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
-        assert!(body == "blue" || body == "green", "{body}");
-    }
+    two_pipelined(&mut s).await;
     // Idle again: parked again, and served again.
     wait_parked(&p, 1.0).await;
     // A second connection parks one check interval after its request, so by then the
@@ -293,13 +298,7 @@ async fn an_idle_tls_connection_is_parked_served_again_and_upgraded() {
 
     // Two pipelined requests in one write (so in one TLS record) wake it; both are
     // answered, in order.
-    let both = format!("{}{}", request("/first"), request("/second"));
-    s.write_all(both.as_bytes()).await.unwrap();
-    for _ in 0..2 {
-        let (status, body) = read_response(&mut s).await;
-        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
-        assert!(body == "blue" || body == "green", "{body}");
-    }
+    two_pipelined(&mut s).await;
     wait_parked(&p, 1.0).await;
     // A parked TLS connection hands its stream to a tunnel like a plain one.
     upgrade_with_early_bytes(&mut s).await;
