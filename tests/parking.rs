@@ -388,3 +388,36 @@ async fn a_stalled_tls_request_head_is_closed_by_the_header_deadline() {
     let mut silent = connect_tls(p.tls_addr.unwrap(), &cert, &[b"http/1.1"]).await;
     closed_within(&mut silent, Duration::from_secs(10)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_and_shutdown_close_parked_tls_connections_with_close_notify() {
+    let (blue, green) = (upstream("blue").await, upstream("green").await);
+    let (p, cert, _certs) = tls_proxy(&blue, &green, "").await;
+    let tls = p.tls_addr.unwrap();
+    let mut conns = Vec::new();
+    for _ in 0..2 {
+        let mut s = connect_tls(tls, &cert, &[b"http/1.1"]).await;
+        s.write_all(request("/").as_bytes()).await.unwrap();
+        read_response(&mut s).await;
+        conns.push(s);
+    }
+    wait_parked(&p, 2.0).await;
+    // A drain closes the first (within the default window, then the 1 s linger)...
+    assert_eq!(p.admin("pool blue drain").await["ok"], true);
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(15), conns[0].read_to_end(&mut rest))
+        .await
+        .expect("closed by the drain")
+        .expect("closed with a close_notify");
+    // ...and a new connection parked after it is closed by shutdown.
+    let mut s = connect_tls(tls, &cert, &[b"http/1.1"]).await;
+    s.write_all(request("/").as_bytes()).await.unwrap();
+    read_response(&mut s).await;
+    wait_parked(&p, 1.0).await;
+    p.shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest))
+        .await
+        .expect("closed by shutdown")
+        .expect("closed with a close_notify");
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+}
