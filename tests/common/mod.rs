@@ -561,6 +561,28 @@ pub fn executable_by_others() -> (PathBuf, Option<tempfile::TempDir>) {
     let copy = dir.path().join("switchyard");
     std::fs::copy(&exe, &copy).unwrap();
     std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // A child forked by another test while the copy was open for writing holds that
+    // descriptor until it runs its own program, and until then the copy cannot run
+    // ("Text file busy"). Once one run of the copy starts, no such child is left, and no
+    // new one can appear: the copy is written.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match std::process::Command::new(&copy)
+            .arg("--version")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+        {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::ExecutableFileBusy
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("the copy of the binary does not run: {e}"),
+            Ok(_) => break,
+        }
+    }
     (copy, Some(dir))
 }
 
