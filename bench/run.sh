@@ -10,7 +10,7 @@ CONF="$SCRIPT_DIR/conf"
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin:${CARGO_HOME:-$HOME/.cargo}/bin"
 
 ALL_PROXIES="switchyard,nginx,haproxy"
-ALL_SCENARIOS="small,body16k,tls,h2,close,rate,tlsrate,flip,idle,tlsidle"
+ALL_SCENARIOS="small,body16k,tls,h2,close,rate,tlsrate,flip,idle,tlsidle,h2idle"
 
 DURATION=10
 ROUNDS=3
@@ -65,6 +65,7 @@ Options:
                                  after the same load without flips
                          idle    RSS with N idle keep-alive connections
                          tlsidle the same over https (HTTP/1.1)
+                         h2idle  the same over https with HTTP/2 (by ALPN)
   --idle-conns N       connections for the idle scenarios (default $IDLE_CONNS)
   --rate N             requests per second for the rate and tlsrate scenarios (default $RATE)
   --no-build           do not run cargo build --release (use target/release/switchyard)
@@ -178,10 +179,10 @@ has_proxy() { [[ ",$ONLY," == *",$1,"* ]]; }
 has_scen() { [[ ",$SCENARIOS," == *",$1,"* ]]; }
 # a fixed-rate scenario (oha): rate or tlsrate
 has_rate_scen() { has_scen rate || has_scen tlsrate; }
-# an idle-memory scenario: idle or tlsidle
-has_idle_scen() { has_scen idle || has_scen tlsidle; }
+# an idle-memory scenario: idle, tlsidle or h2idle
+has_idle_scen() { has_scen idle || has_scen tlsidle || has_scen h2idle; }
 # a scenario over the TLS listener
-has_tls_scen() { has_scen tls || has_scen h2 || has_scen tlsrate || has_scen tlsidle; }
+has_tls_scen() { has_scen tls || has_scen h2 || has_scen tlsrate || has_scen tlsidle || has_scen h2idle; }
 
 NCPU=$(nproc)
 MAX_PROXY_CPU=$(tr , '\n' <<<"$PROXY_CPU" | sort -n | tail -n 1)
@@ -669,15 +670,16 @@ if has_rate_scen; then oha_json_flag; fi
 
 admin_socket() { echo "$TMP/switchyard/admin.sock"; }
 
-# run_idle ROUND PROXY [idle|tlsidle]
+# run_idle ROUND PROXY [idle|tlsidle|h2idle]
 run_idle() {
     local round=$1 p=$2 scen=${3:-idle}
     local out="$TMP/out/r$round-$scen-$p"
     local port=${HTTP_PORT[$p]} tls=()
-    if [[ $scen == tlsidle ]]; then
+    if [[ $scen == tlsidle || $scen == h2idle ]]; then
         if [[ ${TLS_OK[$p]:-0} != 1 ]]; then na "$round" "$scen" "$p" "TLS not served"; return; fi
         port=${TLS_PORT[$p]}
         tls=(--tls)
+        [[ $scen == tlsidle ]] || tls=(--h2)
     fi
     # a fresh process, so that the numbers do not depend on earlier scenarios
     stop_pid "${PID[$p]}"
@@ -770,6 +772,7 @@ run_one() {
             FLIP_OUT= ;;
         idle) run_idle "$round" "$p" ;;
         tlsidle) run_idle "$round" "$p" tlsidle ;;
+        h2idle) run_idle "$round" "$p" h2idle ;;
     esac
 }
 

@@ -43,10 +43,14 @@ SCENARIOS = [
      "RSS of the proxy (all its processes) with N idle keep-alive connections, each after one request"),
     ("tlsidle", "idle TLS keep-alive connections",
      "the same over https (HTTP/1.1 by ALPN): RSS with N idle TLS keep-alive connections"),
+    ("h2idle", "idle HTTP/2 connections",
+     "the same over https with HTTP/2 by ALPN: RSS with N idle HTTP/2 connections, each after "
+     "one request on stream 1"),
 ]
 SCENARIO_NAMES = [s[0] for s in SCENARIOS]
 # memory scenarios (no load): a table of their own, no latency rows or ratios
-IDLE_SCENARIOS = {name: title for name, title, _ in SCENARIOS if name in ("idle", "tlsidle")}
+IDLE_SCENARIOS = {name: title for name, title, _ in SCENARIOS
+                  if name in ("idle", "tlsidle", "h2idle")}
 
 
 # --------------------------------------------------------------------- procfs
