@@ -229,7 +229,7 @@ struct H1<'a, S> {
     header_read: Duration,
     idle: Duration,
     check_every: Duration,
-    /// The socket while no codec runs.
+    /// The stream (plain or TLS) while no codec runs.
     parked: Option<SniffIo<S>>,
     /// No request has started yet: the first bytes are due within `header_read`, and
     /// they may be an HTTP/2 preface.
