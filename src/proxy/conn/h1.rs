@@ -122,9 +122,6 @@ impl Acceptor {
         proto: &'static str,
         listener: ListenerIndex,
     ) {
-        if !S::TLS {
-            let _ = stream.socket().set_nodelay(true); // TLS: before the handshake
-        }
         let _active = ActiveConn::new(&self.shared.metrics);
         let framing = FramingVerdict::new();
         let upgrades = Upgrades::Manual(Mutex::new(None));

@@ -145,7 +145,6 @@ impl Acceptor {
         self.accept_loop(listener, move |this, stream, peer| {
             let tls = tls.clone();
             async move {
-                let _ = stream.set_nodelay(true);
                 let handshake =
                     tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream)).await;
                 match handshake {
@@ -190,6 +189,8 @@ impl Acceptor {
             match accepted {
                 Ok((stream, peer)) => {
                     backoff = Duration::from_millis(5);
+                    // Responses go out as soon as they are written (TLS: the handshake too).
+                    let _ = stream.set_nodelay(true);
                     // `map`, not `async move { work.await; .. }`: an async block keeps the
                     // future it captured and the one it awaits in separate slots, which
                     // doubled every connection task (tests/idle_memory.rs).
