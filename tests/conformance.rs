@@ -324,13 +324,7 @@ async fn a_connection_silent_after_an_upgrade_request_is_closed_by_the_deadlines
         .await
         .expect("a partial head after an Upgrade request is closed after header_read")
         .unwrap();
-    wait_for("header_timeout counted", Duration::from_secs(5), || async {
-        metric(
-            &p.metrics().await,
-            r#"switchyard_rejected_requests_total{reason="header_timeout"}"#,
-        ) == 1.0
-    })
-    .await;
+    wait_rejected(&p, "header_timeout", 1.0).await;
     // Nothing after it: closed after `idle`.
     let mut s = TcpStream::connect(p.addr).await.unwrap();
     s.write_all(upgrade.as_bytes()).await.unwrap();

@@ -286,13 +286,35 @@ async fn tls_proxy(
     (p, cert, dir)
 }
 
+/// A TLS connection (HTTP/1.1 by ALPN) that has had one request answered, and the
+/// answer's status line.
+async fn served_tls(
+    addr: std::net::SocketAddr,
+    cert: &rustls::pki_types::CertificateDer<'static>,
+) -> (tokio_rustls::client::TlsStream<TcpStream>, String) {
+    let mut s = connect_tls(addr, cert, &[b"http/1.1"]).await;
+    s.write_all(request("/").as_bytes()).await.unwrap();
+    let (status, _) = read_response(&mut s).await;
+    (s, status)
+}
+
+/// The proxy closes `s` within `within`, after a `close_notify`: rustls reports an end of
+/// stream without one as an error (a truncation attack), so `read_to_end` succeeds only
+/// after a proper TLS close.
+async fn closed_with_close_notify<S: AsyncRead + Unpin>(s: &mut S, within: Duration, by: &str) {
+    let mut rest = Vec::new();
+    tokio::time::timeout(within, s.read_to_end(&mut rest))
+        .await
+        .unwrap_or_else(|_| panic!("not closed by {by}"))
+        .unwrap_or_else(|e| panic!("closed by {by} without a close_notify: {e}"));
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_tls_connection_is_parked_served_again_and_upgraded() {
     let (blue, green) = (upstream("blue").await, upstream("green").await);
     let (p, cert, _certs) = tls_proxy(&blue, &green, "").await;
-    let mut s = connect_tls(p.tls_addr.unwrap(), &cert, &[b"http/1.1"]).await;
-    s.write_all(request("/").as_bytes()).await.unwrap();
-    let (status, _) = read_response(&mut s).await;
+    let (mut s, status) = served_tls(p.tls_addr.unwrap(), &cert).await;
     assert!(status.starts_with("HTTP/1.1 200"), "{status}");
     wait_parked(&p, 1.0).await;
 
@@ -346,18 +368,9 @@ async fn tls_without_alpn_is_http1_unless_its_first_bytes_are_an_http2_preface()
 async fn a_parked_tls_connection_is_closed_with_close_notify_after_the_idle_limit() {
     let (blue, green) = (upstream("blue").await, upstream("green").await);
     let (p, cert, _certs) = tls_proxy(&blue, &green, "idle = \"1500ms\"\n").await;
-    let mut s = connect_tls(p.tls_addr.unwrap(), &cert, &[b"http/1.1"]).await;
-    s.write_all(request("/").as_bytes()).await.unwrap();
-    read_response(&mut s).await;
+    let (mut s, _) = served_tls(p.tls_addr.unwrap(), &cert).await;
     wait_parked(&p, 1.0).await;
-    // rustls reports an end of stream without `close_notify` as an error (a truncation
-    // attack); `read_to_end` succeeds only after a proper TLS close.
-    let mut rest = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest))
-        .await
-        .expect("closed after the idle limit")
-        .expect("closed with a close_notify");
-    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    closed_with_close_notify(&mut s, Duration::from_secs(10), "the idle limit").await;
     wait_for("no open connections", Duration::from_secs(5), || async {
         p.gauge("switchyard_connections_active").await == 0.0
             && p.gauge("switchyard_connections_parked").await == 0.0
@@ -369,21 +382,13 @@ async fn a_parked_tls_connection_is_closed_with_close_notify_after_the_idle_limi
 async fn a_stalled_tls_request_head_is_closed_by_the_header_deadline() {
     let (blue, green) = (upstream("blue").await, upstream("green").await);
     let (p, cert, _certs) = tls_proxy(&blue, &green, "").await;
-    let mut s = connect_tls(p.tls_addr.unwrap(), &cert, &[b"http/1.1"]).await;
-    s.write_all(request("/").as_bytes()).await.unwrap();
-    read_response(&mut s).await;
+    let (mut s, _) = served_tls(p.tls_addr.unwrap(), &cert).await;
     s.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
     let mut rest = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest))
         .await
         .expect("a partial head is closed after header_read (400 ms)");
-    wait_for("header_timeout counted", Duration::from_secs(5), || async {
-        metric(
-            &p.metrics().await,
-            r#"switchyard_rejected_requests_total{reason="header_timeout"}"#,
-        ) == 1.0
-    })
-    .await;
+    wait_rejected(&p, "header_timeout", 1.0).await;
     // A TLS connection that sends nothing after its handshake is closed too.
     let mut silent = connect_tls(p.tls_addr.unwrap(), &cert, &[b"http/1.1"]).await;
     closed_within(&mut silent, Duration::from_secs(10)).await;
@@ -396,28 +401,15 @@ async fn a_drain_and_shutdown_close_parked_tls_connections_with_close_notify() {
     let tls = p.tls_addr.unwrap();
     let mut conns = Vec::new();
     for _ in 0..2 {
-        let mut s = connect_tls(tls, &cert, &[b"http/1.1"]).await;
-        s.write_all(request("/").as_bytes()).await.unwrap();
-        read_response(&mut s).await;
-        conns.push(s);
+        conns.push(served_tls(tls, &cert).await.0);
     }
     wait_parked(&p, 2.0).await;
     // A drain closes the first (within the default window, then the 1 s linger)...
     assert_eq!(p.admin("pool blue drain").await["ok"], true);
-    let mut rest = Vec::new();
-    tokio::time::timeout(Duration::from_secs(15), conns[0].read_to_end(&mut rest))
-        .await
-        .expect("closed by the drain")
-        .expect("closed with a close_notify");
+    closed_with_close_notify(&mut conns[0], Duration::from_secs(15), "the drain").await;
     // ...and a new connection parked after it is closed by shutdown.
-    let mut s = connect_tls(tls, &cert, &[b"http/1.1"]).await;
-    s.write_all(request("/").as_bytes()).await.unwrap();
-    read_response(&mut s).await;
+    let (mut s, _) = served_tls(tls, &cert).await;
     wait_parked(&p, 1.0).await;
     p.shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest))
-        .await
-        .expect("closed by shutdown")
-        .expect("closed with a close_notify");
-    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    closed_with_close_notify(&mut s, Duration::from_secs(10), "shutdown").await;
 }

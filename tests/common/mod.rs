@@ -475,6 +475,20 @@ pub fn empty() -> Empty<Bytes> {
     Empty::new()
 }
 
+/// Waits (5 s) until `switchyard_rejected_requests_total{reason}` reads `n`.
+pub async fn wait_rejected(p: &TestProxy, reason: &str, n: f64) {
+    let series = format!("switchyard_rejected_requests_total{{reason=\"{reason}\"}}");
+    wait_for(
+        &format!("{n} {reason} counted"),
+        Duration::from_secs(5),
+        || {
+            let series = series.clone();
+            async move { metric(&p.metrics().await, &series) == n }
+        },
+    )
+    .await;
+}
+
 /// Cancels its token when dropped (stops a proxy at the end of a test).
 pub struct DropCancel(pub CancellationToken);
 
