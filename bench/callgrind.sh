@@ -3,7 +3,7 @@
 # load give the same count within about 0.5 %, where CPU time on a shared VM moves by
 # 10 % or more between runs. Use it to compare two builds of a hot-path change.
 #
-#   bench/callgrind.sh [plain|tls|h2|close] [REQUESTS] [--keep] [--bin PATH]
+#   bench/callgrind.sh [plain|tls|h2|close] [REQUESTS] [--keep] [--bare] [--bin PATH]
 #
 # plain: HTTP/1.1 (h2load --h1), tls: HTTP/1.1 over TLS, h2: HTTP/2 over TLS (-m 10);
 # 16 keep-alive connections, REQUESTS (default 4000) counted after 500 to warm up.
@@ -11,14 +11,17 @@
 # cost of a connection's setup and teardown; bench/run.sh's close scenario).
 # Measures target/release/switchyard (build it first), or the binary --bin names. The configs and the upstream
 # nginx are the load benchmark's (bench/run.sh renders them). --keep keeps the temp dir
-# with the profile (cg.out.1, for callgrind_annotate). Every process started here is
-# stopped by pid on exit.
+# with the profile (cg.out.1, for callgrind_annotate). --bare turns off the request id and
+# the security headers (`[request_id] enabled = false`, `[security_headers] headers = []`):
+# the difference is what that default work costs. Every process started here is stopped
+# by pid on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 MODE=plain
 REQUESTS=4000
 KEEP=0
+BARE=0
 BIN=target/release/switchyard
 NEXT_IS_BIN=0
 for arg in "$@"; do
@@ -28,7 +31,8 @@ for arg in "$@"; do
         --bin=*) BIN=${arg#*=} ;;
         plain | tls | h2 | close) MODE=$arg ;;
         --keep) KEEP=1 ;;
-        -h | --help) sed -n '2,16p' "$0"; exit 0 ;;
+        --bare) BARE=1 ;;
+        -h | --help) sed -n '2,19p' "$0"; exit 0 ;;
         *)
             [[ $arg =~ ^[0-9]+$ ]] || { echo "callgrind: unknown argument $arg (see --help)" >&2; exit 1; }
             REQUESTS=$arg ;;
@@ -73,6 +77,9 @@ esac
 port=$(grep -o '127.0.0.1:[0-9]*' "$config" | sed -n "${which}p")
 url=$scheme://$port/
 rm -f "$TMP/switchyard/admin.sock"
+if ((BARE)); then
+    printf '\n[request_id]\nenabled = false\n\n[security_headers]\nheaders = []\n' >>"$config"
+fi
 taskset -c 0 env RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$TMP/cg.out" \
     "$BIN" run --config "$config" >"$TMP/callgrind.log" 2>&1 &
 pids+=($!)
@@ -93,4 +100,6 @@ if [[ $BIN == target/release/switchyard ]]; then
 else
     built=$BIN
 fi
-echo "$MODE: $((total / REQUESTS)) instructions per request ($REQUESTS requests, $built)"
+bare=""
+((BARE)) && bare=", --bare"
+echo "$MODE: $((total / REQUESTS)) instructions per request ($REQUESTS requests, $built$bare)"

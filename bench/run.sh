@@ -31,6 +31,7 @@ BASE_BIN=""
 DURATION_SET=0
 ROUNDS_SET=0
 IDLE_SET=0
+SAME_WORK=0
 
 usage() {
     cat <<EOF
@@ -77,6 +78,11 @@ Options:
                        table then has switchyard ÷ switchyard-base per round, an A/B
                        comparison of two builds that the drift between separate
                        runs does not blur
+  --same-work          nginx and HAProxy also do the per-request work switchyard does
+                       by default: a request id made (or a client's kept), sent to
+                       the upstream and returned, four security headers on every
+                       response, and (HAProxy) the response's constitutional hash
+                       checked; without it they proxy bare (see bench/README.md)
   --no-install         do not install missing tools; fail instead
   --workers N          workers of each proxy under test: switchyard workers,
                        nginx worker_processes, haproxy nbthread (default $WORKERS);
@@ -135,6 +141,7 @@ while (($#)); do
         --baseline-bin) [[ $# -ge 2 ]] || die "--baseline-bin needs a value"; BASE_BIN=$2; shift ;;
         --baseline-bin=*) BASE_BIN=${1#*=} ;;
         --no-install) INSTALL=0 ;;
+        --same-work) SAME_WORK=1 ;;
         --workers) [[ $# -ge 2 ]] || die "--workers needs a value"; WORKERS=$2; shift ;;
         --workers=*) WORKERS=${1#*=} ;;
         --proxy-cpu) [[ $# -ge 2 ]] || die "--proxy-cpu needs a value"; PROXY_CPU=$2; shift ;;
@@ -376,6 +383,11 @@ BASE_METRICS=${PORTS[11]}
 RUN_USER=$(id -un)
 
 SWITCHYARD_NAME=switchyard
+# The peers' configs hold their share of switchyard's default per-request work between
+# SAME-WORK-BEGIN and SAME-WORK-END; it stays only with --same-work.
+same_work_filter() {
+    if ((SAME_WORK)); then cat; else sed '/# SAME-WORK-BEGIN/,/# SAME-WORK-END/d'; fi
+}
 render() {
     sed -e "s|@DIR@|$TMP|g" \
         -e "s|@SWITCHYARD_NAME@|$SWITCHYARD_NAME|g" \
@@ -393,7 +405,7 @@ render() {
         -e "s|@NGINX_TLS@|$NGINX_TLS|g" \
         -e "s|@HAPROXY_HTTP@|$HAPROXY_HTTP|g" \
         -e "s|@HAPROXY_TLS@|$HAPROXY_TLS|g" \
-        "$1"
+        "$1" | same_work_filter
 }
 
 mkdir -p "$TMP"/{upstream,nginx-proxy,haproxy,switchyard,switchyard-base,tls,www,out}
@@ -402,6 +414,11 @@ for d in upstream nginx-proxy; do
 done
 printf 'ok\n' >"$TMP/www/index.txt"
 head -c 16384 /dev/zero | tr '\0' 'x' >"$TMP/www/16k"
+if ((SAME_WORK)); then
+    note "--same-work: nginx and HAProxy also make and return a request id and add the four security headers; HAProxy also checks the response's constitutional hash (nginx cannot, without a module)"
+else
+    note "nginx and HAProxy proxy bare; switchyard also makes a request id, adds four security headers and checks the response's hash (its defaults): --same-work gives the peers that work too"
+fi
 render "$CONF/upstream-nginx.conf" >"$TMP/upstream/nginx.conf"
 render "$CONF/nginx-proxy.conf" >"$TMP/nginx-proxy/nginx.conf"
 render "$CONF/haproxy.cfg" >"$TMP/haproxy/haproxy.cfg"
