@@ -7,6 +7,7 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -19,6 +20,7 @@ const DATA: u8 = 0;
 const HEADERS: u8 = 1;
 const RST_STREAM: u8 = 3;
 const SETTINGS: u8 = 4;
+const PING: u8 = 6;
 const GOAWAY: u8 = 7;
 const END_STREAM: u8 = 1;
 const END_HEADERS: u8 = 4;
@@ -74,10 +76,16 @@ fn block(fields: &[Field]) -> Vec<u8> {
 
 /// A GET the upstream answers after `sleep_ms`: still in flight when the next stream arrives.
 fn slow_get() -> Vec<u8> {
+    get_answered_after(300)
+}
+
+/// A GET the test upstream answers after `ms` milliseconds.
+fn get_answered_after(ms: u64) -> Vec<u8> {
+    let path = format!("/?sleep_ms={ms}");
     block(&[
         (b":method", b"GET"),
         (b":scheme", b"http"),
-        (b":path", b"/?sleep_ms=300"),
+        (b":path", path.as_bytes()),
         (b":authority", b"a.test"),
         (HASH_HEADER.as_bytes(), HASH.as_bytes()),
     ])
@@ -128,7 +136,9 @@ impl Conn {
                 };
                 match frame.kind {
                     SETTINGS if frame.flags & 1 == 0 => self.send(SETTINGS, 1, 0, &[]).await,
-                    SETTINGS | 8 => {}
+                    // A live client answers the server's keep-alive PINGs.
+                    PING if frame.flags & 1 == 0 => self.send(PING, 1, 0, &frame.payload).await,
+                    SETTINGS | PING | 8 => {}
                     _ => return Some(frame),
                 }
             }
@@ -138,6 +148,20 @@ impl Conn {
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
             }
         }
+    }
+
+    /// Every frame until the connection closes, which must be within 10 s.
+    async fn until_closed(&mut self) -> Vec<Frame> {
+        let read = async {
+            let mut rest = Vec::new();
+            while let Some(f) = self.next().await {
+                rest.push(f);
+            }
+            rest
+        };
+        tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .expect("the connection closed within 10 s")
     }
 
     /// Frames until `done` says so or the connection closes (bounded in time).
@@ -342,4 +366,65 @@ async fn authority_wins_over_a_disagreeing_host() {
     let h = blue.last_headers.lock().unwrap().clone().unwrap();
     let hosts: Vec<_> = h.get_all("host").iter().collect();
     assert_eq!(hosts, ["a.test"]);
+}
+
+/// RFC 9113 §6.8: an idle connection may be closed with GOAWAY. An HTTP/2 connection with no
+/// stream open for `proxy.timeouts.idle` gets GOAWAY(NO_ERROR) and is closed, like an idle
+/// HTTP/1.1 keep-alive connection, even while the client answers every keep-alive PING;
+/// one with a stream open is not, however long the stream takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_gets_goaway_after_the_idle_limit_but_not_while_a_stream_is_open() {
+    let (blue, green) = (upstream("blue").await, upstream("green").await);
+    let p = proxy(
+        &blue,
+        &green,
+        "[proxy]\nlisten = [\"127.0.0.1:0\"]\n[proxy.timeouts]\nidle = \"1s\"\n",
+    )
+    .await;
+    let mut c = Conn::open(p.addr).await;
+    // A stream that takes longer than the idle limit (the upstream answers after 1.5 s).
+    c.request(1, &get_answered_after(1500)).await;
+    let frames = c.until(|f| stream_ended(f, 1)).await;
+    assert!(
+        frames.iter().all(|f| f.kind != GOAWAY),
+        "no GOAWAY while a stream was open"
+    );
+    assert_eq!(indexed_status(&frames, 1), Some(8), "the slow stream's 200");
+    // Then nothing: GOAWAY with NO_ERROR, last stream 1, and the connection closes.
+    let rest = c.until_closed().await;
+    // A graceful GOAWAY may come twice (the first naming the highest possible stream,
+    // RFC 9113 §6.8); every one is NO_ERROR and the last names stream 1.
+    let goaways: Vec<&Frame> = rest.iter().filter(|f| f.kind == GOAWAY).collect();
+    let last = goaways.last().expect("GOAWAY before the close");
+    assert!(goaways.iter().all(|f| error_code(f) == 0), "NO_ERROR");
+    assert_eq!(&last.payload[..4], &1u32.to_be_bytes(), "last stream id 1");
+}
+
+/// A stream the client resets before its response has ended counts as ended: the
+/// abandoned request does not hold the connection open past the idle limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_reset_by_the_client_does_not_hold_an_idle_connection_open() {
+    let (blue, green) = (upstream("blue").await, upstream("green").await);
+    let p = proxy(
+        &blue,
+        &green,
+        "[proxy]\nlisten = [\"127.0.0.1:0\"]\n[proxy.timeouts]\nidle = \"1s\"\n",
+    )
+    .await;
+    let mut c = Conn::open(p.addr).await;
+    c.request(1, &get_answered_after(3000)).await;
+    // Once the request has reached the upstream (which answers after 3 s), cancel it.
+    let hits = || blue.hits.load(Ordering::SeqCst) + green.hits.load(Ordering::SeqCst);
+    wait_for(
+        "the request reached the upstream",
+        Duration::from_secs(10),
+        || async { hits() >= 1 },
+    )
+    .await;
+    const CANCEL: u32 = 8;
+    c.send(RST_STREAM, 0, 1, &CANCEL.to_be_bytes()).await;
+    let rest = c.until_closed().await;
+    let goaways: Vec<&Frame> = rest.iter().filter(|f| f.kind == GOAWAY).collect();
+    assert!(!goaways.is_empty(), "GOAWAY before the close");
+    assert!(goaways.iter().all(|f| error_code(f) == 0), "NO_ERROR");
 }

@@ -395,6 +395,19 @@ async fn a_stalled_tls_request_head_is_closed_by_the_header_deadline() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_connection_that_chose_h2_and_sends_nothing_is_closed_after_the_idle_limit() {
+    let (blue, green) = (upstream("blue").await, upstream("green").await);
+    let (p, cert, _certs) = tls_proxy(&blue, &green, "idle = \"1500ms\"\n").await;
+    // ALPN h2, then not even the preface: no request begins, so the idle limit applies.
+    let mut silent = connect_tls(p.tls_addr.unwrap(), &cert, &[b"h2"]).await;
+    closed_within(&mut silent, Duration::from_secs(10)).await;
+    wait_for("no open connections", Duration::from_secs(5), || async {
+        p.gauge("switchyard_connections_active").await == 0.0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_and_shutdown_close_parked_tls_connections_with_close_notify() {
     let (blue, green) = (upstream("blue").await, upstream("green").await);
     let (p, cert, _certs) = tls_proxy(&blue, &green, "").await;

@@ -56,7 +56,8 @@ pub struct Acceptor {
     pub h1: http1::Builder,
     /// `proxy.timeouts.header_read`: the first request head of a connection.
     pub header_read: Duration,
-    /// `proxy.timeouts.idle`: an HTTP/1.1 keep-alive connection between requests.
+    /// `proxy.timeouts.idle`: a keep-alive connection with no request open (HTTP/1.1
+    /// between requests, HTTP/2 with no stream open).
     pub idle: Duration,
     pub limit: Arc<Semaphore>,
     pub tracker: TaskTracker,

@@ -54,6 +54,10 @@ pub struct Conn {
     /// request counter, to match requests to the heads the scan saw.
     pub framing: Arc<FramingVerdict>,
     pub requests: AtomicU64,
+    /// Requests handed to [`handle`] so far. Each one's end is counted in `framing`'s
+    /// responses (by the response body, or by [`Unanswered`] when there is none), so the
+    /// two are equal when no request is open: how an HTTP/2 connection is seen idle.
+    pub begun: AtomicU64,
     pub client_ip: HeaderValue,
     pub proto: &'static str,
     /// The peer's address (the client unless `proxy.trusted_hops` says otherwise).
@@ -118,6 +122,7 @@ impl Conn {
             shared,
             framing,
             requests: AtomicU64::new(0),
+            begun: AtomicU64::new(0),
             client_ip,
             proto,
             peer: peer.ip(),
@@ -136,6 +141,8 @@ pub fn handle(
     req: Request<Incoming>,
 ) -> impl Future<Output = Result<Response<TracedBody>, Infallible>> + Send + use<> {
     async move {
+        conn.begun.fetch_add(1, Ordering::Relaxed);
+        let unanswered = Unanswered(Some(&conn));
         let start = Instant::now();
         let table = conn.shared.routes.load();
         let s = &*table.settings;
@@ -215,7 +222,27 @@ pub fn handle(
         let permit = trace.permit.take().map(PoolPermit::keep);
         let bytes_in = trace.bytes_in.take();
         drop(trace);
+        unanswered.disarm();
         Ok(resp.map(|body| TracedBody::new(body, conn, permit, record, bytes_in)))
+    }
+}
+
+/// Counts a request's end when its future is dropped before it has a response body to
+/// count it (an HTTP/2 stream reset by the client, or a connection that ended).
+struct Unanswered<'a>(Option<&'a Conn>);
+
+impl Unanswered<'_> {
+    /// The response body counts the end from here on.
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0 {
+            conn.framing.response_done();
+        }
     }
 }
 

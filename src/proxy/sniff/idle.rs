@@ -14,6 +14,11 @@ impl FramingVerdict {
         self.responses_done.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Responses ended (or abandoned) so far.
+    pub fn responses(&self) -> u64 {
+        self.responses_done.load(Ordering::Relaxed)
+    }
+
     /// Reads that returned data so far.
     pub fn reads(&self) -> u64 {
         self.reads.load(Ordering::Relaxed)
