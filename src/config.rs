@@ -283,6 +283,8 @@ pub struct CertPair {
 pub struct Timeouts {
     pub connect: Duration,
     pub header_read: Duration,
+    /// Longest wait for the next bytes of a request body the client is sending.
+    pub body_idle: Duration,
     pub upstream_response: Duration,
     pub idle: Duration,
     pub upstream_idle: Duration,

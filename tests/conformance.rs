@@ -506,3 +506,46 @@ async fn host_and_ambiguous_refusals_name_their_code_in_the_access_log() {
     assert_eq!(errors, ["missing_host", "ambiguous_header"], "{lines:?}");
     assert!(lines.iter().all(|l| l["status"] == 400), "{lines:?}");
 }
+
+/// A request body the client stops sending is given up after `proxy.timeouts.body_idle`:
+/// 408 with the `body_timeout` code, the connection closed, counted as `body_timeout`; a
+/// body that keeps coming, however slowly, is not cut off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_body_that_stalls_gets_408_after_body_idle() {
+    let (blue, green) = (upstream("blue").await, upstream("green").await);
+    let p = proxy(
+        &blue,
+        &green,
+        "[proxy]\nlisten = [\"127.0.0.1:0\"]\n[proxy.timeouts]\nbody_idle = \"600ms\"\n",
+    )
+    .await;
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nHost: a.test\r\n{HASH_HEADER}: {HASH}\r\nContent-Length: 10\r\n\r\n"
+    );
+    // Slow but steady: a byte every 200 ms (a third of the limit) all arrive.
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        s.write_all(b"x").await.unwrap();
+    }
+    let answer = read_response(&mut s).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // Three bytes of ten, then nothing.
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(b"abc").await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest))
+        .await
+        .expect("a stalled body is answered and closed")
+        .unwrap();
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(rest.starts_with("HTTP/1.1 408"), "{rest}");
+    assert!(rest.contains("\"error\":\"body_timeout\""), "{rest}");
+    assert!(
+        rest.to_ascii_lowercase().contains("connection: close"),
+        "{rest}"
+    );
+    wait_rejected(&p, "body_timeout", 1.0).await;
+}

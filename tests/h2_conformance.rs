@@ -428,3 +428,41 @@ async fn a_stream_reset_by_the_client_does_not_hold_an_idle_connection_open() {
     assert!(!goaways.is_empty(), "GOAWAY before the close");
     assert!(goaways.iter().all(|f| error_code(f) == 0), "NO_ERROR");
 }
+
+/// An HTTP/2 request body that stalls for `proxy.timeouts.body_idle` ends that stream with
+/// the proxy's answer (counted as `body_timeout`); the connection and its other streams go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_request_body_ends_its_stream_and_not_the_connection() {
+    let (blue, green) = (upstream("blue").await, upstream("green").await);
+    let p = proxy(
+        &blue,
+        &green,
+        "[proxy]\nlisten = [\"127.0.0.1:0\"]\n[proxy.timeouts]\nbody_idle = \"600ms\"\n",
+    )
+    .await;
+    let mut c = Conn::open(p.addr).await;
+    let upload = block(&[
+        (b":method", b"POST"),
+        (b":scheme", b"http"),
+        (b":path", b"/upload"),
+        (b":authority", b"a.test"),
+        (HASH_HEADER.as_bytes(), HASH.as_bytes()),
+    ]);
+    c.send(HEADERS, END_HEADERS, 1, &upload).await;
+    c.send(DATA, 0, 1, b"abc").await;
+    let frames = c.until(|f| stream_ended(f, 1)).await;
+    assert!(stream_ended(&frames, 1), "stream 1 answered");
+    assert!(
+        body(&frames, 1).contains("\"body_timeout\""),
+        "{}",
+        body(&frames, 1)
+    );
+    assert!(
+        frames.iter().all(|f| f.kind != GOAWAY),
+        "the connection goes on"
+    );
+    wait_rejected(&p, "body_timeout", 1.0).await;
+    c.request(3, &get_answered_after(0)).await;
+    let frames = c.until(|f| stream_ended(f, 3)).await;
+    assert_eq!(indexed_status(&frames, 3), Some(8), "stream 3 got 200");
+}

@@ -61,6 +61,7 @@ pub(crate) struct RawCertPair {
 pub(crate) struct RawTimeouts {
     pub connect: Option<RawDuration>,
     pub header_read: Option<RawDuration>,
+    pub body_idle: Option<RawDuration>,
     pub upstream_response: Option<RawDuration>,
     pub idle: Option<RawDuration>,
     pub upstream_idle: Option<RawDuration>,

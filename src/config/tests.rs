@@ -229,8 +229,13 @@ fn minimal_config_gets_documented_defaults() {
         [S, 10 * S, 30 * S, 60 * S]
     );
     assert_eq!(
-        [t.upstream_idle, t.shutdown_grace, t.tls_handshake],
-        [90 * S, 30 * S, 10 * S]
+        [
+            t.upstream_idle,
+            t.shutdown_grace,
+            t.tls_handshake,
+            t.body_idle
+        ],
+        [90 * S, 30 * S, 10 * S, 60 * S]
     );
     assert_eq!(p.limits.max_header_bytes, 32 * 1024);
     assert_eq!(p.limits.max_headers, 100);

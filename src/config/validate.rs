@@ -202,6 +202,7 @@ fn timeouts(raw: RawTimeouts) -> Result<Timeouts, ConfigError> {
     Ok(Timeouts {
         connect: positive("connect", raw.connect, SECOND)?,
         header_read: positive("header_read", raw.header_read, 10 * SECOND)?,
+        body_idle: positive("body_idle", raw.body_idle, 60 * SECOND)?,
         upstream_response: positive("upstream_response", raw.upstream_response, 30 * SECOND)?,
         idle: positive("idle", raw.idle, 60 * SECOND)?,
         upstream_idle: positive("upstream_idle", raw.upstream_idle, 90 * SECOND)?,

@@ -90,10 +90,11 @@ pub enum Rejection {
     PoolConcurrency,
     BadHost,
     AmbiguousHeader,
+    BodyTimeout,
 }
 
 impl Rejection {
-    const ALL: [Rejection; 12] = [
+    const ALL: [Rejection; 13] = [
         Self::Smuggling,
         Self::HeaderTooLarge,
         Self::BodyTooLarge,
@@ -106,6 +107,7 @@ impl Rejection {
         Self::PoolConcurrency,
         Self::BadHost,
         Self::AmbiguousHeader,
+        Self::BodyTimeout,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -121,6 +123,7 @@ impl Rejection {
             Self::PoolConcurrency => "pool_concurrency",
             Self::BadHost => "bad_host",
             Self::AmbiguousHeader => "ambiguous_header",
+            Self::BodyTimeout => "body_timeout",
         }
     }
 }
@@ -153,7 +156,7 @@ pub struct Metrics {
     /// `[pool][reason]` for responses.
     response_violations: [[Counter; 2]; 2],
     request_violations: [Counter; 2],
-    rejected: [Counter; 12],
+    rejected: [Counter; 13],
     pub green_weight: Gauge,
     pub generation: Gauge,
     pub connections_active: Gauge,

@@ -2,15 +2,18 @@
 //! wrappers add a byte limit (requests) and keep the backend's in-flight count until the
 //! response body ends (responses). Neither buffers.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
+use tokio::time::{sleep_until, Instant, Sleep};
 
 use crate::proxy::backend::InflightGuard;
 use crate::proxy::headers::front;
@@ -34,6 +37,9 @@ pub enum RequestBodyError {
     TooLarge(#[from] BodyTooLarge),
     #[error("client body: {0}")]
     Client(#[from] hyper::Error),
+    /// No bytes from the client for `proxy.timeouts.body_idle`.
+    #[error("no request-body bytes from the client for {after:?}")]
+    Stalled { after: Duration },
 }
 
 pin_project! {
@@ -45,8 +51,14 @@ pin_project! {
         limit: u64,
         // Shared with the access-log line (bytes_in), when there is one.
         counter: Option<Arc<AtomicU64>>,
-        // What trailers may not carry (the hash and request-id headers).
+        // What trailers may not carry (the hash and request-id headers), and the body's
+        // idle limit.
         settings: Arc<Settings>,
+        // The body-idle deadline, armed when a read first finds nothing (one timer per
+        // body that ever waits, moved on when bytes come; none for a body read whole).
+        stall: Option<Pin<Box<Sleep>>>,
+        // The last read found nothing: the deadline runs.
+        waiting: bool,
     }
 }
 
@@ -58,6 +70,8 @@ impl LimitedBody {
             limit,
             counter: None,
             settings,
+            stall: None,
+            waiting: false,
         }
     }
 
@@ -74,6 +88,8 @@ impl LimitedBody {
             limit,
             counter: Some(counter),
             settings,
+            stall: None,
+            waiting: false,
         }
     }
 }
@@ -87,7 +103,25 @@ impl Body for LimitedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.project();
-        match this.inner.poll_frame(cx) {
+        let polled = this.inner.poll_frame(cx);
+        if polled.is_pending() {
+            // A wait begins now unless one already runs; the client has until its deadline.
+            let after = this.settings.body_idle_timeout;
+            let now = Instant::now();
+            let stall = this
+                .stall
+                .get_or_insert_with(|| Box::pin(sleep_until(now + after)));
+            if !*this.waiting {
+                *this.waiting = true;
+                stall.as_mut().reset(now + after);
+            }
+            if stall.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Some(Err(RequestBodyError::Stalled { after })));
+            }
+            return Poll::Pending;
+        }
+        *this.waiting = false;
+        match polled {
             Poll::Ready(Some(Ok(mut frame))) => {
                 if let Some(trailers) = frame.trailers_mut() {
                     strip_trailers(trailers, this.settings);

@@ -30,6 +30,9 @@ pub enum ProxyError {
     RequestHash(HashReason),
     #[error("request body from the client failed: {0}")]
     ClientBody(String),
+    /// The client sent no request-body bytes for `proxy.timeouts.body_idle`.
+    #[error("request body stalled: no bytes from the client for {after:?}")]
+    BodyTimeout { after: Duration },
     #[error("pool {0} has no backend in rotation")]
     NoBackend(PoolId),
     #[error("connect to {backend} ({pool}) failed: {message}")]
@@ -77,6 +80,7 @@ impl ProxyError {
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
             }
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::RequestHash(_) => StatusCode::FORBIDDEN,
             Self::NoBackend(_) | Self::PoolBusy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -118,6 +122,7 @@ impl ProxyError {
             Self::RequestHash(HashReason::Mismatch) => Rejection::HashMismatch,
             Self::NoBackend(_) => Rejection::NoBackend,
             Self::ClientBody(_) => Rejection::BadRequest,
+            Self::BodyTimeout { .. } => Rejection::BodyTimeout,
             Self::RateLimited { .. } => Rejection::RateLimited,
             Self::PoolBusy { .. } => Rejection::PoolConcurrency,
             _ => return None,
@@ -134,6 +139,7 @@ impl ProxyError {
             Self::BodyTooLarge { .. } => "body_too_large",
             Self::RequestHash(_) => "constitutional_hash",
             Self::ClientBody(_) => "bad_request",
+            Self::BodyTimeout { .. } => "body_timeout",
             Self::NoBackend(_) => "no_backend",
             Self::Connect { .. } | Self::Upstream { .. } => "upstream_unavailable",
             Self::UpstreamTimeout { .. } => "upstream_timeout",

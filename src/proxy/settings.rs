@@ -23,6 +23,8 @@ pub struct Settings {
     pub limits: Limits,
     /// `proxy.timeouts.upstream_response`: the backend's response head is due within it.
     pub upstream_response_timeout: Duration,
+    /// `proxy.timeouts.body_idle`: the client's next request-body bytes are due within it.
+    pub body_idle_timeout: Duration,
     /// Tries per request after connect failures, the first included.
     pub attempts: u32,
     /// How long an upgraded connection (WebSocket) may stay open once its pool takes no
@@ -77,6 +79,7 @@ impl Settings {
             limits: cfg.proxy.limits.clone(),
             tunnel_grace: cfg.proxy.drain_window,
             upstream_response_timeout: cfg.proxy.timeouts.upstream_response,
+            body_idle_timeout: cfg.proxy.timeouts.body_idle,
             attempts: cfg.proxy.retries.attempts,
             edge: EdgeSettings::from_config(cfg),
         }

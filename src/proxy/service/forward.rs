@@ -202,6 +202,9 @@ fn classify(pool: PoolId, backend: &str, e: hyper::Error) -> ProxyError {
         if let Some(RequestBodyError::Client(c)) = err.downcast_ref::<RequestBodyError>() {
             return ProxyError::ClientBody(c.to_string());
         }
+        if let Some(RequestBodyError::Stalled { after }) = err.downcast_ref::<RequestBodyError>() {
+            return ProxyError::BodyTimeout { after: *after };
+        }
         source = err.source();
     }
     ProxyError::Upstream {
