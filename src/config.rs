@@ -287,6 +287,8 @@ pub struct Timeouts {
     pub body_idle: Duration,
     pub upstream_response: Duration,
     pub idle: Duration,
+    /// An upgraded connection (WebSocket) with no bytes either way for this long is closed.
+    pub tunnel_idle: Duration,
     pub upstream_idle: Duration,
     pub shutdown_grace: Duration,
     pub tls_handshake: Duration,

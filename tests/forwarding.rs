@@ -304,3 +304,44 @@ async fn an_upgraded_connection_closes_after_the_grace_once_its_pool_takes_no_re
         "closed before the grace"
     );
 }
+
+/// An upgraded connection that moves no byte either way for `proxy.timeouts.tunnel_idle`
+/// is closed; one whose bytes keep coming is not, however long it lasts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgraded_connection_is_closed_after_tunnel_idle_without_traffic() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (blue, green) = (upstream("blue").await, upstream("green").await);
+    let p = proxy(
+        &blue,
+        &green,
+        "[proxy]\nlisten = [\"127.0.0.1:0\"]\n[proxy.timeouts]\ntunnel_idle = \"800ms\"\n",
+    )
+    .await;
+    let mut s = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(
+        format!(
+            "GET /ws HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n{HASH_HEADER}: {HASH}\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert!(read_head(&mut s).await.starts_with("HTTP/1.1 101"));
+    // A frame every 300 ms for 2.4 s (three times the limit): echoed every time.
+    for _ in 0..8 {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        s.write_all(&WS_HELLO_FRAME).await.unwrap();
+        let mut back = [0u8; 11];
+        tokio::time::timeout(std::time::Duration::from_secs(5), s.read_exact(&mut back))
+            .await
+            .expect("the tunnel still open while it carries bytes")
+            .unwrap();
+        assert_eq!(back, WS_HELLO_FRAME);
+    }
+    // Then nothing: closed.
+    let mut rest = Vec::new();
+    let closed =
+        tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the silent tunnel stayed open");
+    assert!(rest.is_empty(), "no bytes before the close");
+}

@@ -64,6 +64,7 @@ pub(crate) struct RawTimeouts {
     pub body_idle: Option<RawDuration>,
     pub upstream_response: Option<RawDuration>,
     pub idle: Option<RawDuration>,
+    pub tunnel_idle: Option<RawDuration>,
     pub upstream_idle: Option<RawDuration>,
     pub shutdown_grace: Option<RawDuration>,
     pub tls_handshake: Option<RawDuration>,

@@ -205,6 +205,7 @@ fn timeouts(raw: RawTimeouts) -> Result<Timeouts, ConfigError> {
         body_idle: positive("body_idle", raw.body_idle, 60 * SECOND)?,
         upstream_response: positive("upstream_response", raw.upstream_response, 30 * SECOND)?,
         idle: positive("idle", raw.idle, 60 * SECOND)?,
+        tunnel_idle: positive("tunnel_idle", raw.tunnel_idle, 3600 * SECOND)?,
         upstream_idle: positive("upstream_idle", raw.upstream_idle, 90 * SECOND)?,
         shutdown_grace: positive("shutdown_grace", raw.shutdown_grace, 30 * SECOND)?,
         tls_handshake: positive("tls_handshake", raw.tls_handshake, 10 * SECOND)?,

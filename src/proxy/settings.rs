@@ -30,6 +30,9 @@ pub struct Settings {
     /// How long an upgraded connection (WebSocket) may stay open once its pool takes no
     /// new requests (rolled back, drained, weight 0): `proxy.drain_window`.
     pub tunnel_grace: Duration,
+    /// `proxy.timeouts.tunnel_idle`: an upgraded connection with no bytes either way for
+    /// this long is closed.
+    pub tunnel_idle: Duration,
     /// Rate limits, pool caps, security headers, request ids, access-log options.
     pub edge: EdgeSettings,
 }
@@ -78,6 +81,7 @@ impl Settings {
                 }),
             limits: cfg.proxy.limits.clone(),
             tunnel_grace: cfg.proxy.drain_window,
+            tunnel_idle: cfg.proxy.timeouts.tunnel_idle,
             upstream_response_timeout: cfg.proxy.timeouts.upstream_response,
             body_idle_timeout: cfg.proxy.timeouts.body_idle,
             attempts: cfg.proxy.retries.attempts,

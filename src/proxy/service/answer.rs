@@ -2,14 +2,17 @@
 //! response hash, 5xx, the backend's health, the live statistics the rollout gates read),
 //! then hand it back: the body streaming, or a tunnel when it switched protocols.
 
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use http::{Response, StatusCode};
 use hyper::body::Body as _;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tracing::{debug, warn};
 
 use super::forward::Sent;
@@ -133,7 +136,11 @@ fn switch_protocols(
     };
     conn.framing.set_switched();
     let routes = conn.shared.routes.clone();
-    tokio::spawn(tunnel(down, up, guard, pool, routes, cx.s.tunnel_grace));
+    let limits = TunnelLimits {
+        grace: cx.s.tunnel_grace,
+        idle: cx.s.tunnel_idle,
+    };
+    tokio::spawn(tunnel(down, up, guard, pool, routes, limits));
     let (parts, _) = resp.into_parts();
     Ok(Response::from_parts(parts, ProxyBody::empty()))
 }
@@ -144,28 +151,83 @@ enum Downstream {
     Manual(tokio::sync::oneshot::Receiver<UpgradedIo>),
 }
 
-/// Copies bytes both ways until either side ends.
-async fn pump<D, U>(mut down: D, mut up: U, backend: &str)
+/// Copies bytes both ways until either side ends, counting in `moved` the bytes that
+/// pass the client's side (either way).
+async fn pump<D, U>(down: D, mut up: U, backend: &str, moved: &AtomicU64)
 where
     D: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
+    let mut down = Counted { io: down, moved };
     if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
         debug!(%backend, error = %e, "upgraded connection ended");
     }
 }
 
+/// How long a tunnel may outlive its pool's traffic (`grace`), and go without a byte
+/// either way (`idle`).
+struct TunnelLimits {
+    grace: Duration,
+    idle: Duration,
+}
+
+/// An I/O stream that adds the bytes read from it and written to it to `moved`.
+struct Counted<'a, T> {
+    io: T,
+    moved: &'a AtomicU64,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<'_, T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.moved.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<'_, T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.io).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = polled {
+            self.moved.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
 /// Copies bytes both ways once both sides have switched protocols. The connection stays
-/// on the backend (and so the pool) that accepted the upgrade.
+/// on the backend (and so the pool) that accepted the upgrade, and is closed once it has
+/// moved no byte for `limits.idle`.
 async fn tunnel(
     down: Downstream,
     up: OnUpgrade,
     guard: InflightGuard,
     pool: PoolId,
     routes: Arc<RouteHandle>,
-    grace: Duration,
+    limits: TunnelLimits,
 ) {
     let backend = &guard.backend().addr;
+    let moved = AtomicU64::new(0);
     let copy = async {
         let up = match up.await {
             Ok(up) => TokioIo::new(up),
@@ -173,32 +235,42 @@ async fn tunnel(
         };
         match down {
             Downstream::Hyper(down) => match down.await {
-                Ok(down) => pump(TokioIo::new(down), up, backend).await,
+                Ok(down) => pump(TokioIo::new(down), up, backend, &moved).await,
                 Err(e) => debug!(%backend, error = %e, "upgrade failed"),
             },
             Downstream::Manual(down) => match down.await {
-                Ok(down) => pump(down, up, backend).await,
+                Ok(down) => pump(down, up, backend, &moved).await,
                 Err(_) => debug!(%backend, "the client connection ended before the upgrade"),
             },
         }
     };
     // Once the pool takes no new requests (a rollback, a drain, weight 0), the tunnel
     // gets `grace` to finish, then it is closed: a rolled-back candidate keeps no clients.
-    let evicted = async {
+    // A tunnel that moves no byte for `idle` is closed too (checked on the same ticks).
+    let watch = async {
         let mut tick = tokio::time::interval(TUNNEL_CHECK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (mut seen, mut quiet_since) = (0, Instant::now());
         loop {
             tick.tick().await;
+            let now = Instant::now();
+            let m = moved.load(Ordering::Relaxed);
+            if m != seen {
+                (seen, quiet_since) = (m, now);
+            } else if now.duration_since(quiet_since) >= limits.idle {
+                return "it moved no byte for proxy.timeouts.tunnel_idle";
+            }
             if !routes.load().takes_requests(pool) {
                 break;
             }
         }
-        tokio::time::sleep(grace).await;
+        tokio::time::sleep(limits.grace).await;
+        "its pool no longer takes requests"
     };
     tokio::select! {
         _ = copy => {}
-        _ = evicted => debug!(backend = %guard.backend().addr, %pool,
-            "closing an upgraded connection: its pool no longer takes requests"),
+        why = watch => debug!(backend = %guard.backend().addr, %pool,
+            "closing an upgraded connection: {why}"),
     }
 }
 
