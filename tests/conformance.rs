@@ -513,12 +513,7 @@ async fn host_and_ambiguous_refusals_name_their_code_in_the_access_log() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_body_that_stalls_gets_408_after_body_idle() {
     let (blue, green) = (upstream("blue").await, upstream("green").await);
-    let p = proxy(
-        &blue,
-        &green,
-        "[proxy]\nlisten = [\"127.0.0.1:0\"]\n[proxy.timeouts]\nbody_idle = \"600ms\"\n",
-    )
-    .await;
+    let p = proxy(&blue, &green, &with_timeouts("body_idle = \"600ms\"")).await;
     let head = format!(
         "POST /upload HTTP/1.1\r\nHost: a.test\r\n{HASH_HEADER}: {HASH}\r\nContent-Length: 10\r\n\r\n"
     );

@@ -245,6 +245,22 @@ async fn websocket_tunnels_and_stays_on_its_pool() {
     assert_eq!(green.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
 
+/// A connection upgraded to a WebSocket tunnel through the proxy (the upstream echoes).
+async fn upgraded(p: &TestProxy) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(
+        format!(
+            "GET /ws HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n{HASH_HEADER}: {HASH}\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert!(read_head(&mut s).await.starts_with("HTTP/1.1 101"));
+    s
+}
+
 /// Reads an HTTP/1 response head byte by byte (so nothing after it is consumed).
 pub async fn read_head(s: &mut tokio::net::TcpStream) -> String {
     use tokio::io::AsyncReadExt;
@@ -275,16 +291,7 @@ async fn an_upgraded_connection_closes_after_the_grace_once_its_pool_takes_no_re
         "[split]\ngreen_percent = 100\n[proxy]\nlisten = [\"127.0.0.1:0\"]\ndrain_window = \"300ms\"\n",
     )
     .await;
-    let mut s = tokio::net::TcpStream::connect(p.addr).await.unwrap();
-    s.write_all(
-        format!(
-            "GET /ws HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n{HASH_HEADER}: {HASH}\r\n\r\n"
-        )
-        .as_bytes(),
-    )
-    .await
-    .unwrap();
-    assert!(read_head(&mut s).await.starts_with("HTTP/1.1 101"));
+    let mut s = upgraded(&p).await;
     s.write_all(b"ping").await.unwrap();
     let mut back = [0u8; 4];
     s.read_exact(&mut back).await.unwrap();
@@ -311,22 +318,8 @@ async fn an_upgraded_connection_closes_after_the_grace_once_its_pool_takes_no_re
 async fn an_upgraded_connection_is_closed_after_tunnel_idle_without_traffic() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (blue, green) = (upstream("blue").await, upstream("green").await);
-    let p = proxy(
-        &blue,
-        &green,
-        "[proxy]\nlisten = [\"127.0.0.1:0\"]\n[proxy.timeouts]\ntunnel_idle = \"800ms\"\n",
-    )
-    .await;
-    let mut s = tokio::net::TcpStream::connect(p.addr).await.unwrap();
-    s.write_all(
-        format!(
-            "GET /ws HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n{HASH_HEADER}: {HASH}\r\n\r\n"
-        )
-        .as_bytes(),
-    )
-    .await
-    .unwrap();
-    assert!(read_head(&mut s).await.starts_with("HTTP/1.1 101"));
+    let p = proxy(&blue, &green, &with_timeouts("tunnel_idle = \"800ms\"")).await;
+    let mut s = upgraded(&p).await;
     // A frame every 300 ms for 2.4 s (three times the limit): echoed every time.
     for _ in 0..8 {
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;

@@ -187,6 +187,15 @@ fn error_code(f: &Frame) -> u32 {
     u32::from_be_bytes(f.payload[at..at + 4].try_into().unwrap())
 }
 
+/// The last GOAWAY among `frames`, all of them NO_ERROR. A graceful close may send two:
+/// the first names the highest possible stream, the last the last one processed (RFC 9113
+/// §6.8).
+fn graceful_goaway(frames: &[Frame]) -> &Frame {
+    let goaways: Vec<&Frame> = frames.iter().filter(|f| f.kind == GOAWAY).collect();
+    assert!(goaways.iter().all(|f| error_code(f) == 0), "NO_ERROR");
+    goaways.last().expect("GOAWAY before the close")
+}
+
 fn stream_ended(frames: &[Frame], stream: u32) -> bool {
     frames.iter().any(|f| {
         f.stream == stream && matches!(f.kind, DATA | HEADERS) && f.flags & END_STREAM != 0
@@ -375,12 +384,7 @@ async fn authority_wins_over_a_disagreeing_host() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_connection_gets_goaway_after_the_idle_limit_but_not_while_a_stream_is_open() {
     let (blue, green) = (upstream("blue").await, upstream("green").await);
-    let p = proxy(
-        &blue,
-        &green,
-        "[proxy]\nlisten = [\"127.0.0.1:0\"]\n[proxy.timeouts]\nidle = \"1s\"\n",
-    )
-    .await;
+    let p = proxy(&blue, &green, &with_timeouts("idle = \"1s\"")).await;
     let mut c = Conn::open(p.addr).await;
     // A stream that takes longer than the idle limit (the upstream answers after 1.5 s).
     c.request(1, &get_answered_after(1500)).await;
@@ -392,11 +396,7 @@ async fn an_idle_connection_gets_goaway_after_the_idle_limit_but_not_while_a_str
     assert_eq!(indexed_status(&frames, 1), Some(8), "the slow stream's 200");
     // Then nothing: GOAWAY with NO_ERROR, last stream 1, and the connection closes.
     let rest = c.until_closed().await;
-    // A graceful GOAWAY may come twice (the first naming the highest possible stream,
-    // RFC 9113 §6.8); every one is NO_ERROR and the last names stream 1.
-    let goaways: Vec<&Frame> = rest.iter().filter(|f| f.kind == GOAWAY).collect();
-    let last = goaways.last().expect("GOAWAY before the close");
-    assert!(goaways.iter().all(|f| error_code(f) == 0), "NO_ERROR");
+    let last = graceful_goaway(&rest);
     assert_eq!(&last.payload[..4], &1u32.to_be_bytes(), "last stream id 1");
 }
 
@@ -405,12 +405,7 @@ async fn an_idle_connection_gets_goaway_after_the_idle_limit_but_not_while_a_str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_reset_by_the_client_does_not_hold_an_idle_connection_open() {
     let (blue, green) = (upstream("blue").await, upstream("green").await);
-    let p = proxy(
-        &blue,
-        &green,
-        "[proxy]\nlisten = [\"127.0.0.1:0\"]\n[proxy.timeouts]\nidle = \"1s\"\n",
-    )
-    .await;
+    let p = proxy(&blue, &green, &with_timeouts("idle = \"1s\"")).await;
     let mut c = Conn::open(p.addr).await;
     c.request(1, &get_answered_after(3000)).await;
     // Once the request has reached the upstream (which answers after 3 s), cancel it.
@@ -424,9 +419,7 @@ async fn a_stream_reset_by_the_client_does_not_hold_an_idle_connection_open() {
     const CANCEL: u32 = 8;
     c.send(RST_STREAM, 0, 1, &CANCEL.to_be_bytes()).await;
     let rest = c.until_closed().await;
-    let goaways: Vec<&Frame> = rest.iter().filter(|f| f.kind == GOAWAY).collect();
-    assert!(!goaways.is_empty(), "GOAWAY before the close");
-    assert!(goaways.iter().all(|f| error_code(f) == 0), "NO_ERROR");
+    graceful_goaway(&rest);
 }
 
 /// An HTTP/2 request body that stalls for `proxy.timeouts.body_idle` ends that stream with
@@ -434,12 +427,7 @@ async fn a_stream_reset_by_the_client_does_not_hold_an_idle_connection_open() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_request_body_ends_its_stream_and_not_the_connection() {
     let (blue, green) = (upstream("blue").await, upstream("green").await);
-    let p = proxy(
-        &blue,
-        &green,
-        "[proxy]\nlisten = [\"127.0.0.1:0\"]\n[proxy.timeouts]\nbody_idle = \"600ms\"\n",
-    )
-    .await;
+    let p = proxy(&blue, &green, &with_timeouts("body_idle = \"600ms\"")).await;
     let mut c = Conn::open(p.addr).await;
     let upload = block(&[
         (b":method", b"POST"),

@@ -471,6 +471,11 @@ where
     }
 }
 
+/// The config sections of a proxy on 127.0.0.1:0 with these `[proxy.timeouts]` keys.
+pub fn with_timeouts(keys: &str) -> String {
+    format!("[proxy]\nlisten = [\"127.0.0.1:0\"]\n[proxy.timeouts]\n{keys}\n")
+}
+
 pub fn empty() -> Empty<Bytes> {
     Empty::new()
 }
