@@ -285,6 +285,8 @@ pub struct Timeouts {
     pub header_read: Duration,
     /// Longest wait for the next bytes of a request body the client is sending.
     pub body_idle: Duration,
+    /// The whole request (head and body) is to be read within this, from its start.
+    pub request: Duration,
     pub upstream_response: Duration,
     pub idle: Duration,
     /// An upgraded connection (WebSocket) with no bytes either way for this long is closed.

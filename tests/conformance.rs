@@ -544,3 +544,43 @@ async fn a_request_body_that_stalls_gets_408_after_body_idle() {
     );
     wait_rejected(&p, "body_timeout", 1.0).await;
 }
+
+/// A body that never stalls long enough for `body_idle` but trickles on is cut off by the
+/// whole-request deadline (`proxy.timeouts.request`, counted from the request's head): 408
+/// with the `request_timeout` code, the connection closed, counted as `request_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_body_that_trickles_past_the_whole_request_deadline_gets_408() {
+    let (blue, green) = (upstream("blue").await, upstream("green").await);
+    let p = proxy(
+        &blue,
+        &green,
+        &with_timeouts("body_idle = \"5s\"\nrequest = \"1s\""),
+    )
+    .await;
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nHost: a.test\r\n{HASH_HEADER}: {HASH}\r\nContent-Length: 100\r\n\r\n"
+    );
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    let (mut read, mut write) = s.into_split();
+    // A byte every 100 ms, far inside body_idle, until the proxy answers (or 99 bytes).
+    let trickle = tokio::spawn(async move {
+        for _ in 0..99 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if write.write_all(b"x").await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut rest = Vec::new();
+    let answered = tokio::time::timeout(Duration::from_secs(10), read.read_to_end(&mut rest)).await;
+    trickle.abort();
+    assert!(
+        answered.is_ok(),
+        "a trickling body was answered within 10 s"
+    );
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(rest.starts_with("HTTP/1.1 408"), "{rest}");
+    assert!(rest.contains("\"error\":\"request_timeout\""), "{rest}");
+    wait_rejected(&p, "request_timeout", 1.0).await;
+}

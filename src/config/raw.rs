@@ -62,6 +62,7 @@ pub(crate) struct RawTimeouts {
     pub connect: Option<RawDuration>,
     pub header_read: Option<RawDuration>,
     pub body_idle: Option<RawDuration>,
+    pub request: Option<RawDuration>,
     pub upstream_response: Option<RawDuration>,
     pub idle: Option<RawDuration>,
     pub tunnel_idle: Option<RawDuration>,

@@ -234,9 +234,10 @@ fn minimal_config_gets_documented_defaults() {
             t.shutdown_grace,
             t.tls_handshake,
             t.body_idle,
-            t.tunnel_idle
+            t.tunnel_idle,
+            t.request
         ],
-        [90 * S, 30 * S, 10 * S, 60 * S, 3600 * S]
+        [90 * S, 30 * S, 10 * S, 60 * S, 3600 * S, 3600 * S]
     );
     assert_eq!(p.limits.max_header_bytes, 32 * 1024);
     assert_eq!(p.limits.max_headers, 100);

@@ -203,6 +203,7 @@ fn timeouts(raw: RawTimeouts) -> Result<Timeouts, ConfigError> {
         connect: positive("connect", raw.connect, SECOND)?,
         header_read: positive("header_read", raw.header_read, 10 * SECOND)?,
         body_idle: positive("body_idle", raw.body_idle, 60 * SECOND)?,
+        request: positive("request", raw.request, 3600 * SECOND)?,
         upstream_response: positive("upstream_response", raw.upstream_response, 30 * SECOND)?,
         idle: positive("idle", raw.idle, 60 * SECOND)?,
         tunnel_idle: positive("tunnel_idle", raw.tunnel_idle, 3600 * SECOND)?,

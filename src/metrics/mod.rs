@@ -91,10 +91,11 @@ pub enum Rejection {
     BadHost,
     AmbiguousHeader,
     BodyTimeout,
+    RequestTimeout,
 }
 
 impl Rejection {
-    const ALL: [Rejection; 13] = [
+    const ALL: [Rejection; 14] = [
         Self::Smuggling,
         Self::HeaderTooLarge,
         Self::BodyTooLarge,
@@ -108,6 +109,7 @@ impl Rejection {
         Self::BadHost,
         Self::AmbiguousHeader,
         Self::BodyTimeout,
+        Self::RequestTimeout,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -124,6 +126,7 @@ impl Rejection {
             Self::BadHost => "bad_host",
             Self::AmbiguousHeader => "ambiguous_header",
             Self::BodyTimeout => "body_timeout",
+            Self::RequestTimeout => "request_timeout",
         }
     }
 }
@@ -156,7 +159,7 @@ pub struct Metrics {
     /// `[pool][reason]` for responses.
     response_violations: [[Counter; 2]; 2],
     request_violations: [Counter; 2],
-    rejected: [Counter; 13],
+    rejected: [Counter; 14],
     pub green_weight: Gauge,
     pub generation: Gauge,
     pub connections_active: Gauge,

@@ -52,7 +52,7 @@ pub const HELP: &[(&str, &str)] = &[
     (UPSTREAM_ERRORS_TOTAL, "Upstream failures charged to a pool, by kind (connect, timeout, reset, status_5xx, hash)."),
     (CONNECTIONS_ACTIVE, "Open downstream connections."),
     (CONNECTIONS_PARKED, "Idle HTTP/1.1 keep-alive connections parked between requests (held without codec buffers); part of connections_active."),
-    (REJECTED_REQUESTS_TOTAL, "Requests the proxy refused itself, by reason (smuggling, header_too_large, body_too_large, header_timeout, body_timeout, hash_missing, hash_mismatch, no_backend, bad_request, rate_limited, pool_concurrency)."),
+    (REJECTED_REQUESTS_TOTAL, "Requests the proxy refused itself, by reason (smuggling, header_too_large, body_too_large, header_timeout, body_timeout, request_timeout, hash_missing, hash_mismatch, no_backend, bad_request, rate_limited, pool_concurrency)."),
     (RETRIES_TOTAL, "Requests retried on another backend after a connect failure (nothing had been sent)."),
     (ACCEPT_ERRORS_TOTAL, "Errors returned by accept(); the listener backs off after each."),
     (RATE_LIMITED_TOTAL, "Requests answered 429 because their client was over its rate limit; charged to no pool."),

@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant as StdInstant};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -40,6 +40,9 @@ pub enum RequestBodyError {
     /// No bytes from the client for `proxy.timeouts.body_idle`.
     #[error("no request-body bytes from the client for {after:?}")]
     Stalled { after: Duration },
+    /// The body not whole within `proxy.timeouts.request` of the request's start.
+    #[error("request not received whole within {within:?}")]
+    TooSlow { within: Duration },
 }
 
 pin_project! {
@@ -54,8 +57,11 @@ pin_project! {
         // What trailers may not carry (the hash and request-id headers), and the body's
         // idle limit.
         settings: Arc<Settings>,
-        // The body-idle deadline, armed when a read first finds nothing (one timer per
-        // body that ever waits, moved on when bytes come; none for a body read whole).
+        // When the whole request is due (its start + `proxy.timeouts.request`).
+        due: Instant,
+        // The body-idle deadline (or `due`, if sooner), armed when a read first finds
+        // nothing (one timer per body that ever waits, moved on when bytes come; none for
+        // a body read whole).
         stall: Option<Pin<Box<Sleep>>>,
         // The last read found nothing: the deadline runs.
         waiting: bool,
@@ -63,13 +69,16 @@ pin_project! {
 }
 
 impl LimitedBody {
-    pub fn new(inner: Incoming, limit: u64, settings: Arc<Settings>) -> Self {
+    /// `start` is when the request began (its whole-request deadline counts from there).
+    pub fn new(inner: Incoming, limit: u64, settings: Arc<Settings>, start: StdInstant) -> Self {
+        let due = Instant::from_std(start) + settings.request_timeout;
         LimitedBody {
             inner,
             seen: 0,
             limit,
             counter: None,
             settings,
+            due,
             stall: None,
             waiting: false,
         }
@@ -81,15 +90,11 @@ impl LimitedBody {
         limit: u64,
         counter: Arc<AtomicU64>,
         settings: Arc<Settings>,
+        start: StdInstant,
     ) -> Self {
         LimitedBody {
-            inner,
-            seen: 0,
-            limit,
             counter: Some(counter),
-            settings,
-            stall: None,
-            waiting: false,
+            ..LimitedBody::new(inner, limit, settings, start)
         }
     }
 }
@@ -105,18 +110,26 @@ impl Body for LimitedBody {
         let this = self.project();
         let polled = this.inner.poll_frame(cx);
         if polled.is_pending() {
-            // A wait begins now unless one already runs; the client has until its deadline.
+            // A wait begins now unless one already runs; the client has until the sooner
+            // of its idle deadline and the whole request's.
             let after = this.settings.body_idle_timeout;
-            let now = Instant::now();
+            let deadline = (Instant::now() + after).min(*this.due);
             let stall = this
                 .stall
-                .get_or_insert_with(|| Box::pin(sleep_until(now + after)));
+                .get_or_insert_with(|| Box::pin(sleep_until(deadline)));
             if !*this.waiting {
                 *this.waiting = true;
-                stall.as_mut().reset(now + after);
+                stall.as_mut().reset(deadline);
             }
             if stall.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Some(Err(RequestBodyError::Stalled { after })));
+                let err = if stall.deadline() >= *this.due {
+                    RequestBodyError::TooSlow {
+                        within: this.settings.request_timeout,
+                    }
+                } else {
+                    RequestBodyError::Stalled { after }
+                };
+                return Poll::Ready(Some(Err(err)));
             }
             return Poll::Pending;
         }

@@ -33,6 +33,9 @@ pub enum ProxyError {
     /// The client sent no request-body bytes for `proxy.timeouts.body_idle`.
     #[error("request body stalled: no bytes from the client for {after:?}")]
     BodyTimeout { after: Duration },
+    /// The client did not send the whole request within `proxy.timeouts.request`.
+    #[error("request not received whole within {within:?}")]
+    RequestTimeout { within: Duration },
     #[error("pool {0} has no backend in rotation")]
     NoBackend(PoolId),
     #[error("connect to {backend} ({pool}) failed: {message}")]
@@ -80,7 +83,7 @@ impl ProxyError {
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
             }
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            Self::BodyTimeout { .. } | Self::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::RequestHash(_) => StatusCode::FORBIDDEN,
             Self::NoBackend(_) | Self::PoolBusy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -123,6 +126,7 @@ impl ProxyError {
             Self::NoBackend(_) => Rejection::NoBackend,
             Self::ClientBody(_) => Rejection::BadRequest,
             Self::BodyTimeout { .. } => Rejection::BodyTimeout,
+            Self::RequestTimeout { .. } => Rejection::RequestTimeout,
             Self::RateLimited { .. } => Rejection::RateLimited,
             Self::PoolBusy { .. } => Rejection::PoolConcurrency,
             _ => return None,
@@ -140,6 +144,7 @@ impl ProxyError {
             Self::RequestHash(_) => "constitutional_hash",
             Self::ClientBody(_) => "bad_request",
             Self::BodyTimeout { .. } => "body_timeout",
+            Self::RequestTimeout { .. } => "request_timeout",
             Self::NoBackend(_) => "no_backend",
             Self::Connect { .. } | Self::Upstream { .. } => "upstream_unavailable",
             Self::UpstreamTimeout { .. } => "upstream_timeout",

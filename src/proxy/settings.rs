@@ -25,6 +25,8 @@ pub struct Settings {
     pub upstream_response_timeout: Duration,
     /// `proxy.timeouts.body_idle`: the client's next request-body bytes are due within it.
     pub body_idle_timeout: Duration,
+    /// `proxy.timeouts.request`: the whole request is due within it, from its start.
+    pub request_timeout: Duration,
     /// Tries per request after connect failures, the first included.
     pub attempts: u32,
     /// How long an upgraded connection (WebSocket) may stay open once its pool takes no
@@ -84,6 +86,7 @@ impl Settings {
             tunnel_idle: cfg.proxy.timeouts.tunnel_idle,
             upstream_response_timeout: cfg.proxy.timeouts.upstream_response,
             body_idle_timeout: cfg.proxy.timeouts.body_idle,
+            request_timeout: cfg.proxy.timeouts.request,
             attempts: cfg.proxy.retries.attempts,
             edge: EdgeSettings::from_config(cfg),
         }

@@ -83,9 +83,9 @@ pub(super) fn rewrite(
     let body = if trace.logging {
         let counter = Arc::new(AtomicU64::new(0));
         trace.bytes_in = Some(counter.clone());
-        LimitedBody::counted(body, limit, counter, settings)
+        LimitedBody::counted(body, limit, counter, settings, cx.start)
     } else {
-        LimitedBody::new(body, limit, settings)
+        LimitedBody::new(body, limit, settings, cx.start)
     };
     Outgoing {
         req: Request::from_parts(parts, body),
@@ -204,6 +204,9 @@ fn classify(pool: PoolId, backend: &str, e: hyper::Error) -> ProxyError {
         }
         if let Some(RequestBodyError::Stalled { after }) = err.downcast_ref::<RequestBodyError>() {
             return ProxyError::BodyTimeout { after: *after };
+        }
+        if let Some(RequestBodyError::TooSlow { within }) = err.downcast_ref::<RequestBodyError>() {
+            return ProxyError::RequestTimeout { within: *within };
         }
         source = err.source();
     }
