@@ -99,7 +99,7 @@ impl IdleWatch {
     /// True when the connection is to be closed now.
     fn check(&mut self, conn: &Conn, now: Instant) -> bool {
         self.next_check = now + self.check_every;
-        let begun = conn.begun.load(Ordering::Relaxed);
+        let begun = conn.requests.load(Ordering::Relaxed);
         // A request begun since the last check, or one still open: in use.
         if begun != self.begun || begun != conn.framing.responses() {
             self.begun = begun;

@@ -53,11 +53,11 @@ pub struct Conn {
     /// Verdict of the raw-stream framing scan (HTTP/1.1 only) and this connection's
     /// request counter, to match requests to the heads the scan saw.
     pub framing: Arc<FramingVerdict>,
+    /// Requests begun on this connection (counted by `admit`, in the first poll of
+    /// [`handle`]). Each one's end is counted in `framing`'s responses (by the response
+    /// body, or by [`Unanswered`] when there is none), so the two are equal when no
+    /// request is open: how an HTTP/2 connection is seen idle.
     pub requests: AtomicU64,
-    /// Requests handed to [`handle`] so far. Each one's end is counted in `framing`'s
-    /// responses (by the response body, or by [`Unanswered`] when there is none), so the
-    /// two are equal when no request is open: how an HTTP/2 connection is seen idle.
-    pub begun: AtomicU64,
     pub client_ip: HeaderValue,
     pub proto: &'static str,
     /// The peer's address (the client unless `proxy.trusted_hops` says otherwise).
@@ -122,7 +122,6 @@ impl Conn {
             shared,
             framing,
             requests: AtomicU64::new(0),
-            begun: AtomicU64::new(0),
             client_ip,
             proto,
             peer: peer.ip(),
@@ -141,7 +140,7 @@ pub fn handle(
     req: Request<Incoming>,
 ) -> impl Future<Output = Result<Response<TracedBody>, Infallible>> + Send + use<> {
     async move {
-        conn.begun.fetch_add(1, Ordering::Relaxed);
+        // `admit` counts the request in this same poll (nothing is awaited before it).
         let unanswered = Unanswered(Some(&conn));
         let start = Instant::now();
         let table = conn.shared.routes.load();
