@@ -194,19 +194,18 @@ fn connect_failed(pool: &Pool, backend: &Backend, message: String) -> ProxyError
 fn classify(pool: PoolId, backend: &str, e: hyper::Error) -> ProxyError {
     let mut source = e.source();
     while let Some(err) = source {
-        if let Some(RequestBodyError::TooLarge(BodyTooLarge { limit })) =
-            err.downcast_ref::<RequestBodyError>()
-        {
-            return ProxyError::BodyTooLarge { limit: *limit };
-        }
-        if let Some(RequestBodyError::Client(c)) = err.downcast_ref::<RequestBodyError>() {
-            return ProxyError::ClientBody(c.to_string());
-        }
-        if let Some(RequestBodyError::Stalled { after }) = err.downcast_ref::<RequestBodyError>() {
-            return ProxyError::BodyTimeout { after: *after };
-        }
-        if let Some(RequestBodyError::TooSlow { within }) = err.downcast_ref::<RequestBodyError>() {
-            return ProxyError::RequestTimeout { within: *within };
+        if let Some(body) = err.downcast_ref::<RequestBodyError>() {
+            // The client's side of the request failed: the backend is not at fault.
+            return match body {
+                RequestBodyError::TooLarge(BodyTooLarge { limit }) => {
+                    ProxyError::BodyTooLarge { limit: *limit }
+                }
+                RequestBodyError::Client(c) => ProxyError::ClientBody(c.to_string()),
+                RequestBodyError::Stalled { after } => ProxyError::BodyTimeout { after: *after },
+                RequestBodyError::TooSlow { within } => {
+                    ProxyError::RequestTimeout { within: *within }
+                }
+            };
         }
         source = err.source();
     }
