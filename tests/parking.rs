@@ -79,6 +79,14 @@ async fn two_pipelined<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S) {
 }
 
 /// The client sees its connection closed (EOF or reset) within `within`.
+/// Waits (5 s at most) until the proxy has no downstream connection open.
+async fn wait_no_connections(p: &TestProxy) {
+    wait_for("no open connections", Duration::from_secs(5), || async {
+        p.gauge("switchyard_connections_active").await == 0.0
+    })
+    .await;
+}
+
 async fn closed_within<S: AsyncRead + Unpin>(s: &mut S, within: Duration) {
     let mut rest = Vec::new();
     let read = tokio::time::timeout(within, s.read_to_end(&mut rest)).await;
@@ -168,10 +176,7 @@ async fn a_parked_connection_is_closed_after_the_idle_limit() {
     wait_parked(&p, 1.0).await;
     closed_within(&mut s, Duration::from_secs(10)).await;
     wait_parked(&p, 0.0).await;
-    wait_for("no open connections", Duration::from_secs(5), || async {
-        p.gauge("switchyard_connections_active").await == 0.0
-    })
-    .await;
+    wait_no_connections(&p).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -401,10 +406,7 @@ async fn a_tls_connection_that_chose_h2_and_sends_nothing_is_closed_after_the_id
     // ALPN h2, then not even the preface: no request begins, so the idle limit applies.
     let mut silent = connect_tls(p.tls_addr.unwrap(), &cert, &[b"h2"]).await;
     closed_within(&mut silent, Duration::from_secs(10)).await;
-    wait_for("no open connections", Duration::from_secs(5), || async {
-        p.gauge("switchyard_connections_active").await == 0.0
-    })
-    .await;
+    wait_no_connections(&p).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
